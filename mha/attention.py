@@ -1,0 +1,442 @@
+"""``Attention`` and ``MultiHeadAttention``: the two classes of the tutorial.
+
+``Attention`` takes queries, keys and values that are already projected,
+splits them into heads, computes the attention weights and the context, and
+merges the heads again. ``MultiHeadAttention`` puts the query, key, value and
+output projections around it: ``self.attention = Attention(...)``.
+
+Shape letters are those of :mod:`mha`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mha import _checks, masks
+from mha.cache import KVCache
+from mha.functional import BACKENDS, Backend, Dispatch, attention, choose_path
+from mha.rotary import RotaryEmbedding
+
+__all__ = ["Attention", "MultiHeadAttention"]
+
+
+class Attention(nn.Module):
+    """Scaled dot-product attention over heads, on projected inputs.
+
+    Splits ``(b, s, n * d)`` inputs into ``n`` heads of width ``d``, computes
+    ``softmax(q kᵀ · scale + mask) v`` per head, and merges the heads back.
+    Query heads share key/value heads in groups of ``n_h / n_kv``
+    (grouped-query attention; ``n_kv = 1`` is multi-query attention).
+
+    Args:
+        hidden_size: ``h``, the width of the queries and of the output.
+        num_heads: ``n_h``; must divide ``hidden_size``.
+        num_kv_heads: ``n_kv``; must divide ``num_heads``. Defaults to ``num_heads``.
+        dropout: probability of zeroing an attention weight, in training only.
+        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
+        positional: a :class:`mha.RotaryEmbedding` applied to queries and keys.
+        backend: ``"auto"`` (fused kernel unless weights are requested),
+            ``"fused"`` or ``"math"``; see :func:`mha.functional.choose_path`.
+
+    Attributes:
+        hidden_size: ``h``.
+        num_heads: ``n_h``.
+        num_kv_heads: ``n_kv``.
+        head_dim: ``d = h / n_h``.
+
+    Shape:
+        query: ``(b, s_q, h)``; key, value: ``(b, s_kv, n_kv * d)``;
+        output: ``(b, s_q, h)``; weights: ``(b, n_h, s_q, s_kv)``.
+        Under tensor parallelism (:mod:`mha.parallel`) each rank passes
+        ``1/t`` of these widths and holds ``1/t`` of the heads.
+
+    Example:
+        >>> import torch
+        >>> from mha import Attention
+        >>> attn = Attention(hidden_size=8, num_heads=2)
+        >>> q = k = v = torch.randn(1, 3, 8)
+        >>> context, weights = attn(q, k, v, need_weights=True)
+        >>> context.shape, weights.shape
+        (torch.Size([1, 3, 8]), torch.Size([1, 2, 3, 3]))
+        >>> torch.allclose(weights.sum(-1), torch.ones(1, 2, 3))  # each row sums to 1
+        True
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        dropout: float = 0.0,
+        scale: float | None = None,
+        positional: RotaryEmbedding | None = None,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
+        self.num_heads = _checks.positive_int("num_heads", num_heads)
+        _checks.divisible("hidden_size", hidden_size, "num_heads", num_heads)
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        self.num_kv_heads = _checks.positive_int("num_kv_heads", num_kv_heads)
+        _checks.divisible("num_heads", num_heads, "num_kv_heads", num_kv_heads)
+        self.head_dim = hidden_size // num_heads
+        self.dropout = _checks.probability("dropout", dropout)
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+            raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+        self.scale = None if scale is None else float(scale)
+        if positional is not None and not isinstance(positional, RotaryEmbedding):
+            raise TypeError(
+                f"positional must be a mha.RotaryEmbedding or None, got {type(positional).__name__}"
+            )
+        if positional is not None and positional.head_dim != self.head_dim:
+            raise ValueError(
+                f"positional.head_dim must equal hidden_size / num_heads = {self.head_dim}, "
+                f"got {positional.head_dim}"
+            )
+        self.positional = positional
+        self.backend = _checks.one_of("backend", backend, BACKENDS)
+
+    def explain(self, *, need_weights: bool = False) -> Dispatch:
+        """Which path :meth:`forward` takes for these arguments, and why.
+
+        Example:
+            >>> from mha import Attention
+            >>> Attention(8, 2).explain().path
+            'fused'
+            >>> Attention(8, 2, backend="math").explain().reason
+            'backend="math" was requested'
+        """
+        return choose_path(need_weights=need_weights, backend=self.backend)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``query`` to ``key``/``value``.
+
+        Args:
+            query: projected queries.
+            key: projected keys.
+            value: projected values.
+            mask: bool (True = may attend) or float (added to the scores),
+                broadcastable to ``(b, n_h, s_q, s_kv)``; with a cache,
+                ``s_kv`` is the cache's ``max_len``.
+            is_causal: causal mask aligned bottom-right (the queries are the
+                last ``s_q`` positions). A cache always attends causally.
+            need_weights: also return the per-head weights.
+            cache: a :class:`mha.KVCache` to append this chunk's keys and
+                values to and attend over.
+
+        Returns:
+            The context ``(b, s_q, h)``, or ``(context, weights)`` when
+            ``need_weights=True``.
+
+        Raises:
+            ValueError: on a shape that does not fit (the message names it).
+            TypeError: on a non-tensor input or a mask of the wrong dtype.
+        """
+        q, k, v = self._check_inputs(query, key, value, cache)
+        b, s_q, s_kv = q.shape[0], q.shape[1], k.shape[1]
+        q = q.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (b, n_h, s_q, d)
+        k = k.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (b, n_kv, s_kv, d)
+        v = v.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (b, n_kv, s_kv, d)
+        target_kv = s_kv if cache is None else cache.max_len
+        if mask is not None:
+            target = (b, q.shape[1], s_q, target_kv)
+            _checks.mask("mask", mask, target, "(b, n_h, s_q, s_kv)")
+
+        if cache is None:
+            if self.positional is not None:
+                k_pos = torch.arange(s_kv, device=k.device)  # (s_kv,)
+                q = self.positional(q, k_pos[s_kv - s_q :])  # queries are the last positions
+                k = self.positional(k, k_pos)
+        else:
+            if self.positional is not None:
+                positions = cache.positions(s_q)  # (s_q,)
+                q = self.positional(q, positions)
+                k = self.positional(k, positions)
+            k, v, seen = cache.update(k, v)  # (b, n_kv, s_max, d) twice; (s_q, s_max)
+            mask = masks.combine_masks(mask, seen)
+            is_causal = False  # `seen` is already causal within the chunk
+
+        dropout_p = self.dropout if self.training else 0.0
+        context, weights = attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=is_causal,
+            scale=self.scale,
+            dropout_p=dropout_p,
+            need_weights=need_weights,
+            backend=self.backend,
+        )
+        context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d)
+        return (context, weights) if need_weights else context
+
+    def _check_inputs(
+        self, query: object, key: object, value: object, cache: KVCache | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        query = _checks.floating("query", _checks.tensor("query", query))
+        width = query.shape[-1] if query.ndim == 3 else 0
+        # A tensor-parallel rank sees 1/shards of the heads; shards == 1 otherwise.
+        shards = self.hidden_size // width if width else 0
+        if shards == 0 or width * shards != self.hidden_size or self.num_kv_heads % shards:
+            raise ValueError(
+                f"query must have shape (b, s_q, h={self.hidden_size}), got {tuple(query.shape)}"
+            )
+        kv_width = self.num_kv_heads * self.head_dim // shards
+        legend = f"(b={query.shape[0]}, s_kv, n_kv * d={kv_width})"
+        key = _checks.shape("key", key, (query.shape[0], None, kv_width), legend)
+        value = _checks.shape("value", value, tuple(key.shape), f"{legend} = key's {tuple(key.shape)}")
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache must be a mha.KVCache, got {type(cache).__name__}")
+            if key.shape[1] != query.shape[1]:
+                raise ValueError(
+                    "with a cache, query and key must be the same chunk: got s_q="
+                    f"{query.shape[1]} and s_kv={key.shape[1]}"
+                )
+        return query, key, value
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
+            f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, backend={self.backend!r}"
+        )
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: projections around an :class:`Attention`.
+
+    ``q = query Wq``, ``k = key Wk``, ``v = value Wv``, then ``self.attention``
+    computes the context per head, and ``out_proj`` mixes the heads. Called
+    with one tensor it is self-attention; with three, cross-attention.
+
+    Args:
+        hidden_size: ``h``, the width of the input and of the output.
+        num_heads: ``n_h``; must divide ``hidden_size``.
+        dropout: probability of zeroing an attention weight, in training only.
+        num_kv_heads: ``n_kv`` key/value heads for grouped-query attention
+            (1 = multi-query); must divide ``num_heads``. Defaults to ``num_heads``.
+        bias: whether the four projections have a bias.
+        kdim: width of ``key`` inputs; defaults to ``hidden_size``.
+        vdim: width of ``value`` inputs; defaults to ``hidden_size``.
+        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
+        positional: a :class:`mha.RotaryEmbedding` for queries and keys.
+        backend: ``"auto"``, ``"fused"`` or ``"math"``
+            (see :func:`mha.functional.choose_path`).
+        device: where to create the parameters.
+        dtype: of the parameters.
+
+    Attributes:
+        q_proj: ``Linear(h, h)``.
+        k_proj: ``Linear(kdim, n_kv * d)``.
+        v_proj: ``Linear(vdim, n_kv * d)``.
+        attention: the :class:`Attention` that splits heads and attends.
+        out_proj: ``Linear(h, h)``.
+
+    Shape:
+        query: ``(b, s_q, h)``; key: ``(b, s_kv, kdim)``; value: ``(b, s_kv, vdim)``;
+        mask: broadcastable to ``(b, n_h, s_q, s_kv)``;
+        output: ``(b, s_q, h)``; weights: ``(b, n_h, s_q, s_kv)``.
+
+    Example:
+        >>> import torch
+        >>> from mha import MultiHeadAttention
+        >>> _ = torch.manual_seed(0)
+        >>> batch_size, seq_length, hidden_size, num_heads, dropout = 2, 5, 64, 8, 0.1
+        >>> mha = MultiHeadAttention(hidden_size, num_heads, dropout)
+        >>> output = mha(torch.randn(batch_size, seq_length, hidden_size))
+        >>> output.shape
+        torch.Size([2, 5, 64])
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        *,
+        num_kv_heads: int | None = None,
+        bias: bool = True,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        scale: float | None = None,
+        positional: RotaryEmbedding | None = None,
+        backend: Backend = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.attention = Attention(
+            hidden_size,
+            num_heads,
+            num_kv_heads=num_kv_heads,
+            dropout=dropout,
+            scale=scale,
+            positional=positional,
+            backend=backend,
+        )
+        self.kdim = hidden_size if kdim is None else _checks.positive_int("kdim", kdim)
+        self.vdim = hidden_size if vdim is None else _checks.positive_int("vdim", vdim)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        kv_width = self.attention.num_kv_heads * self.attention.head_dim
+        factory = {"device": device, "dtype": dtype, "bias": bias}
+        self.q_proj = nn.Linear(hidden_size, hidden_size, **factory)
+        self.k_proj = nn.Linear(self.kdim, kv_width, **factory)
+        self.v_proj = nn.Linear(self.vdim, kv_width, **factory)
+        self.out_proj = nn.Linear(hidden_size, hidden_size, **factory)
+
+    @property
+    def hidden_size(self) -> int:
+        """``h``."""
+        return self.attention.hidden_size
+
+    @property
+    def num_heads(self) -> int:
+        """``n_h``."""
+        return self.attention.num_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        """``n_kv``."""
+        return self.attention.num_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        """``d``."""
+        return self.attention.head_dim
+
+    def explain(self, *, need_weights: bool = False) -> Dispatch:
+        """Which attention path :meth:`forward` takes, and why.
+
+        Example:
+            >>> from mha import MultiHeadAttention
+            >>> MultiHeadAttention(8, 2).explain(need_weights=True).path
+            'math'
+        """
+        return self.attention.explain(need_weights=need_weights)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Project, attend, project back.
+
+        Args:
+            query: the sequence that asks.
+            key: the sequence attended to; defaults to ``query`` (self-attention).
+            value: defaults to ``key``.
+            mask: bool (True = may attend) or float (added to the scores),
+                broadcastable to ``(b, n_h, s_q, s_kv)``. Not called
+                ``attn_mask`` on purpose: ``nn.MultiheadAttention``'s boolean
+                ``attn_mask`` means the opposite, and code written for it
+                should fail loudly here rather than silently invert.
+            is_causal: causal mask aligned bottom-right.
+            need_weights: also return per-head weights (uses the math path).
+            cache: a :class:`mha.KVCache` from :meth:`new_cache`, for decoding.
+
+        Returns:
+            The output ``(b, s_q, h)``, or ``(output, weights)`` with
+            ``need_weights=True``.
+
+        Raises:
+            ValueError: on a shape that does not fit (the message names it).
+            TypeError: on a non-tensor input or a mask of the wrong dtype.
+        """
+        key = query if key is None else key
+        value = key if value is None else value
+        self._check_inputs(query, key, value)
+        result = self.attention(
+            self.q_proj(query),
+            self.k_proj(key),
+            self.v_proj(value),
+            mask=mask,
+            is_causal=is_causal,
+            need_weights=need_weights,
+            cache=cache,
+        )
+        if need_weights:
+            context, weights = result
+            return self.out_proj(context), weights
+        return self.out_proj(result)
+
+    def _check_inputs(self, query: object, key: object, value: object) -> None:
+        b = _checks.shape("query", query, (None, None, self.hidden_size), f"(b, s_q, h={self.hidden_size})").shape[0]
+        s_kv = _checks.shape("key", key, (b, None, self.kdim), f"(b={b}, s_kv, kdim={self.kdim})").shape[1]
+        _checks.shape("value", value, (b, s_kv, self.vdim), f"(b={b}, s_kv={s_kv}, vdim={self.vdim})")
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            _checks.floating(name, t)
+
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """A preallocated :class:`mha.KVCache` for this module.
+
+        It holds this module's key/value heads (the local ones on a
+        tensor-parallel rank). ``dtype`` and ``device`` default to the
+        parameters'.
+
+        Example:
+            >>> import torch
+            >>> from mha import MultiHeadAttention
+            >>> m = MultiHeadAttention(64, 8, num_kv_heads=2).eval()
+            >>> cache = m.new_cache(batch_size=1, max_len=16)
+            >>> cache.keys.shape  # (b, n_kv, s_max, d)
+            torch.Size([1, 2, 16, 8])
+        """
+        weight = self.k_proj.weight
+        local = weight.to_local() if hasattr(weight, "to_local") else weight  # a DTensor shard
+        return KVCache(
+            batch_size,
+            max_len,
+            num_kv_heads=local.shape[0] // self.head_dim,
+            head_dim=self.head_dim,
+            dtype=weight.dtype if dtype is None else dtype,
+            device=local.device if device is None else device,
+        )
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
+        """An equivalent module from a :class:`torch.nn.MultiheadAttention`.
+
+        See :func:`mha.interop.from_torch`.
+        """
+        from mha.interop import from_torch
+
+        return from_torch(module)
+
+    def to_torch(self, *, batch_first: bool = True) -> nn.MultiheadAttention:
+        """An equivalent :class:`torch.nn.MultiheadAttention`.
+
+        See :func:`mha.interop.to_torch`.
+        """
+        from mha.interop import to_torch
+
+        return to_torch(self, batch_first=batch_first)
+
+    def extra_repr(self) -> str:
+        return f"kdim={self.kdim}, vdim={self.vdim}"

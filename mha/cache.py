@@ -1,0 +1,129 @@
+"""The key/value cache for step-by-step decoding.
+
+A decoder that generates one token at a time would recompute every past key
+and value at every step. The cache keeps them instead, in buffers allocated
+once at their final size, so that every step has the same tensor shapes
+(``torch.compile`` compiles a step once) and nothing is reallocated.
+
+Shape letters are those of :mod:`mha`; ``s_max`` is the cache's capacity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mha import _checks
+
+__all__ = ["KVCache"]
+
+
+class KVCache:
+    """Preallocated keys and values of past positions.
+
+    Usually made by :meth:`mha.MultiHeadAttention.new_cache`, which knows the
+    head count and width. It stores ``n_kv`` heads, so grouped-query attention
+    shrinks it by ``n_h / n_kv``.
+
+    Args:
+        batch_size: ``b``.
+        max_len: ``s_max``, the most positions it can hold.
+        num_kv_heads: ``n_kv``.
+        head_dim: ``d``.
+        dtype: of the buffers; defaults to torch's default dtype.
+        device: of the buffers.
+
+    Attributes:
+        keys: ``(b, n_kv, s_max, d)``, keys after any rotary embedding.
+        values: ``(b, n_kv, s_max, d)``.
+        position: a 0-d long tensor, the next free slot.
+
+    Example:
+        >>> import torch
+        >>> from mha import KVCache
+        >>> cache = KVCache(1, 8, num_kv_heads=2, head_dim=4)
+        >>> _ = cache.update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4))
+        >>> cache.length, cache.keys.shape
+        (3, torch.Size([1, 2, 8, 4]))
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_len: int,
+        *,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.batch_size = _checks.positive_int("batch_size", batch_size)
+        self.max_len = _checks.positive_int("max_len", max_len)
+        self.num_kv_heads = _checks.positive_int("num_kv_heads", num_kv_heads)
+        self.head_dim = _checks.positive_int("head_dim", head_dim)
+        size = (batch_size, num_kv_heads, max_len, head_dim)
+        self.keys = torch.zeros(size, dtype=dtype, device=device)
+        self.values = torch.zeros(size, dtype=dtype, device=device)
+        # The write position lives on the device as a tensor, so a compiled
+        # step reads it as data rather than baking it in as a constant.
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        """How many positions are filled."""
+        return self._length
+
+    def reset(self) -> None:
+        """Forget every position, keeping the buffers."""
+        self.keys.zero_()
+        self.values.zero_()
+        self.position.zero_()
+        self._length = 0
+
+    def positions(self, s: int) -> Tensor:
+        """Absolute positions ``(s,)`` that the next ``s`` tokens will take."""
+        return self.position + torch.arange(s, device=self.position.device)
+
+    def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Append a chunk of keys and values.
+
+        Args:
+            key: the chunk's keys, ``(b, n_kv, s, d)``.
+            value: the chunk's values, ``(b, n_kv, s, d)``.
+
+        Returns:
+            ``(keys, values, mask)``: all ``s_max`` slots of both buffers, and a
+            bool mask ``(s, s_max)`` that lets chunk token ``i`` see the slots up
+            to and including its own position (causal within the chunk; empty
+            slots are never visible).
+
+        Raises:
+            ValueError: if the chunk's shape does not fit the cache or it would
+                write past ``max_len``.
+        """
+        expected = (self.batch_size, self.num_kv_heads, None, self.head_dim)
+        legend = f"(b={self.batch_size}, n_kv={self.num_kv_heads}, s, d={self.head_dim})"
+        _checks.shape("key", key, expected, legend)
+        _checks.shape("value", value, tuple(key.shape), f"like key {tuple(key.shape)}")
+        s = key.shape[-2]
+        if self._length + s > self.max_len:
+            raise ValueError(
+                f"KVCache overflow: it holds {self._length} of max_len={self.max_len} "
+                f"positions and cannot take {s} more; make a larger cache or reset() it"
+            )
+        positions = self.positions(s)  # (s,)
+        self.keys.index_copy_(2, positions, key.to(self.keys.dtype))
+        self.values.index_copy_(2, positions, value.to(self.values.dtype))
+        self.position += s
+        self._length += s
+        slots = torch.arange(self.max_len, device=positions.device)  # (s_max,)
+        mask = slots <= positions[:, None]  # (s, s_max)
+        return self.keys, self.values, mask
+
+    def __repr__(self) -> str:
+        return (
+            f"KVCache(batch_size={self.batch_size}, max_len={self.max_len}, "
+            f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
+            f"length={self._length}, dtype={self.keys.dtype})"
+        )

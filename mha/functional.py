@@ -1,0 +1,260 @@
+r"""The attention math: weights, context, and which kernel computes them.
+
+Scaled dot-product attention for one head is
+
+.. math::
+
+    \operatorname{Attention}(Q, K, V) = \operatorname{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + M\right) V
+
+where :math:`M` is 0 where a query may attend to a key and :math:`-\infty`
+where it may not. Two paths compute it:
+
+* ``"fused"`` calls :func:`torch.nn.functional.scaled_dot_product_attention`,
+  which picks a flash, memory-efficient or math kernel and never needs an
+  ``s_q x s_kv`` tensor of weights;
+* ``"math"`` spells the formula out, returns the weights, and is the
+  reference the fused path is tested against.
+
+:func:`choose_path` says which one runs and why. A query row that may attend
+to nothing gets zero weights and a zero context on both paths (the plain
+formula would divide 0 by 0).
+
+Shape letters are those of :mod:`mha`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mha import masks
+
+__all__ = ["Backend", "Dispatch", "choose_path", "attention_weights", "attention"]
+
+Backend = Literal["auto", "fused", "math"]
+BACKENDS: tuple[str, ...] = ("auto", "fused", "math")
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Which attention path runs, and why.
+
+    Attributes:
+        path: ``"fused"`` (:func:`~torch.nn.functional.scaled_dot_product_attention`)
+            or ``"math"`` (the explicit formula).
+        reason: one sentence saying why that path was chosen.
+    """
+
+    path: Literal["fused", "math"]
+    reason: str
+
+
+def choose_path(*, need_weights: bool = False, backend: Backend = "auto") -> Dispatch:
+    """Decide between the fused kernel and the explicit math path.
+
+    Args:
+        need_weights: whether the caller wants the attention weights back.
+        backend: ``"auto"``, or ``"fused"``/``"math"`` to force a path.
+
+    Returns:
+        The chosen path and the reason.
+
+    Raises:
+        ValueError: when ``backend="fused"`` is combined with ``need_weights=True``
+            (the fused kernels do not return weights), or ``backend`` is unknown.
+
+    Example:
+        >>> from mha.functional import choose_path
+        >>> choose_path(need_weights=True)
+        Dispatch(path='math', reason='need_weights=True: the fused kernels do not return attention weights')
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "math":
+        return Dispatch("math", 'backend="math" was requested')
+    if need_weights:
+        if backend == "fused":
+            raise ValueError(
+                'backend="fused" cannot return attention weights; got need_weights=True '
+                '(use backend="auto" or "math")'
+            )
+        return Dispatch(
+            "math", "need_weights=True: the fused kernels do not return attention weights"
+        )
+    if backend == "fused":
+        return Dispatch("fused", 'backend="fused" was requested')
+    return Dispatch(
+        "fused",
+        "no weights requested: torch.nn.functional.scaled_dot_product_attention "
+        "picks its flash, memory-efficient or math kernel",
+    )
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half types overflow and lose mass in a softmax; accumulate in float32.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _repeat_kv(x: Tensor, group: int) -> Tensor:
+    """Repeat each key/value head ``group`` times: (b, n_kv, s, d) -> (b, n_kv * group, s, d)."""
+    if group == 1:
+        return x
+    b, n_kv, s, d = x.shape
+    return x[:, :, None].expand(b, n_kv, group, s, d).reshape(b, n_kv * group, s, d)
+
+
+def _prepare_mask(
+    mask: Tensor | None, is_causal: bool, s_q: int, s_kv: int, device: torch.device
+) -> tuple[Tensor | None, bool, Tensor | None]:
+    """Fold ``is_causal`` into the mask and guard rows that may attend to nothing.
+
+    Returns:
+        ``(mask, kernel_causal, keep)``. ``kernel_causal`` is True when the
+        fused kernel's own (top-left aligned) causal flag is exact, so no mask
+        needs to be built. ``keep`` is ``(..., s_q, 1)``, 1 for rows with at
+        least one allowed key and 0 for the rest, or ``None`` if every row has one.
+    """
+    if is_causal and mask is None and s_q == s_kv:
+        return None, True, None
+    if is_causal:
+        mask = masks.combine_masks(mask, masks.causal_mask(s_q, s_kv, device=device))
+    if mask is None:
+        return None, False, None
+    if mask.dtype == torch.bool:
+        keep = mask.any(dim=-1, keepdim=True)
+        # A row that blocks everything is opened fully, so the softmax stays
+        # finite in forward and backward; `keep` zeroes that row afterwards.
+        return mask | ~keep, False, keep
+    keep = ~torch.isneginf(mask).all(dim=-1, keepdim=True)
+    return mask.masked_fill(~keep, 0.0), False, keep
+
+
+def attention_weights(
+    query: Tensor,
+    key: Tensor,
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """Per-head attention weights ``softmax(q kᵀ · scale + mask)``.
+
+    Key heads are shared by ``n_h // n_kv`` query heads each (grouped-query
+    attention). Rows that may attend to nothing are all zeros. For float16
+    and bfloat16 inputs the softmax is computed in float32.
+
+    Args:
+        query: queries, split into heads.
+        key: keys, split into heads.
+        mask: bool (True = may attend) or additive float, broadcastable to
+            ``(b, n_h, s_q, s_kv)``.
+        is_causal: also apply :func:`mha.masks.causal_mask` (bottom-right aligned).
+        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
+
+    Returns:
+        Weights in the query's dtype; each row sums to 1 (or is all zeros).
+
+    Shape:
+        query: ``(b, n_h, s_q, d)``; key: ``(b, n_kv, s_kv, d)``;
+        output: ``(b, n_h, s_q, s_kv)``
+
+    Example:
+        >>> import torch
+        >>> from mha.functional import attention_weights
+        >>> q = k = torch.eye(2).view(1, 1, 2, 2)
+        >>> attention_weights(q, k, scale=0.0)
+        tensor([[[[0.5000, 0.5000],
+                  [0.5000, 0.5000]]]])
+    """
+    s_q, s_kv = query.shape[-2], key.shape[-2]
+    mask, kernel_causal, keep = _prepare_mask(mask, is_causal, s_q, s_kv, query.device)
+    if kernel_causal:
+        mask = masks.causal_mask(s_q, s_kv, device=query.device)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    acc = _accumulation_dtype(query.dtype)
+    key = _repeat_kv(key, query.shape[-3] // key.shape[-3])
+    scores = (query.to(acc) @ key.to(acc).transpose(-2, -1)) * scale  # (b, n_h, s_q, s_kv)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.to(acc)
+    weights = torch.softmax(scores, dim=-1)
+    if keep is not None:
+        weights = weights * keep
+    return weights.to(query.dtype)
+
+
+def attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    backend: Backend = "auto",
+) -> tuple[Tensor, Tensor | None]:
+    """Scaled dot-product attention over heads, on the path :func:`choose_path` picks.
+
+    Args:
+        query: queries, split into heads.
+        key: keys, split into heads; ``n_h`` must be a multiple of ``n_kv``.
+        value: values, split into heads.
+        mask: bool (True = may attend) or additive float, broadcastable to
+            ``(b, n_h, s_q, s_kv)``.
+        is_causal: apply a causal mask aligned bottom-right (queries are the
+            last ``s_q`` positions).
+        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
+        dropout_p: dropout on the attention weights (pass 0 in eval).
+        need_weights: also return the weights (forces the math path).
+        backend: ``"auto"``, ``"fused"`` or ``"math"``.
+
+    Returns:
+        ``(context, weights)``; ``weights`` is ``None`` unless requested. The
+        returned weights are those that multiplied the values, i.e. after dropout.
+
+    Shape:
+        query: ``(b, n_h, s_q, d)``; key, value: ``(b, n_kv, s_kv, d)``;
+        context: ``(b, n_h, s_q, d)``; weights: ``(b, n_h, s_q, s_kv)``
+
+    Example:
+        >>> import torch
+        >>> from mha.functional import attention
+        >>> q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+        >>> fused, _ = attention(q, k, v)
+        >>> math, weights = attention(q, k, v, need_weights=True)
+        >>> torch.allclose(fused, math, atol=1e-6), tuple(weights.shape)
+        (True, (2, 4, 3, 5))
+    """
+    dispatch = choose_path(need_weights=need_weights, backend=backend)
+    if dispatch.path == "math":
+        weights = attention_weights(query, key, mask=mask, is_causal=is_causal, scale=scale)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, p=dropout_p)
+        value = _repeat_kv(value, query.shape[-3] // value.shape[-3])
+        return weights @ value, (weights if need_weights else None)
+
+    s_q, s_kv = query.shape[-2], key.shape[-2]
+    mask, kernel_causal, keep = _prepare_mask(mask, is_causal, s_q, s_kv, query.device)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(query.dtype)  # the kernel requires a bool mask or the query's dtype
+    context = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=kernel_causal,
+        scale=scale,
+        enable_gqa=query.shape[-3] != key.shape[-3],
+    )
+    if keep is not None:
+        context = context * keep.to(context.dtype)
+    return context, None

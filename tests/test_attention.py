@@ -1,0 +1,428 @@
+"""Attention and MultiHeadAttention against PyTorch and a float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import TOLERANCE, assert_close, reference_attention
+from mha import Attention, MultiHeadAttention
+from mha.masks import causal_mask, padding_mask
+
+B, S_Q, S_KV, H, N_H = 2, 5, 7, 24, 3  # distinct sizes: a swapped axis cannot pass
+
+
+def split(x, d):
+    return x.unflatten(-1, (-1, d)).transpose(1, 2)  # (b, s, n*d) -> (b, n, s, d)
+
+
+def merge(x):
+    return x.transpose(1, 2).flatten(2)  # (b, n, s, d) -> (b, s, n*d)
+
+
+def reference_module(m: MultiHeadAttention, query, key, value, allowed=None):
+    """MultiHeadAttention in float64 through the loop reference."""
+    f64 = {n: p.detach().double() for n, p in m.named_parameters()}
+    lin = lambda x, name: torch.nn.functional.linear(  # noqa: E731
+        x.double(), f64[f"{name}.weight"], f64.get(f"{name}.bias")
+    )
+    d = m.head_dim
+    q, k, v = split(lin(query, "q_proj"), d), split(lin(key, "k_proj"), d), split(lin(value, "v_proj"), d)
+    context, weights = reference_attention(q, k, v, allowed, scale=m.attention.scale)
+    return lin(merge(context), "out_proj"), weights
+
+
+# --- equivalence with torch.nn.MultiheadAttention ---------------------------
+
+
+@st.composite
+def torch_configs(draw):
+    n_h = draw(st.sampled_from([1, 2, 3, 4]))
+    d = draw(st.sampled_from([2, 3, 5, 8]))
+    return {
+        "b": draw(st.integers(1, 3)),
+        "s_q": draw(st.integers(1, 6)),
+        "s_kv": draw(st.integers(1, 6)),
+        "n_h": n_h,
+        "h": n_h * d,
+        "kdim": draw(st.sampled_from([None, 3, 7])),
+        "vdim": draw(st.sampled_from([None, 4, 9])),
+        "bias": draw(st.booleans()),
+        "batch_first": draw(st.booleans()),
+        "cross": draw(st.booleans()),
+        "mask": draw(st.sampled_from(["none", "bool", "float", "padding", "both", "causal"])),
+        "need_weights": draw(st.booleans()),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=torch_configs())
+def test_matches_torch_multihead_attention(cfg):
+    kdim = cfg["kdim"] or cfg["h"]
+    vdim = cfg["vdim"] or cfg["h"]
+    theirs = torch.nn.MultiheadAttention(
+        cfg["h"], cfg["n_h"], bias=cfg["bias"], kdim=kdim, vdim=vdim, batch_first=True
+    ).eval()
+    with torch.no_grad():  # nonzero biases, so that a dropped bias would show
+        for name, p in theirs.named_parameters():
+            if "bias" in name:
+                p.uniform_(-0.5, 0.5)
+    ours = MultiHeadAttention.from_torch(theirs)
+    b, s_q = cfg["b"], cfg["s_q"]
+    s_kv = cfg["s_kv"] if cfg["cross"] or kdim != cfg["h"] or vdim != cfg["h"] else s_q
+    query = torch.randn(b, s_q, cfg["h"])
+    key = query if s_kv == s_q and kdim == cfg["h"] else torch.randn(b, s_kv, kdim)
+    value = torch.randn(b, s_kv, vdim)
+
+    # PyTorch convention: True = blocked. Keep column 0 open so no row is empty.
+    blocked = torch.rand(s_q, s_kv) < 0.4
+    blocked[:, 0] = False
+    lengths = torch.randint(1, s_kv + 1, (b,))
+    pad = ~padding_mask(lengths, s_kv)[:, 0, 0]  # (b, s_kv), True = padding
+    kwargs, ours_mask, is_causal = {}, None, False
+    if cfg["mask"] == "bool":
+        kwargs["attn_mask"], ours_mask = blocked, ~blocked
+    elif cfg["mask"] == "float":
+        additive = torch.randn(s_q, s_kv)
+        kwargs["attn_mask"], ours_mask = additive, additive
+    elif cfg["mask"] == "padding":
+        kwargs["key_padding_mask"], ours_mask = pad, ~pad[:, None, None, :]
+    elif cfg["mask"] == "both":
+        kwargs["attn_mask"], kwargs["key_padding_mask"] = blocked, pad
+        ours_mask = ~blocked & ~pad[:, None, None, :]
+    elif cfg["mask"] == "causal" and s_q <= s_kv:
+        # PyTorch's causal masks are top-left aligned; ours bottom-right.
+        # They agree for s_q == s_kv; for s_q < s_kv compare against the explicit mask.
+        allowed = causal_mask(s_q, s_kv)
+        kwargs["attn_mask"], is_causal = ~allowed, True
+
+    expected, expected_w = theirs(
+        query, key, value, need_weights=True, average_attn_weights=False, **kwargs
+    )
+    out = ours(query, key, value, mask=ours_mask, is_causal=is_causal, need_weights=cfg["need_weights"])
+    if cfg["need_weights"]:
+        out, weights = out
+        torch.testing.assert_close(weights, expected_w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+# --- an independent float64 reference ---------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["fused", "math"])
+@pytest.mark.parametrize("num_kv_heads", [3, 1])
+def test_matches_float64_reference(backend, num_kv_heads):
+    m = MultiHeadAttention(H, N_H, num_kv_heads=num_kv_heads, kdim=11, vdim=13, backend=backend)
+    m = m.double()
+    query, key, value = torch.randn(B, S_Q, H), torch.randn(B, S_KV, 11), torch.randn(B, S_KV, 13)
+    allowed = torch.rand(B, N_H, S_Q, S_KV) < 0.6
+    allowed[0, 1, 2] = False  # one row with nothing to attend to
+    out = m(query.double(), key.double(), value.double(), mask=allowed)
+    expected, _ = reference_module(m, query, key, value, allowed)
+    assert_close(out, expected)
+
+
+def test_is_causal_is_bottom_right_aligned():
+    m = MultiHeadAttention(H, N_H).double()
+    query, key = torch.randn(B, S_Q, H).double(), torch.randn(B, S_KV, H).double()
+    allowed = torch.zeros(B, N_H, S_Q, S_KV, dtype=torch.bool)
+    for i in range(S_Q):  # the queries are the last S_Q positions
+        allowed[..., i, : S_KV - S_Q + i + 1] = True
+    expected, _ = reference_module(m, query, key, key, allowed)
+    assert_close(m(query, key, is_causal=True), expected)
+
+
+def test_causal_self_attention_has_no_gradient_from_the_future():
+    m = MultiHeadAttention(H, N_H)
+    x = torch.randn(1, S_KV, H, requires_grad=True)
+    m(x, is_causal=True)[0, 3].sum().backward()
+    grad_per_position = x.grad[0].abs().sum(-1)
+    assert (grad_per_position[4:] == 0).all() and (grad_per_position[:4] > 0).all()
+
+
+def test_gradcheck_float64():
+    for backend in ("fused", "math"):
+        m = MultiHeadAttention(6, 2, num_kv_heads=1, backend=backend).double()
+        q = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+        kv = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+        allowed = torch.tensor([[True, False, True, True]]).expand(3, 4)
+        assert torch.autograd.gradcheck(lambda a, b: m(a, b, mask=allowed), (q, kv))
+
+
+# --- fused path == math path ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "mask_kind", ["none", "causal", "bool", "float", "padding", "causal+padding", "empty-row"]
+)
+def test_fused_and_math_agree(dtype, mask_kind):
+    n_kv = 1 if mask_kind == "padding" else N_H
+    fused = MultiHeadAttention(H, N_H, num_kv_heads=n_kv, dtype=dtype)
+    math = MultiHeadAttention(H, N_H, num_kv_heads=n_kv, dtype=dtype, backend="math")
+    math.load_state_dict(fused.state_dict())
+    s_kv = S_Q if mask_kind.startswith("causal") else S_KV
+    query, key = torch.randn(B, S_Q, H, dtype=dtype), torch.randn(B, s_kv, H, dtype=dtype)
+    pad = padding_mask(torch.tensor([s_kv, 2]), s_kv)
+    mask = {
+        "none": None,
+        "causal": None,
+        "bool": torch.rand(S_Q, s_kv) < 0.7,
+        "float": torch.randn(B, 1, S_Q, s_kv, dtype=dtype),
+        "padding": pad,
+        "causal+padding": pad,
+        "empty-row": torch.zeros(B, N_H, S_Q, s_kv, dtype=torch.bool).index_fill_(-1, torch.tensor([1]), True).index_fill_(2, torch.tensor([2]), False),
+    }[mask_kind]
+    causal = mask_kind.startswith("causal")
+    a = fused(query, key, mask=mask, is_causal=causal)
+    b = math(query, key, mask=mask, is_causal=causal)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    if mask_kind != "float":  # additive values: see test_float_mask_values_are_added_to_scores
+        expected, _ = reference_module(fused, query, key, key, _allowed(mask, causal, s_kv))
+        assert_close(a, expected, dtype)
+
+
+def _allowed(mask, causal, s_kv):
+    if mask is None:
+        allowed = torch.ones(S_Q, s_kv, dtype=torch.bool)
+    else:
+        allowed = mask if mask.dtype == torch.bool else ~torch.isneginf(mask)
+    allowed = allowed.expand(B, N_H, S_Q, s_kv)
+    if causal:
+        allowed = allowed & causal_mask(S_Q, s_kv)
+    return allowed
+
+
+def test_float_mask_values_are_added_to_scores():
+    m = MultiHeadAttention(H, N_H).double()
+    query = torch.randn(B, S_Q, H).double()
+    bias = torch.randn(B, N_H, S_Q, S_Q).double()
+    out, weights = m(query, mask=bias, need_weights=True)
+    q = split(m.q_proj(query), m.head_dim)
+    k = split(m.k_proj(query), m.head_dim)
+    expected_w = torch.softmax(q @ k.transpose(-1, -2) / m.head_dim**0.5 + bias, -1)
+    assert_close(weights, expected_w)
+
+
+# --- grouped-query attention ------------------------------------------------
+
+
+@pytest.mark.parametrize("num_kv_heads", [1, 2])
+def test_grouped_query_equals_mha_with_repeated_heads(num_kv_heads):
+    gqa = MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads)
+    full = MultiHeadAttention(32, 4)
+    group, d = 4 // num_kv_heads, 8
+    with torch.no_grad():
+        full.q_proj.load_state_dict(gqa.q_proj.state_dict())
+        full.out_proj.load_state_dict(gqa.out_proj.state_dict())
+        for src, dst in ((gqa.k_proj, full.k_proj), (gqa.v_proj, full.v_proj)):
+            w = src.weight.unflatten(0, (num_kv_heads, d)).repeat_interleave(group, 0)
+            dst.weight.copy_(w.flatten(0, 1))
+            dst.bias.copy_(src.bias.unflatten(0, (num_kv_heads, d)).repeat_interleave(group, 0).flatten())
+    x = torch.randn(B, S_Q, 32)
+    assert gqa.k_proj.weight.shape == (num_kv_heads * d, 32)
+    torch.testing.assert_close(gqa(x, is_causal=True), full(x, is_causal=True), atol=1e-6, rtol=1e-6)
+    wa = gqa(x, need_weights=True)[1]
+    wb = full(x, need_weights=True)[1]
+    torch.testing.assert_close(wa, wb, atol=1e-6, rtol=1e-6)
+
+
+# --- rows with nothing to attend to -----------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["fused", "math"])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+def test_fully_masked_rows_give_zero_context_and_weights_not_nan(backend, mask_dtype):
+    attn = Attention(H, N_H, backend=backend)
+    q = torch.randn(B, S_Q, H, requires_grad=True)
+    kv = torch.randn(B, S_KV, H, requires_grad=True)
+    allowed = torch.rand(B, 1, S_Q, S_KV) < 0.7
+    allowed[:, :, 0] = True
+    allowed[1, 0, 3] = False  # sequence 1, query 3: nothing to attend to
+    mask = allowed if mask_dtype == torch.bool else torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    context = attn(q, kv, kv, mask=mask)
+    assert (context[1, 3] == 0).all()
+    if backend == "math":
+        _, weights = attn(q, kv, kv, mask=mask, need_weights=True)
+        assert (weights[1, :, 3] == 0).all()
+        torch.testing.assert_close(weights.sum(-1)[0], torch.ones(N_H, S_Q))
+    expected, _ = reference_attention(split(q, 8), split(kv, 8), split(kv, 8), allowed.expand(B, N_H, S_Q, S_KV))
+    assert_close(context, merge(expected).float())
+    context.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(kv.grad).all()
+    assert (q.grad[1, 3] == 0).all()
+
+
+def test_module_output_for_an_empty_row_is_the_output_bias():
+    m = MultiHeadAttention(H, N_H)
+    x = torch.randn(1, S_Q, H)
+    torch_m = m.to_torch()
+    blocked = torch.zeros(S_Q, S_Q, dtype=torch.bool)
+    blocked[2] = True
+    theirs, their_w = torch_m(x, x, x, attn_mask=blocked)
+    assert theirs.isnan().any() and their_w.isnan().any()  # what PyTorch does
+    out, weights = m(x, mask=~blocked, need_weights=True)
+    torch.testing.assert_close(out[0, 2], m.out_proj.bias)
+    assert not out.isnan().any() and not weights.isnan().any()
+    torch.testing.assert_close(out[0, [0, 1, 3, 4]], theirs[0, [0, 1, 3, 4]])
+
+
+# --- weights, dropout, dispatch --------------------------------------------
+
+
+def test_default_returns_a_tensor_and_need_weights_a_pair():
+    m = MultiHeadAttention(H, N_H).eval()
+    x = torch.randn(B, S_Q, H)
+    out = m(x)
+    assert isinstance(out, torch.Tensor)
+    out2, weights = m(x, need_weights=True)
+    torch.testing.assert_close(out, out2)
+    expected, expected_w = reference_module(m, x, x, x)
+    assert_close(weights, expected_w.float())
+    assert_close(out, expected.float())
+
+
+def test_dropout_only_in_training_on_weights_only():
+    m = MultiHeadAttention(H, N_H, dropout=0.5, backend="math")
+    x = torch.randn(B, S_Q, H)
+    m.eval()
+    eval_out, eval_w = m(x, need_weights=True)
+    torch.testing.assert_close(m(x), eval_out)  # eval is deterministic
+    m.train()
+    torch.manual_seed(1)
+    train_out, train_w = m(x, need_weights=True)
+    # Each weight is dropped (0) or scaled by 1 / (1 - p).
+    kept = train_w != 0
+    assert 0 < kept.float().mean() < 1
+    torch.testing.assert_close(train_w[kept], 2 * eval_w[kept])
+    # The output is exactly the projected (dropped weights @ values): no other dropout.
+    v = split(m.v_proj(x), m.head_dim)
+    torch.testing.assert_close(train_out, m.out_proj(merge(train_w @ v)))
+    torch.manual_seed(1)
+    torch.testing.assert_close(m(x, need_weights=True)[0], train_out)
+
+
+def test_fused_dropout_is_active_in_training():
+    m = MultiHeadAttention(H, N_H, dropout=0.5).train()
+    x = torch.randn(B, S_Q, H)
+    a, b = m(x), m(x)
+    assert not torch.allclose(a, b)
+    m.eval()
+    torch.testing.assert_close(m(x), m(x))
+
+
+def test_explain_names_the_path_and_why():
+    m = MultiHeadAttention(H, N_H)
+    assert m.explain().path == "fused"
+    assert "scaled_dot_product_attention" in m.explain().reason
+    d = m.explain(need_weights=True)
+    assert d.path == "math" and "need_weights=True" in d.reason
+    forced = MultiHeadAttention(H, N_H, backend="math").explain()
+    assert forced.path == "math" and "requested" in forced.reason
+
+
+def test_fused_path_really_calls_sdpa(monkeypatch):
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    m = MultiHeadAttention(H, N_H)
+    x = torch.randn(B, S_Q, H)
+    m(x, is_causal=True)
+    assert len(calls) == 1 and calls[0]["is_causal"] and calls[0]["attn_mask"] is None
+    m(x, need_weights=True)
+    assert len(calls) == 1  # the math path does not call the kernel
+
+
+# --- torch.compile ----------------------------------------------------------
+
+
+def test_compiles_with_fullgraph_and_matches_eager():
+    m = MultiHeadAttention(H, N_H, num_kv_heads=1).eval()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x = torch.randn(B, S_Q, H)
+    mask = padding_mask(torch.tensor([5, 2]), S_Q)
+    torch.testing.assert_close(compiled(x, mask=mask, is_causal=True), m(x, mask=mask, is_causal=True))
+    out, w = compiled(x, need_weights=True)
+    torch.testing.assert_close(w, m(x, need_weights=True)[1])
+
+
+# --- the mask argument's name ----------------------------------------------
+
+
+def test_attn_mask_keyword_fails_loudly():
+    m = MultiHeadAttention(H, N_H)
+    x = torch.randn(B, S_Q, H)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'attn_mask'"):
+        m(x, attn_mask=torch.ones(S_Q, S_Q, dtype=torch.bool))
+
+
+# --- errors -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"hidden_size": 30, "num_heads": 4}, ValueError, r"hidden_size=30 must be divisible by num_heads=4"),
+        ({"hidden_size": 32, "num_heads": 4, "num_kv_heads": 3}, ValueError, r"num_heads=4 must be divisible by num_kv_heads=3"),
+        ({"hidden_size": 32, "num_heads": 0}, ValueError, r"num_heads must be a positive int, got 0"),
+        ({"hidden_size": 32, "num_heads": -2}, ValueError, r"num_heads must be a positive int, got -2"),
+        ({"hidden_size": 32, "num_heads": 4.0}, TypeError, r"num_heads must be an int, got float"),
+        ({"hidden_size": 32, "num_heads": 4, "dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"hidden_size": 32, "num_heads": 4, "dropout": -0.1}, ValueError, r"dropout must be in \[0, 1\), got -0.1"),
+        ({"hidden_size": 32, "num_heads": 4, "backend": "flash"}, ValueError, r"backend must be one of \['auto', 'fused', 'math'\], got 'flash'"),
+        ({"hidden_size": 32, "num_heads": 4, "kdim": 0}, ValueError, r"kdim must be a positive int, got 0"),
+        ({"hidden_size": 32, "num_heads": 4, "bias": 1}, TypeError, r"bias must be a bool, got int"),
+    ],
+)
+def test_constructor_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        MultiHeadAttention(**kwargs)
+
+
+def _forward_error_cases():
+    x = torch.randn(2, 5, 16)
+    return [
+        ((torch.randn(2, 5, 12),), {}, ValueError, r"query must have shape \(b, s_q, h=16\), got \(2, 5, 12\)"),
+        ((torch.randn(5, 16),), {}, ValueError, r"query must have shape \(b, s_q, h=16\), got \(5, 16\)"),
+        ((x, torch.randn(3, 7, 16)), {}, ValueError, r"key must have shape \(b=2, s_kv, kdim=16\), got \(3, 7, 16\)"),
+        ((x, torch.randn(2, 7, 16), torch.randn(2, 6, 16)), {}, ValueError, r"value must have shape \(b=2, s_kv=7, vdim=16\), got \(2, 6, 16\)"),
+        (([[1.0]],), {}, TypeError, r"query must be a torch.Tensor, got list"),
+        ((x,), {"mask": torch.ones(4, 4, dtype=torch.bool)}, ValueError, r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 4, 5, 5\), got shape \(4, 4\)"),
+        ((x,), {"mask": torch.ones(2, 5, 5, 1, 1, dtype=torch.bool)}, ValueError, r"mask must be broadcastable .* got shape \(2, 5, 5, 1, 1\)"),
+        ((x,), {"mask": torch.ones(5, 5, dtype=torch.int64)}, TypeError, r"mask must be a bool tensor \(True = may attend\) or a float tensor .* got dtype torch.int64"),
+        ((x.long(),), {}, TypeError, r"query must be a floating-point tensor, got dtype torch.int64"),
+    ]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), _forward_error_cases())
+def test_forward_errors(args, kwargs, error, match):
+    m = MultiHeadAttention(16, 4)
+    with pytest.raises(error, match=match):
+        m(*args, **kwargs)
+
+
+def test_attention_errors_name_the_projected_widths():
+    attn = Attention(16, 4, num_kv_heads=2)
+    q = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match=r"key must have shape \(b=2, s_kv, n_kv \* d=8\), got \(2, 5, 16\)"):
+        attn(q, q, q)
+    with pytest.raises(ValueError, match=r"query must have shape \(b, s_q, h=16\), got \(2, 5, 12\)"):
+        attn(torch.randn(2, 5, 12), q, q)
+    with pytest.raises(ValueError, match=r"positional.head_dim must equal hidden_size / num_heads = 4, got 8"):
+        from mha import RotaryEmbedding
+
+        Attention(16, 4, positional=RotaryEmbedding(8))
+
+
+def test_fused_backend_with_weights_is_an_error():
+    m = MultiHeadAttention(16, 4, backend="fused")
+    with pytest.raises(ValueError, match=r'backend="fused" cannot return attention weights; got need_weights=True'):
+        m(torch.randn(1, 2, 16), need_weights=True)

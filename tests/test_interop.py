@@ -1,0 +1,152 @@
+"""from_torch / to_torch, the drop-in module, and replace_torch_attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mha import MultiHeadAttention, TorchMultiheadAttention, replace_torch_attention
+
+
+def _randomize_biases(module):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "bias" in name:
+                p.uniform_(-0.5, 0.5)
+    return module
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_from_torch_then_to_torch_round_trip(packed, bias, batch_first):
+    kdim, vdim = (None, None) if packed else (7, 9)
+    theirs = _randomize_biases(
+        nn.MultiheadAttention(12, 3, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first)
+    ).eval()
+    assert theirs._qkv_same_embed_dim is packed
+    ours = MultiHeadAttention.from_torch(theirs)
+    q = torch.randn(2, 5, 12)
+    k, v = torch.randn(2, 4, kdim or 12), torch.randn(2, 4, vdim or 12)
+    t = (lambda x: x) if batch_first else (lambda x: x.transpose(0, 1))
+    expected, expected_w = theirs(t(q), t(k), t(v), average_attn_weights=False)
+    out, weights = ours(q, k, v, need_weights=True)
+    torch.testing.assert_close(out, t(expected), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights, expected_w, atol=1e-5, rtol=1e-5)
+
+    back = ours.to_torch(batch_first=batch_first)
+    assert back._qkv_same_embed_dim is packed
+    for name, p in theirs.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], p, atol=0, rtol=0)
+
+
+def test_from_torch_copies_training_mode_and_dropout():
+    theirs = nn.MultiheadAttention(8, 2, dropout=0.25)
+    ours = MultiHeadAttention.from_torch(theirs)
+    assert ours.training and ours.attention.dropout == 0.25
+    assert not MultiHeadAttention.from_torch(theirs.eval()).training
+
+
+def test_refusals_name_what_is_unsupported():
+    with pytest.raises(ValueError, match=r"add_bias_kv=True.*got bias_k of shape \(1, 1, 8\)"):
+        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+    with pytest.raises(ValueError, match=r"add_zero_attn=True"):
+        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
+    with pytest.raises(TypeError, match=r"module must be a torch.nn.MultiheadAttention, got Linear"):
+        MultiHeadAttention.from_torch(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"no equivalent of num_kv_heads=1 \(expected num_kv_heads=2\)"):
+        MultiHeadAttention(8, 2, num_kv_heads=1).to_torch()
+    with pytest.raises(ValueError, match=r"no equivalent of scale=0.5 \(expected scale=None\)"):
+        MultiHeadAttention(8, 2, scale=0.5).to_torch()
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_drop_in_matches_torch_with_all_mask_kinds(batch_first):
+    theirs = _randomize_biases(nn.MultiheadAttention(12, 3, batch_first=batch_first)).eval()
+    ours = TorchMultiheadAttention.from_torch(theirs)
+    shape = (2, 5, 12) if batch_first else (5, 2, 12)
+    x = torch.randn(shape)
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    causal = nn.Transformer.generate_square_subsequent_mask(5)  # float, -inf above the diagonal
+    per_head = torch.rand(2 * 3, 5, 5) < 0.3
+    per_head[..., 0] = False
+    cases = [
+        {},
+        {"key_padding_mask": pad},
+        {"attn_mask": causal, "is_causal": True},
+        {"attn_mask": causal.isinf(), "key_padding_mask": pad},
+        {"attn_mask": per_head, "average_attn_weights": False},
+        {"need_weights": False, "key_padding_mask": pad},
+    ]
+    for kwargs in cases:
+        a, wa = ours(x, x, x, **kwargs)
+        b, wb = theirs(x, x, x, **kwargs)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=str(kwargs))
+        if wb is None:
+            assert wa is None
+        else:
+            torch.testing.assert_close(wa, wb, atol=1e-5, rtol=1e-5, msg=str(kwargs))
+
+
+def test_drop_in_unbatched_input():
+    theirs = nn.MultiheadAttention(12, 3).eval()
+    ours = TorchMultiheadAttention.from_torch(theirs)
+    x = torch.randn(5, 12)
+    pad = torch.tensor([False, False, False, True, True])
+    a, wa = ours(x, x, x, key_padding_mask=pad)
+    b, wb = theirs(x, x, x, key_padding_mask=pad)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(wa, wb, atol=1e-5, rtol=1e-5)
+
+
+def _transformer(dropout):
+    return nn.Transformer(
+        d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
+        dim_feedforward=32, dropout=dropout,
+    )
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_replace_torch_attention_in_transformer(mode):
+    model = _transformer(dropout=0.0).train(mode == "train")
+    src, tgt = torch.randn(7, 2, 16), torch.randn(5, 2, 16)  # (s, b, E)
+    src_pad = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
+    tgt_mask = nn.Transformer.generate_square_subsequent_mask(5)
+    kwargs = dict(
+        src_key_padding_mask=src_pad, memory_key_padding_mask=src_pad, tgt_mask=tgt_mask, tgt_is_causal=True
+    )
+    expected = model(src, tgt, **kwargs)
+    replace_torch_attention(model)
+    swapped = [m for m in model.modules() if isinstance(m, TorchMultiheadAttention)]
+    assert len(swapped) == 2 + 2 * 2  # encoder self, decoder self + cross
+    assert not any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    torch.testing.assert_close(model(src, tgt, **kwargs), expected, atol=1e-5, rtol=1e-5)
+
+    # The swapped modules really run: changing their weights changes the output.
+    with torch.no_grad():
+        for m in swapped:
+            m.inner.v_proj.weight.mul_(2)
+    assert not torch.allclose(model(src, tgt, **kwargs), expected, atol=1e-3)
+
+
+def test_encoder_fast_path_is_not_silently_used():
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=True).eval()
+    x = torch.randn(2, 6, 16)
+    pad = torch.tensor([[False] * 6, [False] * 2 + [True] * 4])
+    with torch.inference_mode():
+        expected = encoder(x, src_key_padding_mask=pad)
+        replace_torch_attention(encoder)
+        assert encoder.use_nested_tensor is False
+        out = encoder(x, src_key_padding_mask=pad)
+    # PyTorch's nested fast path returns zeros at padded positions; compare the real ones.
+    real = ~pad
+    torch.testing.assert_close(out[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_replace_on_a_bare_module_and_errors():
+    theirs = nn.MultiheadAttention(8, 2)
+    assert isinstance(replace_torch_attention(theirs), TorchMultiheadAttention)
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, got str"):
+        replace_torch_attention("model")
