@@ -1,0 +1,111 @@
+"""Incremental decoding with KVCache equals the full causal pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from mha import KVCache, MultiHeadAttention, RotaryEmbedding
+from mha.masks import padding_mask
+
+
+def decode(m, x, prefill, cache, mask=None):
+    """Prefill ``prefill`` tokens, then feed the rest one at a time."""
+    outs = [m(x[:, :prefill], cache=cache, mask=mask)]
+    outs += [m(x[:, i : i + 1], cache=cache, mask=mask) for i in range(prefill, x.shape[1])]
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
+@pytest.mark.parametrize("prefill", [1, 5])
+@pytest.mark.parametrize("backend", ["auto", "math"])
+def test_cached_decoding_equals_the_full_causal_pass(num_kv_heads, rotary, prefill, backend):
+    m = MultiHeadAttention(
+        32, 4, num_kv_heads=num_kv_heads, backend=backend,
+        positional=RotaryEmbedding(8) if rotary else None,
+    ).eval()
+    x = torch.randn(3, 9, 32)
+    cache = m.new_cache(3, 11)
+    assert cache.keys.shape == (3, num_kv_heads, 11, 8)
+    torch.testing.assert_close(decode(m, x, prefill, cache), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+    assert cache.length == 9
+
+
+def test_chunked_prefill_in_several_chunks():
+    m = MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8)).eval()
+    x = torch.randn(2, 10, 32)
+    cache = m.new_cache(2, 10)
+    chunks = [m(x[:, a:b], cache=cache) for a, b in ((0, 3), (3, 7), (7, 10))]
+    torch.testing.assert_close(torch.cat(chunks, 1), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+
+
+def test_padding_mask_with_cache_for_batches_of_different_lengths():
+    # Sequence 1 is left-padded by 2: its keys at slots 0 and 1 must be ignored.
+    m = MultiHeadAttention(32, 4, num_kv_heads=2).eval()
+    x = torch.randn(2, 6, 32)
+    cache = m.new_cache(2, 8)
+    slots = torch.arange(8)
+    keep = torch.stack([slots >= 0, slots >= 2])[:, None, None, :]  # (b, 1, 1, s_max)
+    out = decode(m, x, 3, cache, mask=keep)
+    torch.testing.assert_close(out[0], m(x[:1], is_causal=True)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1, 2:], m(x[1:, 2:], is_causal=True)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_reset_reuses_the_buffers():
+    m = MultiHeadAttention(16, 2).eval()
+    x = torch.randn(1, 4, 16)
+    cache = m.new_cache(1, 4)
+    first = decode(m, x, 2, cache)
+    buffer = cache.keys.data_ptr()
+    cache.reset()
+    assert cache.length == 0 and int(cache.position) == 0
+    torch.testing.assert_close(decode(m, x, 2, cache), first)
+    assert cache.keys.data_ptr() == buffer
+
+
+def test_overflow_and_shape_errors_name_the_sizes():
+    m = MultiHeadAttention(16, 2).eval()
+    cache = m.new_cache(1, 4)
+    m(torch.randn(1, 3, 16), cache=cache)
+    with pytest.raises(ValueError, match=r"KVCache overflow: it holds 3 of max_len=4 positions and cannot take 2 more"):
+        m(torch.randn(1, 2, 16), cache=cache)
+    with pytest.raises(ValueError, match=r"key must have shape \(b=1, n_kv=2, s, d=8\), got \(2, 2, 1, 8\)"):
+        m(torch.randn(2, 1, 16), cache=cache)
+    with pytest.raises(ValueError, match=r"with a cache, query and key must be the same chunk: got s_q=1 and s_kv=3"):
+        m(torch.randn(1, 1, 16), torch.randn(1, 3, 16), cache=cache)
+    with pytest.raises(TypeError, match=r"cache must be a mha.KVCache, got dict"):
+        m(torch.randn(1, 1, 16), cache={})
+    with pytest.raises(ValueError, match=r"max_len must be a positive int, got 0"):
+        m.new_cache(1, 0)
+
+
+def test_gqa_cache_is_smaller_by_the_group_size():
+    full = MultiHeadAttention(512, 8).new_cache(1, 512)
+    gqa = MultiHeadAttention(512, 8, num_kv_heads=2).new_cache(1, 512)
+    size = lambda c: c.keys.nelement() + c.values.nelement()  # noqa: E731
+    assert size(full) == 4 * size(gqa) == 2 * 512 * 512
+
+
+def test_one_token_steps_do_not_recompile():
+    m = MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8)).eval()
+    compiled = torch.compile(m, backend="eager")
+    x = torch.randn(1, 20, 32)
+    cache = m.new_cache(1, 24)
+    counters.clear()
+    with torch.no_grad():
+        out = [compiled(x[:, :4], cache=cache)]
+        out += [compiled(x[:, i : i + 1], cache=cache) for i in range(4, 8)]
+        graphs_after_warmup = counters["stats"]["unique_graphs"]
+        out += [compiled(x[:, i : i + 1], cache=cache) for i in range(8, 20)]
+    assert counters["stats"]["unique_graphs"] == graphs_after_warmup
+    torch.testing.assert_close(torch.cat(out, 1), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+
+
+def test_kvcache_standalone_update_returns_a_causal_slot_mask():
+    cache = KVCache(1, 5, num_kv_heads=1, head_dim=2)
+    _, _, mask = cache.update(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+    assert mask.int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
+    _, _, mask = cache.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+    assert mask.int().tolist() == [[1, 1, 1, 0, 0]]

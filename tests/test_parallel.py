@@ -1,0 +1,105 @@
+"""Tensor parallelism: 2 CPU processes (gloo) against the single-process module."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from mha import MultiHeadAttention, RotaryEmbedding
+from mha.masks import padding_mask
+from mha.parallel import parallelize, plan
+
+WORLD_SIZE = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_sharded_equals_single(make, mesh, **call):
+    torch.manual_seed(0)
+    single = make()
+    sharded = make()
+    sharded.load_state_dict(single.state_dict())
+    parallelize(sharded, mesh)
+    # Each rank holds 1/WORLD_SIZE of the heads.
+    local_rows = sharded.q_proj.weight.to_local().shape[0]
+    assert local_rows == single.q_proj.weight.shape[0] // WORLD_SIZE
+
+    x = torch.randn(2, 6, 32)  # the same on every rank (same seed)
+    x_single, x_sharded = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = single(x_single, **call)
+    out = sharded(x_sharded, **call)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    expected.pow(2).sum().backward()
+    out.pow(2).sum().backward()
+    torch.testing.assert_close(x_sharded.grad, x_single.grad, atol=1e-5, rtol=1e-5)
+    return single, sharded
+
+
+def _worker(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+        pad = padding_mask(torch.tensor([6, 4]), 6)
+        # MHA and GQA, causal, with a padding mask.
+        _check_sharded_equals_single(lambda: MultiHeadAttention(32, 4), mesh, is_causal=True)
+        single, sharded = _check_sharded_equals_single(
+            lambda: MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8)),
+            mesh, is_causal=True, mask=pad,
+        )
+        # The KV cache holds the local key/value heads and decodes exactly.
+        sharded.eval()
+        cache = sharded.new_cache(2, 8)
+        assert cache.num_kv_heads == 1
+        x = torch.randn(2, 6, 32)
+        with torch.no_grad():
+            steps = [sharded(x[:, :3], cache=cache)] + [sharded(x[:, i : i + 1], cache=cache) for i in range(3, 6)]
+            torch.testing.assert_close(torch.cat(steps, 1), single.eval()(x, is_causal=True), atol=1e-5, rtol=1e-5)
+        # Dropout runs sharded: random in training, exact in eval.
+        torch.manual_seed(1)
+        drop = MultiHeadAttention(32, 4, dropout=0.5)
+        parallelize(drop, mesh)
+        assert not torch.allclose(drop(x), drop.eval()(x))
+        # Every MultiHeadAttention inside a bigger model.
+        model = nn.ModuleDict({"a": MultiHeadAttention(32, 4), "b": MultiHeadAttention(32, 2, num_kv_heads=2)})
+        parallelize(model, mesh)
+        assert model["b"].k_proj.weight.to_local().shape == (16, 32)  # 1 of 2 heads of d=16
+        # Heads that do not divide by the mesh size.
+        with pytest.raises(ValueError, match=r"module.num_heads=3 must be divisible by the device mesh size 2"):
+            parallelize(MultiHeadAttention(24, 3), mesh)
+        with pytest.raises(ValueError, match=r"module.num_kv_heads=1 must be divisible by the device mesh size 2"):
+            parallelize(MultiHeadAttention(32, 4, num_kv_heads=1), mesh)
+        with pytest.raises(ValueError, match=r"module must be or contain a mha.MultiHeadAttention, got Linear"):
+            parallelize(nn.Linear(2, 2), mesh)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
+def test_tensor_parallel_matches_single_process():
+    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=True)
+
+
+def test_plan_prefixes_and_styles():
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    p = plan("layers.0.attn")
+    assert {k: type(v) for k, v in p.items()} == {
+        "layers.0.attn.q_proj": ColwiseParallel,
+        "layers.0.attn.k_proj": ColwiseParallel,
+        "layers.0.attn.v_proj": ColwiseParallel,
+        "layers.0.attn.out_proj": RowwiseParallel,
+    }
+    assert set(plan()) == {"q_proj", "k_proj", "v_proj", "out_proj"}
