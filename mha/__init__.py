@@ -1,22 +1,19 @@
 """mha: multi-head attention for PyTorch.
 
-Exact against :class:`torch.nn.MultiheadAttention`, fused where PyTorch's
+Exact against `torch.nn.MultiheadAttention`, fused where PyTorch's
 kernels allow, and never NaN where a query may attend to nothing.
 
 Shape vocabulary, used in every docstring, comment and error message:
 
-====== =====================================================
-letter meaning
-====== =====================================================
-b      batch size
-s_q    query length
-s_kv   key/value length
-h      hidden size (``hidden_size``), the model width
-n_h    query heads (``num_heads``)
-n_kv   key/value heads (``num_kv_heads``): ``n_h`` for MHA,
-       fewer for grouped-query, 1 for multi-query attention
-d      head dimension, ``h / n_h``
-====== =====================================================
+| letter | meaning |
+|--------|---------|
+| `b` | batch size |
+| `s_q` | query length |
+| `s_kv` | key/value length |
+| `h` | hidden size (`hidden_size`), the model width |
+| `n_h` | query heads (`num_heads`) |
+| `n_kv` | key/value heads (`num_kv_heads`): `n_h` for MHA, fewer for grouped-query, 1 for multi-query attention |
+| `d` | head dimension, `h / n_h` |
 
 Boolean masks are True where a query **may attend** to a key.
 """

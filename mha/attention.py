@@ -1,11 +1,11 @@
-"""``Attention`` and ``MultiHeadAttention``: the two classes of the tutorial.
+"""`Attention` and `MultiHeadAttention`: the two classes of the tutorial.
 
-``Attention`` takes queries, keys and values that are already projected,
+`Attention` takes queries, keys and values that are already projected,
 splits them into heads, computes the attention weights and the context, and
-merges the heads again. ``MultiHeadAttention`` puts the query, key, value and
-output projections around it: ``self.attention = Attention(...)``.
+merges the heads again. `MultiHeadAttention` puts the query, key, value and
+output projections around it: `self.attention = Attention(...)`.
 
-Shape letters are those of :mod:`mha`.
+Shape letters are those of [`mha`][mha].
 """
 
 from __future__ import annotations
@@ -24,32 +24,32 @@ __all__ = ["Attention", "MultiHeadAttention"]
 class Attention(nn.Module):
     """Scaled dot-product attention over heads, on projected inputs.
 
-    Splits ``(b, s, n * d)`` inputs into ``n`` heads of width ``d``, computes
-    ``softmax(q kᵀ · scale + mask) v`` per head, and merges the heads back.
-    Query heads share key/value heads in groups of ``n_h / n_kv``
-    (grouped-query attention; ``n_kv = 1`` is multi-query attention).
+    Splits `(b, s, n * d)` inputs into `n` heads of width `d`, computes
+    `softmax(q kᵀ · scale + mask) v` per head, and merges the heads back.
+    Query heads share key/value heads in groups of `n_h / n_kv`
+    (grouped-query attention; `n_kv = 1` is multi-query attention).
 
     Args:
-        hidden_size: ``h``, the width of the queries and of the output.
-        num_heads: ``n_h``; must divide ``hidden_size``.
-        num_kv_heads: ``n_kv``; must divide ``num_heads``. Defaults to ``num_heads``.
+        hidden_size: `h`, the width of the queries and of the output.
+        num_heads: `n_h`; must divide `hidden_size`.
+        num_kv_heads: `n_kv`; must divide `num_heads`. Defaults to `num_heads`.
         dropout: probability of zeroing an attention weight, in training only.
-        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
-        positional: a :class:`mha.RotaryEmbedding` applied to queries and keys.
-        backend: ``"auto"`` (fused kernel unless weights are requested),
-            ``"fused"`` or ``"math"``; see :func:`mha.functional.choose_path`.
+        scale: multiplies the scores; defaults to `1 / sqrt(d)`.
+        positional: a [`mha.RotaryEmbedding`][mha.RotaryEmbedding] applied to queries and keys.
+        backend: `"auto"` (fused kernel unless weights are requested),
+            `"fused"` or `"math"`; see [`mha.functional.choose_path`][mha.functional.choose_path].
 
     Attributes:
-        hidden_size: ``h``.
-        num_heads: ``n_h``.
-        num_kv_heads: ``n_kv``.
-        head_dim: ``d = h / n_h``.
+        hidden_size: `h`.
+        num_heads: `n_h`.
+        num_kv_heads: `n_kv`.
+        head_dim: `d = h / n_h`.
 
     Shape:
-        query: ``(b, s_q, h)``; key, value: ``(b, s_kv, n_kv * d)``;
-        output: ``(b, s_q, h)``; weights: ``(b, n_h, s_q, s_kv)``.
-        Under tensor parallelism (:mod:`mha.parallel`) each rank passes
-        ``1/t`` of these widths and holds ``1/t`` of the heads.
+        query: `(b, s_q, h)`; key, value: `(b, s_kv, n_kv * d)`;
+        output: `(b, s_q, h)`; weights: `(b, n_h, s_q, s_kv)`.
+        Under tensor parallelism ([`mha.parallel`][mha.parallel]) each rank passes
+        `1/t` of these widths and holds `1/t` of the heads.
 
     Example:
         >>> import torch
@@ -99,7 +99,7 @@ class Attention(nn.Module):
         self.backend = _checks.one_of("backend", backend, BACKENDS)
 
     def explain(self, *, need_weights: bool = False) -> Dispatch:
-        """Which path :meth:`forward` takes for these arguments, and why.
+        """Which path `forward` takes for these arguments, and why.
 
         Example:
             >>> from mha import Attention
@@ -121,24 +121,24 @@ class Attention(nn.Module):
         need_weights: bool = False,
         cache: KVCache | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Attend from ``query`` to ``key``/``value``.
+        """Attend from `query` to `key`/`value`.
 
         Args:
             query: projected queries.
             key: projected keys.
             value: projected values.
             mask: bool (True = may attend) or float (added to the scores),
-                broadcastable to ``(b, n_h, s_q, s_kv)``; with a cache,
-                ``s_kv`` is the cache's ``max_len``.
+                broadcastable to `(b, n_h, s_q, s_kv)`; with a cache,
+                `s_kv` is the cache's `max_len`.
             is_causal: causal mask aligned bottom-right (the queries are the
-                last ``s_q`` positions). A cache always attends causally.
+                last `s_q` positions). A cache always attends causally.
             need_weights: also return the per-head weights.
-            cache: a :class:`mha.KVCache` to append this chunk's keys and
+            cache: a [`mha.KVCache`][mha.KVCache] to append this chunk's keys and
                 values to and attend over.
 
         Returns:
-            The context ``(b, s_q, h)``, or ``(context, weights)`` when
-            ``need_weights=True``.
+            The context `(b, s_q, h)`, or `(context, weights)` when
+            `need_weights=True`.
 
         Raises:
             ValueError: on a shape that does not fit (the message names it).
@@ -216,39 +216,39 @@ class Attention(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention: projections around an :class:`Attention`.
+    """Multi-head attention: projections around an [`Attention`][mha.Attention].
 
-    ``q = query Wq``, ``k = key Wk``, ``v = value Wv``, then ``self.attention``
-    computes the context per head, and ``out_proj`` mixes the heads. Called
+    `q = query Wq`, `k = key Wk`, `v = value Wv`, then `self.attention`
+    computes the context per head, and `out_proj` mixes the heads. Called
     with one tensor it is self-attention; with three, cross-attention.
 
     Args:
-        hidden_size: ``h``, the width of the input and of the output.
-        num_heads: ``n_h``; must divide ``hidden_size``.
+        hidden_size: `h`, the width of the input and of the output.
+        num_heads: `n_h`; must divide `hidden_size`.
         dropout: probability of zeroing an attention weight, in training only.
-        num_kv_heads: ``n_kv`` key/value heads for grouped-query attention
-            (1 = multi-query); must divide ``num_heads``. Defaults to ``num_heads``.
+        num_kv_heads: `n_kv` key/value heads for grouped-query attention
+            (1 = multi-query); must divide `num_heads`. Defaults to `num_heads`.
         bias: whether the four projections have a bias.
-        kdim: width of ``key`` inputs; defaults to ``hidden_size``.
-        vdim: width of ``value`` inputs; defaults to ``hidden_size``.
-        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
-        positional: a :class:`mha.RotaryEmbedding` for queries and keys.
-        backend: ``"auto"``, ``"fused"`` or ``"math"``
-            (see :func:`mha.functional.choose_path`).
+        kdim: width of `key` inputs; defaults to `hidden_size`.
+        vdim: width of `value` inputs; defaults to `hidden_size`.
+        scale: multiplies the scores; defaults to `1 / sqrt(d)`.
+        positional: a [`mha.RotaryEmbedding`][mha.RotaryEmbedding] for queries and keys.
+        backend: `"auto"`, `"fused"` or `"math"`
+            (see [`mha.functional.choose_path`][mha.functional.choose_path]).
         device: where to create the parameters.
         dtype: of the parameters.
 
     Attributes:
-        q_proj: ``Linear(h, h)``.
-        k_proj: ``Linear(kdim, n_kv * d)``.
-        v_proj: ``Linear(vdim, n_kv * d)``.
-        attention: the :class:`Attention` that splits heads and attends.
-        out_proj: ``Linear(h, h)``.
+        q_proj: `Linear(h, h)`.
+        k_proj: `Linear(kdim, n_kv * d)`.
+        v_proj: `Linear(vdim, n_kv * d)`.
+        attention: the [`Attention`][mha.Attention] that splits heads and attends.
+        out_proj: `Linear(h, h)`.
 
     Shape:
-        query: ``(b, s_q, h)``; key: ``(b, s_kv, kdim)``; value: ``(b, s_kv, vdim)``;
-        mask: broadcastable to ``(b, n_h, s_q, s_kv)``;
-        output: ``(b, s_q, h)``; weights: ``(b, n_h, s_q, s_kv)``.
+        query: `(b, s_q, h)`; key: `(b, s_kv, kdim)`; value: `(b, s_kv, vdim)`;
+        mask: broadcastable to `(b, n_h, s_q, s_kv)`;
+        output: `(b, s_q, h)`; weights: `(b, n_h, s_q, s_kv)`.
 
     Example:
         >>> import torch
@@ -300,26 +300,26 @@ class MultiHeadAttention(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        """``h``."""
+        """`h`."""
         return self.attention.hidden_size
 
     @property
     def num_heads(self) -> int:
-        """``n_h``."""
+        """`n_h`."""
         return self.attention.num_heads
 
     @property
     def num_kv_heads(self) -> int:
-        """``n_kv``."""
+        """`n_kv`."""
         return self.attention.num_kv_heads
 
     @property
     def head_dim(self) -> int:
-        """``d``."""
+        """`d`."""
         return self.attention.head_dim
 
     def explain(self, *, need_weights: bool = False) -> Dispatch:
-        """Which attention path :meth:`forward` takes, and why.
+        """Which attention path `forward` takes, and why.
 
         Example:
             >>> from mha import MultiHeadAttention
@@ -343,20 +343,20 @@ class MultiHeadAttention(nn.Module):
 
         Args:
             query: the sequence that asks.
-            key: the sequence attended to; defaults to ``query`` (self-attention).
-            value: defaults to ``key``.
+            key: the sequence attended to; defaults to `query` (self-attention).
+            value: defaults to `key`.
             mask: bool (True = may attend) or float (added to the scores),
-                broadcastable to ``(b, n_h, s_q, s_kv)``. Not called
-                ``attn_mask`` on purpose: ``nn.MultiheadAttention``'s boolean
-                ``attn_mask`` means the opposite, and code written for it
+                broadcastable to `(b, n_h, s_q, s_kv)`. Not called
+                `attn_mask` on purpose: `nn.MultiheadAttention`'s boolean
+                `attn_mask` means the opposite, and code written for it
                 should fail loudly here rather than silently invert.
             is_causal: causal mask aligned bottom-right.
             need_weights: also return per-head weights (uses the math path).
-            cache: a :class:`mha.KVCache` from :meth:`new_cache`, for decoding.
+            cache: a [`mha.KVCache`][mha.KVCache] from [`new_cache`][mha.MultiHeadAttention.new_cache], for decoding.
 
         Returns:
-            The output ``(b, s_q, h)``, or ``(output, weights)`` with
-            ``need_weights=True``.
+            The output `(b, s_q, h)`, or `(output, weights)` with
+            `need_weights=True`.
 
         Raises:
             ValueError: on a shape that does not fit (the message names it).
@@ -394,10 +394,10 @@ class MultiHeadAttention(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> KVCache:
-        """A preallocated :class:`mha.KVCache` for this module.
+        """A preallocated [`mha.KVCache`][mha.KVCache] for this module.
 
         It holds this module's key/value heads (the local ones on a
-        tensor-parallel rank). ``dtype`` and ``device`` default to the
+        tensor-parallel rank). `dtype` and `device` default to the
         parameters'.
 
         Example:
@@ -421,18 +421,18 @@ class MultiHeadAttention(nn.Module):
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
-        """An equivalent module from a :class:`torch.nn.MultiheadAttention`.
+        """An equivalent module from a `torch.nn.MultiheadAttention`.
 
-        See :func:`mha.interop.from_torch`.
+        See [`mha.interop.from_torch`][mha.interop.from_torch].
         """
         from mha.interop import from_torch
 
         return from_torch(module)
 
     def to_torch(self, *, batch_first: bool = True) -> nn.MultiheadAttention:
-        """An equivalent :class:`torch.nn.MultiheadAttention`.
+        """An equivalent `torch.nn.MultiheadAttention`.
 
-        See :func:`mha.interop.to_torch`.
+        See [`mha.interop.to_torch`][mha.interop.to_torch].
         """
         from mha.interop import to_torch
 

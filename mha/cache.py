@@ -3,9 +3,9 @@
 A decoder that generates one token at a time would recompute every past key
 and value at every step. The cache keeps them instead, in buffers allocated
 once at their final size, so that every step has the same tensor shapes
-(``torch.compile`` compiles a step once) and nothing is reallocated.
+(`torch.compile` compiles a step once) and nothing is reallocated.
 
-Shape letters are those of :mod:`mha`; ``s_max`` is the cache's capacity.
+Shape letters are those of [`mha`][mha]; `s_max` is the cache's capacity.
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ __all__ = ["KVCache"]
 class KVCache:
     """Preallocated keys and values of past positions.
 
-    Usually made by :meth:`mha.MultiHeadAttention.new_cache`, which knows the
-    head count and width. It stores ``n_kv`` heads, so grouped-query attention
-    shrinks it by ``n_h / n_kv``.
+    Usually made by [`mha.MultiHeadAttention.new_cache`][mha.MultiHeadAttention.new_cache], which knows the
+    head count and width. It stores `n_kv` heads, so grouped-query attention
+    shrinks it by `n_h / n_kv`.
 
     Args:
-        batch_size: ``b``.
-        max_len: ``s_max``, the most positions it can hold.
-        num_kv_heads: ``n_kv``.
-        head_dim: ``d``.
+        batch_size: `b`.
+        max_len: `s_max`, the most positions it can hold.
+        num_kv_heads: `n_kv`.
+        head_dim: `d`.
         dtype: of the buffers; defaults to torch's default dtype.
         device: of the buffers.
 
     Attributes:
-        keys: ``(b, n_kv, s_max, d)``, keys after any rotary embedding.
-        values: ``(b, n_kv, s_max, d)``.
+        keys: `(b, n_kv, s_max, d)`, keys after any rotary embedding.
+        values: `(b, n_kv, s_max, d)`.
         position: a 0-d long tensor, the next free slot.
 
     Example:
@@ -82,25 +82,25 @@ class KVCache:
         self._length = 0
 
     def positions(self, s: int) -> Tensor:
-        """Absolute positions ``(s,)`` that the next ``s`` tokens will take."""
+        """Absolute positions `(s,)` that the next `s` tokens will take."""
         return self.position + torch.arange(s, device=self.position.device)
 
     def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Append a chunk of keys and values.
 
         Args:
-            key: the chunk's keys, ``(b, n_kv, s, d)``.
-            value: the chunk's values, ``(b, n_kv, s, d)``.
+            key: the chunk's keys, `(b, n_kv, s, d)`.
+            value: the chunk's values, `(b, n_kv, s, d)`.
 
         Returns:
-            ``(keys, values, mask)``: all ``s_max`` slots of both buffers, and a
-            bool mask ``(s, s_max)`` that lets chunk token ``i`` see the slots up
+            `(keys, values, mask)`: all `s_max` slots of both buffers, and a
+            bool mask `(s, s_max)` that lets chunk token `i` see the slots up
             to and including its own position (causal within the chunk; empty
             slots are never visible).
 
         Raises:
             ValueError: if the chunk's shape does not fit the cache or it would
-                write past ``max_len``.
+                write past `max_len`.
         """
         expected = (self.batch_size, self.num_kv_heads, None, self.head_dim)
         legend = f"(b={self.batch_size}, n_kv={self.num_kv_heads}, s, d={self.head_dim})"

@@ -2,24 +2,24 @@ r"""The attention math: weights, context, and which kernel computes them.
 
 Scaled dot-product attention for one head is
 
-.. math::
+$$
+\operatorname{Attention}(Q, K, V) = \operatorname{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + M\right) V
+$$
 
-    \operatorname{Attention}(Q, K, V) = \operatorname{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + M\right) V
-
-where :math:`M` is 0 where a query may attend to a key and :math:`-\infty`
+where $M$ is 0 where a query may attend to a key and $-\infty$
 where it may not. Two paths compute it:
 
-* ``"fused"`` calls :func:`torch.nn.functional.scaled_dot_product_attention`,
+* `"fused"` calls `torch.nn.functional.scaled_dot_product_attention`,
   which picks a flash, memory-efficient or math kernel and never needs an
-  ``s_q x s_kv`` tensor of weights;
-* ``"math"`` spells the formula out, returns the weights, and is the
+  `s_q x s_kv` tensor of weights;
+* `"math"` spells the formula out, returns the weights, and is the
   reference the fused path is tested against.
 
-:func:`choose_path` says which one runs and why. A query row that may attend
+[`choose_path`][mha.functional.choose_path] says which one runs and why. A query row that may attend
 to nothing gets zero weights and a zero context on both paths (the plain
 formula would divide 0 by 0).
 
-Shape letters are those of :mod:`mha`.
+Shape letters are those of [`mha`][mha].
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ class Dispatch:
     """Which attention path runs, and why.
 
     Attributes:
-        path: ``"fused"`` (:func:`~torch.nn.functional.scaled_dot_product_attention`)
-            or ``"math"`` (the explicit formula).
+        path: `"fused"` (`torch.nn.functional.scaled_dot_product_attention`)
+            or `"math"` (the explicit formula).
         reason: one sentence saying why that path was chosen.
     """
 
@@ -58,14 +58,14 @@ def choose_path(*, need_weights: bool = False, backend: Backend = "auto") -> Dis
 
     Args:
         need_weights: whether the caller wants the attention weights back.
-        backend: ``"auto"``, or ``"fused"``/``"math"`` to force a path.
+        backend: `"auto"`, or `"fused"`/`"math"` to force a path.
 
     Returns:
         The chosen path and the reason.
 
     Raises:
-        ValueError: when ``backend="fused"`` is combined with ``need_weights=True``
-            (the fused kernels do not return weights), or ``backend`` is unknown.
+        ValueError: when `backend="fused"` is combined with `need_weights=True`
+            (the fused kernels do not return weights), or `backend` is unknown.
 
     Example:
         >>> from mha.functional import choose_path
@@ -100,7 +100,7 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _repeat_kv(x: Tensor, group: int) -> Tensor:
-    """Repeat each key/value head ``group`` times: (b, n_kv, s, d) -> (b, n_kv * group, s, d)."""
+    """Repeat each key/value head `group` times: (b, n_kv, s, d) -> (b, n_kv * group, s, d)."""
     if group == 1:
         return x
     b, n_kv, s, d = x.shape
@@ -110,13 +110,13 @@ def _repeat_kv(x: Tensor, group: int) -> Tensor:
 def _prepare_mask(
     mask: Tensor | None, is_causal: bool, s_q: int, s_kv: int, device: torch.device
 ) -> tuple[Tensor | None, bool, Tensor | None]:
-    """Fold ``is_causal`` into the mask and guard rows that may attend to nothing.
+    """Fold `is_causal` into the mask and guard rows that may attend to nothing.
 
     Returns:
-        ``(mask, kernel_causal, keep)``. ``kernel_causal`` is True when the
+        `(mask, kernel_causal, keep)`. `kernel_causal` is True when the
         fused kernel's own (top-left aligned) causal flag is exact, so no mask
-        needs to be built. ``keep`` is ``(..., s_q, 1)``, 1 for rows with at
-        least one allowed key and 0 for the rest, or ``None`` if every row has one.
+        needs to be built. `keep` is `(..., s_q, 1)`, 1 for rows with at
+        least one allowed key and 0 for the rest, or `None` if every row has one.
     """
     if is_causal and mask is None and s_q == s_kv:
         return None, True, None
@@ -141,9 +141,9 @@ def attention_weights(
     is_causal: bool = False,
     scale: float | None = None,
 ) -> Tensor:
-    """Per-head attention weights ``softmax(q kᵀ · scale + mask)``.
+    """Per-head attention weights `softmax(q kᵀ · scale + mask)`.
 
-    Key heads are shared by ``n_h // n_kv`` query heads each (grouped-query
+    Key heads are shared by `n_h // n_kv` query heads each (grouped-query
     attention). Rows that may attend to nothing are all zeros. For float16
     and bfloat16 inputs the softmax is computed in float32.
 
@@ -151,16 +151,16 @@ def attention_weights(
         query: queries, split into heads.
         key: keys, split into heads.
         mask: bool (True = may attend) or additive float, broadcastable to
-            ``(b, n_h, s_q, s_kv)``.
-        is_causal: also apply :func:`mha.masks.causal_mask` (bottom-right aligned).
-        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
+            `(b, n_h, s_q, s_kv)`.
+        is_causal: also apply [`mha.masks.causal_mask`][mha.masks.causal_mask] (bottom-right aligned).
+        scale: multiplies the scores; defaults to `1 / sqrt(d)`.
 
     Returns:
         Weights in the query's dtype; each row sums to 1 (or is all zeros).
 
     Shape:
-        query: ``(b, n_h, s_q, d)``; key: ``(b, n_kv, s_kv, d)``;
-        output: ``(b, n_h, s_q, s_kv)``
+        query: `(b, n_h, s_q, d)`; key: `(b, n_kv, s_kv, d)`;
+        output: `(b, n_h, s_q, s_kv)`
 
     Example:
         >>> import torch
@@ -201,28 +201,28 @@ def attention(
     need_weights: bool = False,
     backend: Backend = "auto",
 ) -> tuple[Tensor, Tensor | None]:
-    """Scaled dot-product attention over heads, on the path :func:`choose_path` picks.
+    """Scaled dot-product attention over heads, on the path [`choose_path`][mha.functional.choose_path] picks.
 
     Args:
         query: queries, split into heads.
-        key: keys, split into heads; ``n_h`` must be a multiple of ``n_kv``.
+        key: keys, split into heads; `n_h` must be a multiple of `n_kv`.
         value: values, split into heads.
         mask: bool (True = may attend) or additive float, broadcastable to
-            ``(b, n_h, s_q, s_kv)``.
+            `(b, n_h, s_q, s_kv)`.
         is_causal: apply a causal mask aligned bottom-right (queries are the
-            last ``s_q`` positions).
-        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
+            last `s_q` positions).
+        scale: multiplies the scores; defaults to `1 / sqrt(d)`.
         dropout_p: dropout on the attention weights (pass 0 in eval).
         need_weights: also return the weights (forces the math path).
-        backend: ``"auto"``, ``"fused"`` or ``"math"``.
+        backend: `"auto"`, `"fused"` or `"math"`.
 
     Returns:
-        ``(context, weights)``; ``weights`` is ``None`` unless requested. The
+        `(context, weights)`; `weights` is `None` unless requested. The
         returned weights are those that multiplied the values, i.e. after dropout.
 
     Shape:
-        query: ``(b, n_h, s_q, d)``; key, value: ``(b, n_kv, s_kv, d)``;
-        context: ``(b, n_h, s_q, d)``; weights: ``(b, n_h, s_q, s_kv)``
+        query: `(b, n_h, s_q, d)`; key, value: `(b, n_kv, s_kv, d)`;
+        context: `(b, n_h, s_q, d)`; weights: `(b, n_h, s_q, s_kv)`
 
     Example:
         >>> import torch

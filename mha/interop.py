@@ -1,14 +1,14 @@
-"""Interop with :class:`torch.nn.MultiheadAttention`, both ways.
+"""Interop with `torch.nn.MultiheadAttention`, both ways.
 
-* :func:`from_torch` / :func:`to_torch` copy weights between the two classes.
-* :class:`TorchMultiheadAttention` is a drop-in module: PyTorch's call
+* [`from_torch`][mha.interop.from_torch] / [`to_torch`][mha.interop.to_torch] copy weights between the two classes.
+* [`TorchMultiheadAttention`][mha.TorchMultiheadAttention] is a drop-in module: PyTorch's call
   signature and mask convention (boolean True = *blocked*), computed by
-  ``mha``.
-* :func:`replace_torch_attention` swaps every ``nn.MultiheadAttention`` inside
-  a model (``nn.Transformer``, ``nn.TransformerEncoderLayer``, your own) for
+  `mha`.
+* [`replace_torch_attention`][mha.replace_torch_attention] swaps every `nn.MultiheadAttention` inside
+  a model (`nn.Transformer`, `nn.TransformerEncoderLayer`, your own) for
   the drop-in.
 
-Shape letters are those of :mod:`mha`; ``E`` is PyTorch's ``embed_dim`` (= ``h``).
+Shape letters are those of [`mha`][mha]; `E` is PyTorch's `embed_dim` (= `h`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ def _check_torch_module(module: object) -> nn.MultiheadAttention:
 
 
 def from_torch(module: nn.MultiheadAttention) -> MultiHeadAttention:
-    """Build a :class:`mha.MultiHeadAttention` with the same weights.
+    """Build a [`mha.MultiHeadAttention`][mha.MultiHeadAttention] with the same weights.
 
-    Works with packed (``in_proj_weight``) and separate
-    (``q/k/v_proj_weight``) layouts, with or without bias. The result is
-    batch-first whatever ``module.batch_first`` says; the training flag is
+    Works with packed (`in_proj_weight`) and separate
+    (`q/k/v_proj_weight`) layouts, with or without bias. The result is
+    batch-first whatever `module.batch_first` says; the training flag is
     copied.
 
     Args:
@@ -54,8 +54,8 @@ def from_torch(module: nn.MultiheadAttention) -> MultiHeadAttention:
         An equivalent module on the same device and dtype.
 
     Raises:
-        TypeError: if ``module`` is not an ``nn.MultiheadAttention``.
-        ValueError: if it uses ``add_bias_kv`` or ``add_zero_attn``.
+        TypeError: if `module` is not an `nn.MultiheadAttention`.
+        ValueError: if it uses `add_bias_kv` or `add_zero_attn`.
 
     Example:
         >>> import torch
@@ -94,10 +94,10 @@ def from_torch(module: nn.MultiheadAttention) -> MultiHeadAttention:
 
 
 def to_torch(module: MultiHeadAttention, *, batch_first: bool = True) -> nn.MultiheadAttention:
-    """Build a :class:`torch.nn.MultiheadAttention` with the same weights.
+    """Build a `torch.nn.MultiheadAttention` with the same weights.
 
     Args:
-        module: the ``mha`` module.
+        module: the `mha` module.
         batch_first: the layout of the PyTorch module to build.
 
     Returns:
@@ -158,26 +158,26 @@ def to_torch(module: MultiHeadAttention, *, batch_first: bool = True) -> nn.Mult
 
 
 class TorchMultiheadAttention(nn.Module):
-    """A drop-in for :class:`torch.nn.MultiheadAttention` that runs on ``mha``.
+    """A drop-in for `torch.nn.MultiheadAttention` that runs on `mha`.
 
-    Same call signature, same return value ``(output, weights or None)``,
+    Same call signature, same return value `(output, weights or None)`,
     same mask convention (boolean True = *blocked*; float masks are added),
-    same ``batch_first`` handling. Differences, all deliberate:
+    same `batch_first` handling. Differences, all deliberate:
 
     * a query that may attend to nothing gets a zero output and zero weights
       instead of NaN;
-    * ``is_causal=True`` without an ``attn_mask`` applies a causal mask
-      (PyTorch raises there); with an ``attn_mask`` the mask is used as given,
-      ``is_causal`` being PyTorch's hint that it is causal.
+    * `is_causal=True` without an `attn_mask` applies a causal mask
+      (PyTorch raises there); with an `attn_mask` the mask is used as given,
+      `is_causal` being PyTorch's hint that it is causal.
 
-    PyTorch's Transformer layers read ``_qkv_same_embed_dim`` and
-    ``in_proj_weight``/``in_proj_bias`` to decide whether to skip
-    ``self_attn.forward`` and run their own fused kernel on packed weights.
-    This module holds no packed weights (its projections live in ``.inner``),
-    so it reports ``False``/``None``, and the layers call :meth:`forward`.
+    PyTorch's Transformer layers read `_qkv_same_embed_dim` and
+    `in_proj_weight`/`in_proj_bias` to decide whether to skip
+    `self_attn.forward` and run their own fused kernel on packed weights.
+    This module holds no packed weights (its projections live in `.inner`),
+    so it reports `False`/`None`, and the layers call `forward`.
 
     Args:
-        inner: the :class:`mha.MultiHeadAttention` that computes.
+        inner: the [`mha.MultiHeadAttention`][mha.MultiHeadAttention] that computes.
         batch_first: the layout of inputs and outputs, as in PyTorch.
 
     Example:
@@ -206,7 +206,7 @@ class TorchMultiheadAttention(nn.Module):
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention) -> TorchMultiheadAttention:
-        """The drop-in for ``module``, with its weights and ``batch_first``."""
+        """The drop-in for `module`, with its weights and `batch_first`."""
         return cls(from_torch(module), batch_first=module.batch_first)
 
     # Read by code written for nn.MultiheadAttention.
@@ -245,14 +245,14 @@ class TorchMultiheadAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attention with ``nn.MultiheadAttention``'s arguments and conventions.
+        """Attention with `nn.MultiheadAttention`'s arguments and conventions.
 
         Shape:
-            query: ``(s_q, b, E)``, or ``(b, s_q, E)`` with ``batch_first``,
-            or ``(s_q, E)`` unbatched; key, value likewise with ``s_kv``;
-            key_padding_mask: ``(b, s_kv)``; attn_mask: ``(s_q, s_kv)`` or
-            ``(b * n_h, s_q, s_kv)``; weights: ``(b, s_q, s_kv)`` averaged
-            over heads, else ``(b, n_h, s_q, s_kv)``.
+            query: `(s_q, b, E)`, or `(b, s_q, E)` with `batch_first`,
+            or `(s_q, E)` unbatched; key, value likewise with `s_kv`;
+            key_padding_mask: `(b, s_kv)`; attn_mask: `(s_q, s_kv)` or
+            `(b * n_h, s_q, s_kv)`; weights: `(b, s_q, s_kv)` averaged
+            over heads, else `(b, n_h, s_q, s_kv)`.
         """
         for name, t in (("query", query), ("key", key), ("value", value)):
             _checks.tensor(name, t)
@@ -284,20 +284,20 @@ class TorchMultiheadAttention(nn.Module):
 
 
 def replace_torch_attention(model: nn.Module) -> nn.Module:
-    """Swap every ``nn.MultiheadAttention`` in ``model`` for :class:`TorchMultiheadAttention`.
+    """Swap every `nn.MultiheadAttention` in `model` for [`TorchMultiheadAttention`][mha.TorchMultiheadAttention].
 
-    Weights, ``batch_first`` and training mode carry over, so the model
-    computes the same function. ``nn.TransformerEncoder`` containers get
-    ``use_nested_tensor = False``: their nested-tensor shortcut only works
+    Weights, `batch_first` and training mode carry over, so the model
+    computes the same function. `nn.TransformerEncoder` containers get
+    `use_nested_tensor = False`: their nested-tensor shortcut only works
     together with PyTorch's fused layer kernel, which would bypass the new
     modules.
 
     Args:
         model: any module; changed in place. It may itself be an
-            ``nn.MultiheadAttention``.
+            `nn.MultiheadAttention`.
 
     Returns:
-        ``model``, or the drop-in when ``model`` itself was an ``nn.MultiheadAttention``.
+        `model`, or the drop-in when `model` itself was an `nn.MultiheadAttention`.
 
     Example:
         >>> import torch

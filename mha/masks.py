@@ -1,15 +1,15 @@
 """Attention masks: causal, padding, combining, and conversion from PyTorch.
 
-The convention everywhere in ``mha``: a **boolean mask is True where a query
+The convention everywhere in `mha`: a **boolean mask is True where a query
 may attend to a key**, the same as
-:func:`torch.nn.functional.scaled_dot_product_attention`. A floating-point
-mask is *added* to the attention scores (0 keeps, ``-inf`` blocks).
+`torch.nn.functional.scaled_dot_product_attention`. A floating-point
+mask is *added* to the attention scores (0 keeps, `-inf` blocks).
 
-:class:`torch.nn.MultiheadAttention` uses the opposite boolean convention
-(True = blocked). :func:`from_torch_masks` converts explicitly; nothing in
-``mha`` ever inverts a mask silently.
+`torch.nn.MultiheadAttention` uses the opposite boolean convention
+(True = blocked). [`from_torch_masks`][mha.masks.from_torch_masks] converts explicitly; nothing in
+`mha` ever inverts a mask silently.
 
-Shape letters are those of :mod:`mha`.
+Shape letters are those of [`mha`][mha].
 """
 
 from __future__ import annotations
@@ -27,21 +27,21 @@ def causal_mask(
 ) -> Tensor:
     """A boolean causal mask, aligned bottom-right.
 
-    Query ``i`` may attend to key ``j`` when ``j <= i + (s_kv - s_q)``: the
-    queries are taken to be the *last* ``s_q`` positions of the key sequence,
+    Query `i` may attend to key `j` when `j <= i + (s_kv - s_q)`: the
+    queries are taken to be the *last* `s_q` positions of the key sequence,
     which is what a decoder continuing a cached prefix needs. For
-    ``s_q == s_kv`` this is the usual lower-triangular mask.
+    `s_q == s_kv` this is the usual lower-triangular mask.
 
     Args:
         s_q: query length.
-        s_kv: key/value length; defaults to ``s_q``.
+        s_kv: key/value length; defaults to `s_q`.
         device: where to create the mask.
 
     Returns:
         A bool tensor, True where attention is allowed.
 
     Shape:
-        output: ``(s_q, s_kv)``
+        output: `(s_q, s_kv)`
 
     Example:
         >>> from mha.masks import causal_mask
@@ -59,19 +59,19 @@ def causal_mask(
 def padding_mask(lengths: Tensor, s_kv: int | None = None) -> Tensor:
     """A boolean key-padding mask from per-sequence lengths.
 
-    Sequence ``i`` of the batch has ``lengths[i]`` real tokens followed by
-    padding; keys at positions ``>= lengths[i]`` are blocked.
+    Sequence `i` of the batch has `lengths[i]` real tokens followed by
+    padding; keys at positions `>= lengths[i]` are blocked.
 
     Args:
         lengths: integer lengths, one per sequence.
-        s_kv: padded key length; defaults to ``lengths.max()``.
+        s_kv: padded key length; defaults to `lengths.max()`.
 
     Returns:
         A bool tensor, True at real (attendable) key positions, shaped to
-        broadcast against ``(b, n_h, s_q, s_kv)``.
+        broadcast against `(b, n_h, s_q, s_kv)`.
 
     Shape:
-        lengths: ``(b,)``; output: ``(b, 1, 1, s_kv)``
+        lengths: `(b,)`; output: `(b, 1, 1, s_kv)`
 
     Example:
         >>> import torch
@@ -115,12 +115,12 @@ def to_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 def combine_masks(*masks: Tensor | None) -> Tensor | None:
     """Combine masks so that a key is allowed only where every mask allows it.
 
-    ``None`` entries are skipped. Boolean masks are joined with logical AND;
+    `None` entries are skipped. Boolean masks are joined with logical AND;
     if any mask is a float mask, the boolean ones are turned into additive
-    masks (:func:`to_additive`) and everything is summed. Shapes broadcast.
+    masks ([`to_additive`][mha.masks.to_additive]) and everything is summed. Shapes broadcast.
 
     Returns:
-        The combined mask, or ``None`` when every entry is ``None``.
+        The combined mask, or `None` when every entry is `None`.
 
     Example:
         >>> import torch
@@ -155,19 +155,19 @@ def from_torch_masks(
     *,
     num_heads: int | None = None,
 ) -> Tensor | None:
-    """Convert :class:`torch.nn.MultiheadAttention`'s masks to ``mha``'s convention.
+    """Convert `torch.nn.MultiheadAttention`'s masks to `mha`'s convention.
 
     PyTorch's boolean masks mean True = *blocked*; they are inverted here, on
     purpose and in one documented place. Float masks are additive in both
     conventions and pass through.
 
     Args:
-        attn_mask: ``(s_q, s_kv)`` or ``(b * n_h, s_q, s_kv)``, as PyTorch takes it.
-        key_padding_mask: ``(b, s_kv)``, True (or ``-inf``) at padding.
-        num_heads: needed to unflatten a 3-D ``attn_mask``.
+        attn_mask: `(s_q, s_kv)` or `(b * n_h, s_q, s_kv)`, as PyTorch takes it.
+        key_padding_mask: `(b, s_kv)`, True (or `-inf`) at padding.
+        num_heads: needed to unflatten a 3-D `attn_mask`.
 
     Returns:
-        One mask broadcastable to ``(b, n_h, s_q, s_kv)``, or ``None``.
+        One mask broadcastable to `(b, n_h, s_q, s_kv)`, or `None`.
 
     Example:
         >>> import torch

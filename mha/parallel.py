@@ -1,13 +1,13 @@
-"""Tensor-parallel attention on PyTorch's own engine (``torch.distributed.tensor``).
+"""Tensor-parallel attention on PyTorch's own engine (`torch.distributed.tensor`).
 
-Megatron-style sharding over a 1-D device mesh of ``t`` ranks: the query,
+Megatron-style sharding over a 1-D device mesh of `t` ranks: the query,
 key and value projections are split column-wise, so each rank computes
-``n_h / t`` query heads and ``n_kv / t`` key/value heads entirely locally; the
+`n_h / t` query heads and `n_kv / t` key/value heads entirely locally; the
 output projection is split row-wise, and one all-reduce sums the partial
-outputs. :class:`mha.Attention` infers its local head count from the width
+outputs. [`mha.Attention`][mha.Attention] infers its local head count from the width
 it receives, so the same module runs sharded and unsharded.
 
-Shape letters are those of :mod:`mha`.
+Shape letters are those of [`mha`][mha].
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ __all__ = ["plan", "parallelize"]
 
 
 def plan(prefix: str = "") -> dict[str, ParallelStyle]:
-    """The tensor-parallel plan of one :class:`mha.MultiHeadAttention`.
+    """The tensor-parallel plan of one [`mha.MultiHeadAttention`][mha.MultiHeadAttention].
 
     Args:
         prefix: the module's dotted path inside a bigger model, e.g.
-            ``"layers.0.attn"``; empty for the module itself.
+            `"layers.0.attn"`; empty for the module itself.
 
     Returns:
-        A dict for :func:`torch.distributed.tensor.parallel.parallelize_module`,
+        A dict for `torch.distributed.tensor.parallel.parallelize_module`,
         to use as is or to merge into a bigger model's plan.
 
     Example:
@@ -65,18 +65,18 @@ def _check_divisible(name: str, module: MultiHeadAttention, world_size: int) -> 
 
 
 def parallelize(module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
-    """Shard a :class:`mha.MultiHeadAttention`, or every one inside ``module``.
+    """Shard a [`mha.MultiHeadAttention`][mha.MultiHeadAttention], or every one inside `module`.
 
     Args:
-        module: a ``MultiHeadAttention`` or a model containing some; changed in place.
-        device_mesh: a 1-D :class:`~torch.distributed.device_mesh.DeviceMesh`.
+        module: a `MultiHeadAttention` or a model containing some; changed in place.
+        device_mesh: a 1-D `torch.distributed.device_mesh.DeviceMesh`.
 
     Returns:
-        ``module``, with projection weights turned into DTensors.
+        `module`, with projection weights turned into DTensors.
 
     Raises:
         ValueError: if the mesh is not 1-D, a head count does not divide by
-            its size, or ``module`` holds no ``MultiHeadAttention``.
+            its size, or `module` holds no `MultiHeadAttention`.
     """
     from torch.distributed.tensor.parallel import parallelize_module
 

@@ -1,13 +1,13 @@
 r"""Rotary position embeddings (RoPE).
 
 RoFormer (Su et al., 2021, https://arxiv.org/abs/2104.09864, eq. 34) rotates
-each pair of features :math:`(x_{2i}, x_{2i+1})` of a query or key at position
-:math:`m` by the angle :math:`m\,\theta_i`, with
-:math:`\theta_i = \text{base}^{-2i/d}`. Because rotations compose, the score
-between a query at :math:`m` and a key at :math:`n` depends on :math:`m - n`
+each pair of features $(x_{2i}, x_{2i+1})$ of a query or key at position
+$m$ by the angle $m\,\theta_i$, with
+$\theta_i = \text{base}^{-2i/d}$. Because rotations compose, the score
+between a query at $m$ and a key at $n$ depends on $m - n$
 only: attention sees relative positions.
 
-Shape letters are those of :mod:`mha`.
+Shape letters are those of [`mha`][mha].
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ __all__ = ["RotaryEmbedding"]
 class RotaryEmbedding(nn.Module):
     """Rotates queries and keys by their absolute positions.
 
-    Pass it to :class:`mha.MultiHeadAttention` as ``positional=``; the module
+    Pass it to [`mha.MultiHeadAttention`][mha.MultiHeadAttention] as `positional=`; the module
     then applies it to queries and keys, in the full pass and with a
-    :class:`mha.KVCache` alike.
+    [`mha.KVCache`][mha.KVCache] alike.
 
     Args:
-        head_dim: ``d``, the per-head width; must be even.
+        head_dim: `d`, the per-head width; must be even.
         base: the wavelength base of the paper (10000).
 
     Shape:
-        x: ``(b, n, s, d)`` for any number of heads ``n``;
-        positions: ``(s,)`` or ``(b, s)``; output: like ``x``.
+        x: `(b, n, s, d)` for any number of heads `n`;
+        positions: `(s,)` or `(b, s)`; output: like `x`.
 
     Example:
         >>> import torch
@@ -59,7 +59,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """Rotate ``x`` by ``positions``; see the class docstring for shapes."""
+        """Rotate `x` by `positions`; see the class docstring for shapes."""
         if x.shape[-1] != self.head_dim:
             raise ValueError(
                 f"x must have last dimension d={self.head_dim}, got shape {tuple(x.shape)}"

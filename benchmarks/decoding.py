@@ -1,0 +1,111 @@
+"""Step-by-step decoding: the KV cache against recomputing the causal pass.
+
+Run: ``python benchmarks/decoding.py`` (about a minute on 2 cores).
+Prints a table and writes ``benchmarks/results/decoding.json``.
+
+Generates ``--tokens`` positions one at a time with ``MultiHeadAttention(512, 8)``
+on the CPU in float32: with a cache (one token in per step), and without
+(the whole causal forward over the prefix at every step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import print_table, write_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mha import MultiHeadAttention  # noqa: E402
+
+HIDDEN, HEADS = 512, 8
+
+
+def per_step_times(step, tokens: int) -> list[float]:
+    times = []
+    for t in range(tokens):
+        start = time.perf_counter()
+        step(t)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=512)
+    args = parser.parse_args()
+    n = args.tokens
+    torch.manual_seed(0)
+    m = MultiHeadAttention(HIDDEN, HEADS).eval()
+    x = torch.randn(1, n, HIDDEN)
+
+    with torch.inference_mode():
+        cache = m.new_cache(1, n)
+        cached = per_step_times(lambda t: m(x[:, t : t + 1], cache=cache), n)
+        recompute = per_step_times(lambda t: m(x[:, : t + 1], is_causal=True)[:, -1], n)
+
+    quarter = n // 4
+    buckets = [(i * quarter, (i + 1) * quarter) for i in range(4)]
+    per_token = {
+        f"{a}-{b}": {
+            "cached_ms": statistics.median(cached[a:b]) * 1e3,
+            "recompute_ms": statistics.median(recompute[a:b]) * 1e3,
+        }
+        for a, b in buckets
+    }
+    total_cached, total_recompute = sum(cached), sum(recompute)
+    speedup = total_recompute / total_cached
+    flatness = per_token[f"{buckets[-1][0]}-{buckets[-1][1]}"]["cached_ms"] / per_token[f"0-{quarter}"]["cached_ms"]
+
+    def cache_bytes(kv_heads: int) -> int:
+        c = MultiHeadAttention(HIDDEN, HEADS, num_kv_heads=kv_heads).new_cache(1, n)
+        return c.keys.nbytes + c.values.nbytes
+
+    memory = {"num_kv_heads=8": cache_bytes(8), "num_kv_heads=2": cache_bytes(2)}
+    shrink = memory["num_kv_heads=8"] / memory["num_kv_heads=2"]
+    targets = {
+        "speedup >= 10": speedup >= 10,
+        "last/first quarter per-token time <= 1.5": flatness <= 1.5,
+        "GQA cache 4x smaller": shrink == 4,
+    }
+
+    print(f"{n} tokens, MultiHeadAttention({HIDDEN}, {HEADS}), CPU float32\n")
+    print_table(
+        ["positions", "cached ms/token", "recompute ms/token"],
+        [[k, f"{v['cached_ms']:.3f}", f"{v['recompute_ms']:.3f}"] for k, v in per_token.items()],
+    )
+    print()
+    print_table(
+        ["measure", "value", "target"],
+        [
+            ["total, cached", f"{total_cached:.2f} s", ""],
+            ["total, recompute", f"{total_recompute:.2f} s", ""],
+            ["speedup", f"{speedup:.1f}x", "PASS" if targets["speedup >= 10"] else "FAIL"],
+            ["per-token time, last/first quarter", f"{flatness:.2f}", "PASS" if targets["last/first quarter per-token time <= 1.5"] else "FAIL"],
+            ["cache, num_kv_heads=8", f"{memory['num_kv_heads=8'] / 2**20:.2f} MiB", ""],
+            ["cache, num_kv_heads=2", f"{memory['num_kv_heads=2'] / 2**20:.2f} MiB", f"{shrink:.0f}x smaller: " + ("PASS" if targets["GQA cache 4x smaller"] else "FAIL")],
+        ],
+    )
+    path = write_results(
+        "decoding",
+        {
+            "tokens": n,
+            "per_token": per_token,
+            "total_s": {"cached": total_cached, "recompute": total_recompute},
+            "speedup": speedup,
+            "flatness": flatness,
+            "cache_bytes": memory,
+            "targets": targets,
+            "all_targets_met": all(targets.values()),
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Make the site's pictures: attention heatmaps and the performance chart.
+
+Run from the repository root (needs the `docs` extra, for matplotlib):
+
+    python docs/_scripts/make_figures.py
+
+Writes docs/assets/images/attention-weights.png,
+docs/assets/images/attention-padding.png, docs/assets/images/performance.png
+and docs/_snippets/performance-table.md (from benchmarks/results/*.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from mha import MultiHeadAttention  # noqa: E402
+from mha.masks import padding_mask  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "docs" / "assets" / "images"
+SNIPPETS = ROOT / "docs" / "_snippets"
+RESULTS = ROOT / "benchmarks" / "results"
+SENTENCE = ["the", "cat", "sat", "on", "the", "mat", "and", "slept"]
+PADDED = ["the", "cat", "sat", "on", "the", "mat", "<pad>", "<pad>"]
+
+
+def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path) -> None:
+    """One panel per head of (n_h, s_q, s_kv) weights."""
+    n_h = weights.shape[0]
+    fig, axes = plt.subplots(1, n_h, figsize=(3.1 * n_h, 3.6), constrained_layout=True)
+    for head, ax in enumerate(axes):
+        image = ax.imshow(weights[head], vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_title(f"head {head}")
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(tokens)), tokens if head == 0 else [], fontsize=8)
+        ax.set_xlabel("key")
+    axes[0].set_ylabel("query")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def attention_figures() -> None:
+    torch.manual_seed(0)
+    m = MultiHeadAttention(32, 4).eval()
+    x = torch.randn(1, len(SENTENCE), 32)
+    x[0, 4] = x[0, 0]  # the two "the" tokens get the same embedding
+    with torch.no_grad():
+        _, causal = m(x, is_causal=True, need_weights=True)
+        pad = padding_mask(torch.tensor([6]), len(PADDED))
+        _, padded = m(x, mask=pad, need_weights=True)
+    heatmaps(causal[0], SENTENCE, IMAGES / "attention-weights.png")
+    heatmaps(padded[0], PADDED, IMAGES / "attention-padding.png")
+
+
+def performance_figures() -> None:
+    attention = json.loads((RESULTS / "attention.json").read_text())
+    decoding = json.loads((RESULTS / "decoding.json").read_text())
+    machine = attention["machine"]
+    cases = attention["cases"]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    names = ["mha", "torch", "bare"]
+    colors = {"mha": "#3f51b5", "torch": "#ee6c4d", "bare": "#8d99ae"}
+    for i, case in enumerate(("inference", "training")):
+        for j, name in enumerate(names):
+            value = cases[case]["values"][name] * 1e3
+            left.bar(i + (j - 1) * 0.27, value, 0.25, color=colors[name], label=name if i == 0 else None)
+            left.text(i + (j - 1) * 0.27, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+    left.set_xticks([0, 1], ["inference\nb=1 s=2048 h=768", "training step\nb=4 s=512 h=512"])
+    left.set_ylabel("milliseconds (median)")
+    left.set_title("Time per call, lower is better")
+    left.legend()
+
+    buckets = list(decoding["per_token"])
+    cached = [decoding["per_token"][b]["cached_ms"] for b in buckets]
+    recompute = [decoding["per_token"][b]["recompute_ms"] for b in buckets]
+    right.plot(buckets, recompute, "o-", color=colors["torch"], label="recompute the causal pass")
+    right.plot(buckets, cached, "o-", color=colors["mha"], label="KV cache")
+    right.set_xlabel("generated positions")
+    right.set_ylabel("ms per token (median)")
+    right.set_title(f"Decoding {decoding['tokens']} tokens: {decoding['speedup']:.1f}x faster")
+    right.legend()
+    fig.suptitle(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, float32", fontsize=9)
+    fig.savefig(IMAGES / "performance.png", dpi=110)
+    plt.close(fig)
+
+    rows = [
+        "| case | setup | mha | nn.MultiheadAttention | bare SDPA module | mha / torch | mha / bare | targets |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case, result in cases.items():
+        unit, scale = ("MiB", 1.0) if case == "memory" else ("ms", 1e3)
+        values = result["values"]
+        cells = [f"{values[k] * scale:.1f} {unit}" if k in values else "—" for k in names]
+        ratios = [f"{result['ratios'][r]:.2f}" if r in result["ratios"] else "—" for r in ("mha/torch", "mha/bare")]
+        met = "met" if all(result["targets"].values()) else "**missed**"
+        targets = ", ".join(t.replace("<=", "≤") for t in result["targets"])
+        rows.append(f"| {case} | {result['description'].rsplit(',', 1)[0]} | {' | '.join(cells)} | {' | '.join(ratios)} | {targets}: {met} |")
+    rows.append("")
+    rows.append(
+        f"Measured on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
+        f"Python {machine['python']}: medians of interleaved repetitions, same weights."
+    )
+    (SNIPPETS / "performance-table.md").write_text("\n".join(rows) + "\n")
+
+    d = decoding
+    decode_rows = [
+        "| measure | value |",
+        "|---|---|",
+        f"| {d['tokens']} tokens, KV cache | {d['total_s']['cached']:.2f} s |",
+        f"| {d['tokens']} tokens, recomputing the causal pass | {d['total_s']['recompute']:.2f} s |",
+        f"| speedup | {d['speedup']:.1f}x (target ≥ 10x) |",
+        f"| per-token time, last quarter / first quarter | {d['flatness']:.2f} (flat) |",
+        f"| cache memory, 8 key/value heads | {d['cache_bytes']['num_kv_heads=8'] / 2**20:.2f} MiB |",
+        f"| cache memory, 2 key/value heads | {d['cache_bytes']['num_kv_heads=2'] / 2**20:.2f} MiB (4x smaller) |",
+    ]
+    (SNIPPETS / "decoding-table.md").write_text("\n".join(decode_rows) + "\n")
+
+
+def main() -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    SNIPPETS.mkdir(parents=True, exist_ok=True)
+    attention_figures()
+    performance_figures()
+    print(f"wrote figures to {IMAGES} and tables to {SNIPPETS}")
+
+
+if __name__ == "__main__":
+    main()
