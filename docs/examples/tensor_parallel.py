@@ -46,6 +46,7 @@ def main() -> None:
     print(f"rank {rank}/{world_size}: {local_heads} of 8 query heads, max |sharded - single| = {error:.1e}")
     assert error < 1e-5
 
+    dist.barrier()  # let every rank finish before the process group goes away
     dist.destroy_process_group()
 
 

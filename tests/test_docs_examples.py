@@ -1,0 +1,52 @@
+"""The example scripts the docs show run as the docs say."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensor_parallel_script_under_torchrun(tmp_path):
+    """The 'Scaling out' page's command line, on 2 CPU processes."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        # one stdout file per rank: two processes on one pipe can interleave lines
+        "--log-dir", str(tmp_path), "--redirects", "1",
+        str(ROOT / "docs" / "examples" / "tensor_parallel.py"),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    for rank in (0, 1):
+        (log,) = tmp_path.glob(f"**/{rank}/stdout.log")
+        line = log.read_text().strip()
+        assert line.startswith(f"rank {rank}/2: 4 of 8 query heads"), line
+        error = float(line.rsplit("=", 1)[1])
+        assert error < 1e-5
+
+
+def test_figures_script_redraws_every_figure(tmp_path, monkeypatch):
+    """`python docs/_scripts/make_figures.py` writes the pictures and tables the pages include."""
+    sys.path.insert(0, str(ROOT / "docs" / "_scripts"))
+    try:
+        import make_figures
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(make_figures, "IMAGES", tmp_path / "images")
+    monkeypatch.setattr(make_figures, "SNIPPETS", tmp_path / "snippets")
+    make_figures.main()
+    for name in ("attention-weights.png", "attention-padding.png", "performance.png"):
+        assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
+    committed = ROOT / "docs" / "_snippets" / "performance-table.md"
+    assert (tmp_path / "snippets" / "performance-table.md").read_text() == committed.read_text()
