@@ -426,3 +426,21 @@ def test_fused_backend_with_weights_is_an_error():
     m = MultiHeadAttention(16, 4, backend="fused")
     with pytest.raises(ValueError, match=r'backend="fused" cannot return attention weights; got need_weights=True'):
         m(torch.randn(1, 2, 16), need_weights=True)
+
+
+# --- CUDA, where present ----------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_fused_and_math_match_the_cpu_reference(dtype):
+    m = MultiHeadAttention(H, N_H, num_kv_heads=1)
+    x = torch.randn(B, S_Q, H)
+    allowed = torch.rand(B, 1, S_Q, S_Q) < 0.7
+    allowed[:, :, 3] = False  # a row with nothing to attend to
+    expected, _ = reference_module(m, x, x, x, allowed.expand(B, N_H, S_Q, S_Q))
+    gpu = m.to("cuda", dtype)
+    for backend in ("fused", "math"):
+        gpu.attention.backend = backend
+        out = gpu(x.to("cuda", dtype), mask=allowed.cuda())
+        assert_close(out.cpu(), expected, dtype)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def _free_port() -> int:
@@ -27,6 +29,12 @@ def test_tensor_parallel_script_under_torchrun(tmp_path):
         str(ROOT / "docs" / "examples" / "tensor_parallel.py"),
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if run.returncode != 0 and GLOO_TEARDOWN_ABORT in run.stderr:
+        # Gloo's threads sometimes abort the interpreter's shutdown after the
+        # script has finished its work; that is PyTorch's, not ours. Once more.
+        for old in tmp_path.iterdir():
+            shutil.rmtree(old)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stdout + run.stderr
     for rank in (0, 1):
         (log,) = tmp_path.glob(f"**/{rank}/stdout.log")

@@ -48,44 +48,50 @@ def _check_sharded_equals_single(make, mesh, **call):
 def _worker(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh("cpu", (WORLD_SIZE,))
-        pad = padding_mask(torch.tensor([6, 4]), 6)
-        # MHA and GQA, causal, with a padding mask.
-        _check_sharded_equals_single(lambda: MultiHeadAttention(32, 4), mesh, is_causal=True)
-        single, sharded = _check_sharded_equals_single(
-            lambda: MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8)),
-            mesh, is_causal=True, mask=pad,
-        )
-        # The KV cache holds the local key/value heads and decodes exactly.
-        sharded.eval()
-        cache = sharded.new_cache(2, 8)
-        assert cache.num_kv_heads == 1
-        x = torch.randn(2, 6, 32)
-        with torch.no_grad():
-            steps = [sharded(x[:, :3], cache=cache)] + [sharded(x[:, i : i + 1], cache=cache) for i in range(3, 6)]
-            torch.testing.assert_close(torch.cat(steps, 1), single.eval()(x, is_causal=True), atol=1e-5, rtol=1e-5)
-        # Dropout runs sharded: random in training, exact in eval.
-        torch.manual_seed(1)
-        drop = MultiHeadAttention(32, 4, dropout=0.5)
-        parallelize(drop, mesh)
-        assert not torch.allclose(drop(x), drop.eval()(x))
-        # Every MultiHeadAttention inside a bigger model.
-        model = nn.ModuleDict({"a": MultiHeadAttention(32, 4), "b": MultiHeadAttention(32, 2, num_kv_heads=2)})
-        parallelize(model, mesh)
-        assert model["b"].k_proj.weight.to_local().shape == (16, 32)  # 1 of 2 heads of d=16
-        # Heads that do not divide by the mesh size.
-        with pytest.raises(ValueError, match=r"module.num_heads=3 must be divisible by the device mesh size 2"):
-            parallelize(MultiHeadAttention(24, 3), mesh)
-        with pytest.raises(ValueError, match=r"module.num_kv_heads=1 must be divisible by the device mesh size 2"):
-            parallelize(MultiHeadAttention(32, 4, num_kv_heads=1), mesh)
-        with pytest.raises(ValueError, match=r"module must be or contain a mha.MultiHeadAttention, got Linear"):
-            parallelize(nn.Linear(2, 2), mesh)
-    finally:
-        dist.barrier()  # a rank that tears gloo down while the other still talks aborts both
-        dist.destroy_process_group()
+    _checks(init_device_mesh("cpu", (WORLD_SIZE,)))  # an assertion error reaches mp.spawn
+    dist.barrier()  # a rank that tears gloo down while the other still talks aborts both
+    dist.destroy_process_group()
+    # Gloo's worker threads can still hold tensors when the interpreter
+    # finalises, which sometimes aborts the process after every check passed
+    # ("terminate called without an active exception"). Skip finalisation.
+    os._exit(0)
+
+
+def _checks(mesh) -> None:
+    """Everything checked on each rank."""
+    pad = padding_mask(torch.tensor([6, 4]), 6)
+    # MHA and GQA, causal, with a padding mask.
+    _check_sharded_equals_single(lambda: MultiHeadAttention(32, 4), mesh, is_causal=True)
+    single, sharded = _check_sharded_equals_single(
+        lambda: MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8)),
+        mesh, is_causal=True, mask=pad,
+    )
+    # The KV cache holds the local key/value heads and decodes exactly.
+    sharded.eval()
+    cache = sharded.new_cache(2, 8)
+    assert cache.num_kv_heads == 1
+    x = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        steps = [sharded(x[:, :3], cache=cache)] + [sharded(x[:, i : i + 1], cache=cache) for i in range(3, 6)]
+        torch.testing.assert_close(torch.cat(steps, 1), single.eval()(x, is_causal=True), atol=1e-5, rtol=1e-5)
+    # Dropout runs sharded: random in training, exact in eval.
+    torch.manual_seed(1)
+    drop = MultiHeadAttention(32, 4, dropout=0.5)
+    parallelize(drop, mesh)
+    assert not torch.allclose(drop(x), drop.eval()(x))
+    # Every MultiHeadAttention inside a bigger model.
+    model = nn.ModuleDict({"a": MultiHeadAttention(32, 4), "b": MultiHeadAttention(32, 2, num_kv_heads=2)})
+    parallelize(model, mesh)
+    assert model["b"].k_proj.weight.to_local().shape == (16, 32)  # 1 of 2 heads of d=16
+    # Heads that do not divide by the mesh size.
+    with pytest.raises(ValueError, match=r"module.num_heads=3 must be divisible by the device mesh size 2"):
+        parallelize(MultiHeadAttention(24, 3), mesh)
+    with pytest.raises(ValueError, match=r"module.num_kv_heads=1 must be divisible by the device mesh size 2"):
+        parallelize(MultiHeadAttention(32, 4, num_kv_heads=1), mesh)
+    with pytest.raises(ValueError, match=r"module must be or contain a mha.MultiHeadAttention, got Linear"):
+        parallelize(nn.Linear(2, 2), mesh)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
