@@ -198,6 +198,8 @@ class Attention(nn.Module):
         legend = f"(b={query.shape[0]}, s_kv, n_kv * d={kv_width})"
         key = _checks.shape("key", key, (query.shape[0], None, kv_width), legend)
         value = _checks.shape("value", value, tuple(key.shape), f"{legend} = key's {tuple(key.shape)}")
+        _checks.floating("key", key)
+        _checks.floating("value", value)
         if cache is not None:
             if not isinstance(cache, KVCache):
                 raise TypeError(f"cache must be a mha.KVCache, got {type(cache).__name__}")

@@ -53,10 +53,15 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"base must be a number > 1, got {base!r}")
         self.head_dim = head_dim
         self.base = float(base)
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
-        inv_freq = (self.base**-exponents).to(torch.float32)  # (d/2,): theta_i
-        # Not persistent: it is derived from (head_dim, base), not learned.
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def frequencies(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """theta_i = base^(-2i/d), shape (d/2,).
+
+        Computed per call rather than stored as a buffer: `module.half()`
+        would otherwise round the frequencies to half precision.
+        """
+        exponents = torch.arange(0, self.head_dim, 2, dtype=dtype, device=device) / self.head_dim
+        return self.base**-exponents
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate `x` by `positions`; see the class docstring for shapes."""
@@ -64,11 +69,13 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(
                 f"x must have last dimension d={self.head_dim}, got shape {tuple(x.shape)}"
             )
-        angles = positions.to(torch.float32)[..., None] * self.inv_freq  # (s, d/2) | (b, s, d/2)
+        # Rotate in at least float32: half-precision angles lose whole positions.
+        work = torch.promote_types(x.dtype, torch.float32)
+        angles = positions.to(work)[..., None] * self.frequencies(work, x.device)  # (s, d/2) | (b, s, d/2)
         if angles.ndim == 3:
             angles = angles[:, None]  # (b, 1, s, d/2): one angle for every head
         cos, sin = angles.cos(), angles.sin()
-        pairs = x.to(torch.float32).unflatten(-1, (-1, 2))  # (b, n, s, d/2, 2)
+        pairs = x.to(work).unflatten(-1, (-1, 2))  # (b, n, s, d/2, 2)
         even, odd = pairs.unbind(-1)
         rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
         return rotated.flatten(-2).to(x.dtype)  # (b, n, s, d)

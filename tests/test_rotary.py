@@ -32,6 +32,15 @@ def test_matches_the_paper_formula(base):
     torch.testing.assert_close(rope(x, positions).double(), roformer_reference(x, positions, base), atol=1e-5, rtol=1e-5)
 
 
+def test_float64_inputs_rotate_in_float64():
+    rope = RotaryEmbedding(6)
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64)
+    positions = torch.tensor([0, 1, 4, 9, 100000])  # far positions need float64 angles
+    out = rope(x, positions)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, roformer_reference(x, positions), atol=1e-9, rtol=1e-9)
+
+
 def test_per_sequence_positions():
     rope = RotaryEmbedding(4)
     x = torch.randn(2, 3, 5, 4)
