@@ -146,9 +146,9 @@ class Attention(nn.Module):
         """
         q, k, v = self._check_inputs(query, key, value, cache)
         b, s_q, s_kv = q.shape[0], q.shape[1], k.shape[1]
-        q = q.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (b, n_h, s_q, d)
-        k = k.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (b, n_kv, s_kv, d)
-        v = v.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (b, n_kv, s_kv, d)
+        q = self._split_heads(q)  # (b, n_h, s_q, d)
+        k = self._split_heads(k)  # (b, n_kv, s_kv, d)
+        v = self._split_heads(v)  # (b, n_kv, s_kv, d)
         target_kv = s_kv if cache is None else cache.max_len
         if mask is not None:
             target = (b, q.shape[1], s_q, target_kv)
@@ -156,9 +156,10 @@ class Attention(nn.Module):
 
         if cache is None:
             if self.positional is not None:
-                k_pos = torch.arange(s_kv, device=k.device)  # (s_kv,)
-                q = self.positional(q, k_pos[s_kv - s_q :])  # queries are the last positions
-                k = self.positional(k, k_pos)
+                # Queries are the last s_q positions (negative when s_q > s_kv),
+                # as in the bottom-right causal alignment.
+                q = self.positional(q, torch.arange(s_kv - s_q, s_kv, device=q.device))
+                k = self.positional(k, torch.arange(s_kv, device=k.device))
         else:
             if self.positional is not None:
                 positions = cache.positions(s_q)  # (s_q,)
@@ -182,6 +183,10 @@ class Attention(nn.Module):
         )
         context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d)
         return (context, weights) if need_weights else context
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """(b, s, n * d) -> (b, n, s, d), for however many heads `x` holds."""
+        return x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
 
     def _check_inputs(
         self, query: object, key: object, value: object, cache: KVCache | None

@@ -80,6 +80,20 @@ def test_module_output_is_invariant_to_a_shift_of_all_positions():
     assert not torch.allclose(plain(x, is_causal=True), shifted, atol=1e-3)
 
 
+def test_cross_attention_positions_align_queries_to_the_last_keys():
+    # More queries than keys: query i sits at position s_kv - s_q + i (negative
+    # for the first ones), the same alignment as is_causal.
+    m = MultiHeadAttention(16, 2, positional=RotaryEmbedding(8), backend="math").eval().double()
+    q, kv = torch.randn(1, 5, 16).double(), torch.randn(1, 3, 16).double()
+    _, weights = m(q, kv, need_weights=True)
+    rope = m.attention.positional
+    split = lambda x: x.unflatten(-1, (-1, 8)).transpose(1, 2)  # noqa: E731
+    qh = rope(split(m.q_proj(q)), torch.arange(-2, 3))
+    kh = rope(split(m.k_proj(kv)), torch.arange(3))
+    expected = torch.softmax(qh @ kh.transpose(-1, -2) / 8**0.5, dim=-1)
+    torch.testing.assert_close(weights, expected)
+
+
 def test_errors():
     with pytest.raises(ValueError, match=r"head_dim must be even \(features rotate in pairs\), got 5"):
         RotaryEmbedding(5)
