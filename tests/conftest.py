@@ -7,6 +7,7 @@ axis cannot pass by accident.
 from __future__ import annotations
 
 import math
+import socket
 
 import pytest
 import torch
@@ -51,6 +52,13 @@ def reference_attention(q, k, v, allowed=None, scale=None):
                 weights[i, h, r] = e / e.sum()
             context[i, h] = weights[i, h] @ v[i, kv_head]
     return context, weights
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

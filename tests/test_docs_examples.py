@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_tensor_parallel_script_under_torchrun(tmp_path):
     """The 'Scaling out' page's command line, on 2 CPU processes."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
         # one stdout file per rank: two processes on one pipe can interleave lines
         "--log-dir", str(tmp_path), "--redirects", "1",
         str(ROOT / "docs" / "examples" / "tensor_parallel.py"),
     ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     if run.returncode != 0 and GLOO_TEARDOWN_ABORT in run.stderr:
         # Gloo's threads sometimes abort the interpreter's shutdown after the
         # script has finished its work; that is PyTorch's, not ours. Once more.
         for old in tmp_path.iterdir():
             shutil.rmtree(old)
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     for rank in (0, 1):
         (log,) = tmp_path.glob(f"**/{rank}/stdout.log")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -11,17 +10,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from conftest import free_port
 from mha import MultiHeadAttention, RotaryEmbedding
 from mha.masks import padding_mask
 from mha.parallel import parallelize, plan
 
 WORLD_SIZE = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_sharded_equals_single(make, mesh, **call):
@@ -96,7 +90,7 @@ def _checks(mesh) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 def test_tensor_parallel_matches_single_process():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(),), nprocs=WORLD_SIZE, join=True)
 
 
 def test_plan_prefixes_and_styles():
