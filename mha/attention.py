@@ -51,7 +51,7 @@ class Attention(nn.Module):
         Under tensor parallelism ([`mha.parallel`][mha.parallel]) each rank passes
         `1/t` of these widths and holds `1/t` of the heads.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha import Attention
         >>> attn = Attention(hidden_size=8, num_heads=2)
@@ -101,7 +101,7 @@ class Attention(nn.Module):
     def explain(self, *, need_weights: bool = False) -> Dispatch:
         """Which path `forward` takes for these arguments, and why.
 
-        Example:
+        Examples:
             >>> from mha import Attention
             >>> Attention(8, 2).explain().path
             'fused'
@@ -257,7 +257,7 @@ class MultiHeadAttention(nn.Module):
         mask: broadcastable to `(b, n_h, s_q, s_kv)`;
         output: `(b, s_q, h)`; weights: `(b, n_h, s_q, s_kv)`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha import MultiHeadAttention
         >>> _ = torch.manual_seed(0)
@@ -328,7 +328,7 @@ class MultiHeadAttention(nn.Module):
     def explain(self, *, need_weights: bool = False) -> Dispatch:
         """Which attention path `forward` takes, and why.
 
-        Example:
+        Examples:
             >>> from mha import MultiHeadAttention
             >>> MultiHeadAttention(8, 2).explain(need_weights=True).path
             'math'
@@ -407,7 +407,7 @@ class MultiHeadAttention(nn.Module):
         tensor-parallel rank). `dtype` and `device` default to the
         parameters'.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from mha import MultiHeadAttention
             >>> m = MultiHeadAttention(64, 8, num_kv_heads=2).eval()

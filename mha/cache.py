@@ -38,7 +38,7 @@ class KVCache:
         values: `(b, n_kv, s_max, d)`.
         position: a 0-d long tensor, the next free slot.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha import KVCache
         >>> cache = KVCache(1, 8, num_kv_heads=2, head_dim=4)

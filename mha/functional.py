@@ -67,7 +67,7 @@ def choose_path(*, need_weights: bool = False, backend: Backend = "auto") -> Dis
         ValueError: when `backend="fused"` is combined with `need_weights=True`
             (the fused kernels do not return weights), or `backend` is unknown.
 
-    Example:
+    Examples:
         >>> from mha.functional import choose_path
         >>> choose_path(need_weights=True)
         Dispatch(path='math', reason='need_weights=True: the fused kernels do not return attention weights')
@@ -162,7 +162,7 @@ def attention_weights(
         query: `(b, n_h, s_q, d)`; key: `(b, n_kv, s_kv, d)`;
         output: `(b, n_h, s_q, s_kv)`
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha.functional import attention_weights
         >>> q = k = torch.eye(2).view(1, 1, 2, 2)
@@ -224,7 +224,7 @@ def attention(
         query: `(b, n_h, s_q, d)`; key, value: `(b, n_kv, s_kv, d)`;
         context: `(b, n_h, s_q, d)`; weights: `(b, n_h, s_q, s_kv)`
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha.functional import attention
         >>> q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)

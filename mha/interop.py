@@ -57,7 +57,7 @@ def from_torch(module: nn.MultiheadAttention) -> MultiHeadAttention:
         TypeError: if `module` is not an `nn.MultiheadAttention`.
         ValueError: if it uses `add_bias_kv` or `add_zero_attn`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha import MultiHeadAttention
         >>> theirs = torch.nn.MultiheadAttention(16, 4, batch_first=True)
@@ -107,7 +107,7 @@ def to_torch(module: MultiHeadAttention, *, batch_first: bool = True) -> nn.Mult
         ValueError: for features PyTorch's class lacks: grouped-query heads,
             a custom scale, rotary positions.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha import MultiHeadAttention
         >>> ours = MultiHeadAttention(16, 4)
@@ -180,7 +180,7 @@ class TorchMultiheadAttention(nn.Module):
         inner: the [`mha.MultiHeadAttention`][mha.MultiHeadAttention] that computes.
         batch_first: the layout of inputs and outputs, as in PyTorch.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha import TorchMultiheadAttention
         >>> theirs = torch.nn.MultiheadAttention(16, 4)
@@ -299,7 +299,7 @@ def replace_torch_attention(model: nn.Module) -> nn.Module:
     Returns:
         `model`, or the drop-in when `model` itself was an `nn.MultiheadAttention`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha import TorchMultiheadAttention, replace_torch_attention
         >>> layer = torch.nn.TransformerEncoderLayer(16, 4, batch_first=True).eval()

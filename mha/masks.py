@@ -43,7 +43,7 @@ def causal_mask(
     Shape:
         output: `(s_q, s_kv)`
 
-    Example:
+    Examples:
         >>> from mha.masks import causal_mask
         >>> causal_mask(2, 4).int()
         tensor([[1, 1, 1, 0],
@@ -73,7 +73,7 @@ def padding_mask(lengths: Tensor, s_kv: int | None = None) -> Tensor:
     Shape:
         lengths: `(b,)`; output: `(b, 1, 1, s_kv)`
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha.masks import padding_mask
         >>> padding_mask(torch.tensor([3, 1]), 4).squeeze(1).squeeze(1).int()
@@ -98,7 +98,7 @@ def to_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
     A float mask is returned unchanged except for its dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha.masks import to_additive
         >>> to_additive(torch.tensor([True, False]))
@@ -122,7 +122,7 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
     Returns:
         The combined mask, or `None` when every entry is `None`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha.masks import causal_mask, combine_masks, padding_mask
         >>> m = combine_masks(causal_mask(3), padding_mask(torch.tensor([2]), 3))
@@ -169,7 +169,7 @@ def from_torch_masks(
     Returns:
         One mask broadcastable to `(b, n_h, s_q, s_kv)`, or `None`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha.masks import from_torch_masks
         >>> pad = torch.tensor([[False, False, True]])  # PyTorch: True = padding

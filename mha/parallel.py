@@ -36,7 +36,7 @@ def plan(prefix: str = "") -> dict[str, ParallelStyle]:
         A dict for `torch.distributed.tensor.parallel.parallelize_module`,
         to use as is or to merge into a bigger model's plan.
 
-    Example:
+    Examples:
         >>> from mha.parallel import plan
         >>> sorted(plan("blocks.0.attn"))
         ['blocks.0.attn.k_proj', 'blocks.0.attn.out_proj', 'blocks.0.attn.q_proj', 'blocks.0.attn.v_proj']

@@ -35,7 +35,7 @@ class RotaryEmbedding(nn.Module):
         x: `(b, n, s, d)` for any number of heads `n`;
         positions: `(s,)` or `(b, s)`; output: like `x`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from mha import RotaryEmbedding
         >>> rope = RotaryEmbedding(2)

@@ -18,7 +18,7 @@ PAGES = sorted(DOCS.glob("class-diagram*.md"))
 
 def parse_diagram(text: str) -> dict[str, dict[str, set[str]]]:
     """{class: {"attributes": {...}, "methods": {...}}} from the page's mermaid block."""
-    block = re.search(r"```mermaid\n(classDiagram.*?)```", text, re.S)
+    block = re.search(r"```mermaid\n(?:---\n.*?\n---\n)?(classDiagram.*?)```", text, re.S)
     assert block, "no mermaid classDiagram block"
     classes: dict[str, dict[str, set[str]]] = {}
     for name, body in re.findall(r"class (\w+) \{(.*?)\}", block.group(1), re.S):

@@ -1,27 +1,33 @@
-"""The documentation site: built strictly, served locally, checked in headless Chromium.
+"""The documentation site: built strictly, served as a host would, checked in headless Chromium.
 
-Every request to a host other than 127.0.0.1 is blocked and recorded, so a
-page that needs the internet (a CDN, Google Fonts) fails here.
+The same build is served twice, at a domain root (`/`) and under a subpath
+(`/mha/`, as GitHub Pages serves a project site). Every request to a host
+other than 127.0.0.1 is blocked and recorded, so a page that needs the
+internet (a CDN, Google Fonts) fails here.
 """
 
 from __future__ import annotations
 
-import functools
-import http.server
+import json
 import os
 import re
 import subprocess
 import sys
-import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pytest
+from site_server import SiteServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 LANGUAGES = {"en": "", "zh": "zh/"}
+SITE_URL = "https://mha-dev.github.io/mha/"
+PHONE, DESKTOP = 390, 1280
 
 pytestmark = pytest.mark.browser
 
@@ -45,9 +51,10 @@ def _has_playwright() -> bool:
 @pytest.fixture(scope="session")
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "MHA_SITE_URL": SITE_URL}
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=ROOT, capture_output=True, text=True, env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
@@ -55,18 +62,16 @@ def site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(site) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(site))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
+def bases(site) -> Iterator[dict[str, str]]:
+    """{"root": http://127.0.0.1:P/, "subpath": http://127.0.0.1:Q/mha/}: one build, two hosts."""
+    with SiteServer(site, "/") as root, SiteServer(site, "/mha/") as sub:
+        yield {"root": root.url, "subpath": sub.url}
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
+@pytest.fixture(scope="session")
+def server(bases) -> str:
+    """The subpath deployment: the one that breaks absolute links."""
+    return bases["subpath"]
 
 
 # Material renders mermaid into a *closed* shadow root; open it so the test can look inside.
@@ -91,14 +96,19 @@ class Browser:
         )
         self.blocked: list[str] = []
 
-    def open(self, url: str, *, color_scheme: str = "light"):
-        context = self.chromium.new_context(color_scheme=color_scheme, viewport={"width": 1280, "height": 900})
+    def open(self, url: str, *, color_scheme: str = "light", width: int = DESKTOP):
+        context = self.chromium.new_context(
+            color_scheme=color_scheme, viewport={"width": width, "height": 900},
+            is_mobile=width < 600, has_touch=width < 600,
+        )
         context.add_init_script(OPEN_SHADOW_ROOTS)
         context.route("**/*", self._route)
         page = context.new_page()
         errors: list[str] = []
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("requestfailed", lambda req: errors.append(f"failed: {req.url}"))
+        page.on("response", lambda res: errors.append(f"{res.status}: {res.url}") if res.status >= 400 and res.url != url else None)
         page.goto(url, wait_until="networkidle")
         return page, errors
 
@@ -130,31 +140,214 @@ def _pages(site: Path) -> list[str]:
     return paths
 
 
+class _Links(HTMLParser):
+    """href/src of every element, and the ids the page defines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs) -> None:
+        attrs = dict(attrs)
+        for name in ("href", "src"):
+            if attrs.get(name) and not (tag == "link" and attrs.get("rel") in ("canonical",)):
+                self.links.append(attrs[name])
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+# --- the build ----------------------------------------------------------------
+
+
 def test_build_references_no_other_host(site):
-    pattern = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*?(?:src|href)=["'](https?:)?//([^/"']+)""", re.I)
+    """Nothing that a browser loads (scripts, styles, images, frames) names another host.
+
+    The canonical link names the published address on purpose; nothing loads it."""
+    tag = re.compile(r"<(?:script|link|img|iframe)\b[^>]*>", re.I)
+    remote = re.compile(r"""(?:src|href)=["'](?:https?:)?//([^/"']+)""", re.I)
     for html in site.rglob("*.html"):
-        for _, host in pattern.findall(html.read_text(encoding="utf-8")):
-            assert host.startswith("127.0.0.1"), f"{html.relative_to(site)} loads from {host}"
+        for element in tag.findall(html.read_text(encoding="utf-8")):
+            host = remote.search(element)
+            if host and 'rel="canonical"' not in element:
+                raise AssertionError(f"{html.relative_to(site)} loads from {host[1]}: {element}")
 
 
-def test_every_page_loads_without_errors_or_external_requests(site, server, browser):
+def test_no_absolute_paths_in_pages(site):
+    """Links relative to the page work at any base URL; '/x' would leave a subpath."""
+    for html in site.rglob("index.html"):
+        text = html.read_text(encoding="utf-8")
+        absolute = re.findall(r"""(?:href|src)=["'](/[^/"'][^"']*)""", text)
+        assert not absolute, f"{html.relative_to(site)}: {absolute[:5]}"
+
+
+def test_canonical_links_and_sitemap_use_site_url(site):
+    pages = _pages(site)
+    for path in pages:
+        text = (site / path / "index.html").read_text(encoding="utf-8")
+        canonical = re.search(r'<link (?=[^>]*rel="canonical")[^>]*href="([^"]+)"', text)
+        assert canonical and canonical[1] == SITE_URL + path, (path, canonical and canonical[1])
+    listed = re.findall(r"<loc>([^<]+)</loc>", (site / "sitemap.xml").read_text(encoding="utf-8"))
+    assert sorted(listed) == sorted(SITE_URL + p for p in pages)
+
+
+def test_api_examples_are_code_blocks(site):
+    api = sorted((site / "api").rglob("index.html"))
+    assert len(api) >= 8
+    examples = 0
+    for html in api:
+        text = html.read_text(encoding="utf-8")
+        assert "<blockquote>" not in text, f"{html.relative_to(site)} renders a docstring as quotes"
+        blocks = re.findall(r'<div class="language-pycon highlight"><pre>(.*?)</pre>', text, re.S)
+        examples += sum("&gt;&gt;&gt;" in b for b in blocks)
+    assert examples >= 20, examples
+
+
+def test_404_pages_per_language(site):
+    en = (site / "404.html").read_text(encoding="utf-8")
+    zh = (site / "zh" / "404.html").read_text(encoding="utf-8")
+    # The page is shipped as a JSON string (see docs/_hooks/site_root.py): quotes are escaped.
+    assert '<html lang=\\"en\\"' in en and '<html lang=\\"zh-Hans\\"' in zh
+    assert "教程" in zh and "教程" not in en
+
+
+def test_search_index_per_language(site):
+    en = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    zh = json.loads((site / "zh" / "search" / "search_index.json").read_text(encoding="utf-8"))
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    assert en["docs"] and not any(cjk.search(d["title"]) for d in en["docs"])
+    assert zh["docs"] and all(not d["location"].startswith("zh/") for d in zh["docs"])
+    assert not any("\u200b" in d["title"] for d in zh["docs"])
+    assert any(cjk.search(d["title"]) for d in zh["docs"])
+
+
+def test_chinese_headings_have_meaningful_ids(site):
+    for html in (site / "zh").rglob("index.html"):
+        ids = re.findall(r'<h[1-6] id="([^"]+)"', html.read_text(encoding="utf-8"))
+        meaningless = [i for i in ids if re.fullmatch(r"_\d*", i)]
+        assert not meaningless, f"{html.relative_to(site)}: {meaningless}"
+
+
+def test_every_stylesheet_once(site):
+    for html in site.rglob("index.html"):
+        sheets = re.findall(r'<link rel="stylesheet" href="([^"]+)"', html.read_text(encoding="utf-8"))
+        assert len(sheets) == len(set(sheets)), f"{html.relative_to(site)}: {sheets}"
+
+
+# --- served at a root and under a subpath --------------------------------------
+
+
+@pytest.mark.parametrize("where", ["root", "subpath"])
+def test_no_broken_links_or_assets(site, bases, where):
+    """Every href and src of every page (switchers, nav, assets) resolves, at both bases."""
+    base = bases[where]
+    checked: dict[str, int] = {}
+    broken = []
+    for path in _pages(site):
+        parser = _Links()
+        parser.feed((site / path / "index.html").read_text(encoding="utf-8"))
+        for link in parser.links:
+            url = urljoin(base + path, link)
+            if urlsplit(url).hostname != "127.0.0.1":
+                continue
+            target = url.split("#", 1)[0]
+            if target not in checked:
+                checked[target] = _status(target)
+            if checked[target] != 200:
+                broken.append(f"{path} -> {link} ({checked[target]})")
+    assert not broken, broken
+    assert len(checked) > 40
+
+
+def _layout_problems(page) -> list[str]:
+    """Page wider than the screen, or a display formula clipped without a scrollbar."""
+    return page.evaluate(
+        """() => {
+        const problems = [];
+        const width = document.documentElement.clientWidth;
+        if (document.documentElement.scrollWidth > width + 1)
+            problems.push(`page is ${document.documentElement.scrollWidth}px wide in ${width}px`);
+        for (const f of document.querySelectorAll('.katex-display')) {
+            const style = getComputedStyle(f);
+            if (f.scrollWidth > f.clientWidth + 1 && !['auto', 'scroll'].includes(style.overflowX))
+                problems.push(`formula clipped: ${f.scrollWidth}px in ${f.clientWidth}px`);
+            if (f.getBoundingClientRect().right > width + 1)
+                problems.push('formula runs off the screen');
+        }
+        return problems;
+    }"""
+    )
+
+
+@pytest.mark.parametrize(("where", "width"), [("root", DESKTOP), ("subpath", PHONE)])
+def test_every_page_loads_cleanly(site, bases, browser, where, width):
+    """No console error, failed request or external request; nothing wider than the screen."""
     pages = _pages(site)
     assert "class-diagram/" in pages and "zh/class-diagram/" in pages
     for path in pages:
-        page, errors = browser.open(server + path)
+        page, errors = browser.open(bases[where] + path, width=width)
+        if page.locator(".katex").count():
+            page.wait_for_function("() => !document.querySelector('.arithmatex:not(:has(.katex))')")
         assert page.title(), path
         assert not errors, f"{path}: {errors}"
+        problems = _layout_problems(page)
+        assert not problems, f"{path} at {width}px: {problems}"
         page.context.close()
     assert not browser.blocked, f"requests to other hosts: {browser.blocked}"
 
 
-def _diagram_text(page) -> str:
+@pytest.mark.parametrize("where", ["root", "subpath"])
+@pytest.mark.parametrize(("missing", "lang"), [("no/such/page/", "en"), ("zh/404.html", "zh-Hans")])
+def test_404_page_is_styled_at_any_base(bases, browser, where, missing, lang):
+    page, errors = browser.open(bases[where] + missing)
+    assert page.evaluate("document.documentElement.lang") == lang
+    # Material's stylesheet loaded: the header has its fixed position.
+    assert page.evaluate("getComputedStyle(document.querySelector('.md-header')).position") == "sticky"
+    # The browser reports the page's own 404 status once; nothing else may fail.
+    assert errors in ([], ["Failed to load resource: the server responded with a status of 404 (Not Found)"]), errors
+    home = page.locator("a.md-header__button.md-logo").get_attribute("href")
+    assert _status(urljoin(page.evaluate("document.baseURI"), home)) == 200
+    page.context.close()
+
+
+def _diagram(page):
     page.wait_for_function(
         "() => { const d = document.querySelector('div.mermaid, pre.mermaid');"
         " return d && d.shadowRoot && d.shadowRoot.querySelector('svg'); }",
         timeout=20000,
     )
-    return page.evaluate("() => document.querySelector('div.mermaid, pre.mermaid').shadowRoot.querySelector('svg').textContent")
+
+
+def _diagram_text(page) -> str:
+    _diagram(page)
+    return page.evaluate("() => document.querySelector('div.mermaid').shadowRoot.querySelector('svg').textContent")
+
+
+def _smallest_class_name_px(page) -> float:
+    """Rendered height in CSS px of the smallest class-name label in the diagram."""
+    _diagram(page)
+    return page.evaluate(
+        """() => {
+        const root = document.querySelector('div.mermaid').shadowRoot;
+        const labels = [...root.querySelectorAll('g.classGroup .label-group, g.node .label-group')]
+            .map(g => g.querySelector('span, text, p')).filter(Boolean);
+        const heights = labels.map(el => {
+            const size = parseFloat(getComputedStyle(el).fontSize);
+            const svg = el.closest('svg');
+            const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+            return size * scale;
+        });
+        return heights.length ? Math.min(...heights) : 0;
+    }"""
+    )
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
@@ -170,26 +363,73 @@ def test_class_diagram_renders_as_svg(server, browser, lang, scheme):
     page.context.close()
 
 
-def test_copy_button_gives_prompt_free_code_that_runs(server, browser, tmp_path):
-    page, _ = browser.open(server)
-    block = page.locator(".language-pycon").first
-    block.hover()
-    block.locator("button[data-md-type=copy], button.md-clipboard").first.click()
-    page.wait_for_function("() => window.__copied !== undefined", timeout=5000)
-    code = page.evaluate("window.__copied")
+@pytest.mark.parametrize("width", [DESKTOP, PHONE])
+@pytest.mark.parametrize("path", ["class-diagram/", "zh/class-diagram/"])
+def test_class_diagram_text_is_readable(server, browser, width, path):
+    page, _ = browser.open(server + path, width=width)
+    assert _smallest_class_name_px(page) >= 12
+    # The diagram scrolls inside its box; the page itself stays within the screen.
+    assert not _layout_problems(page)
     page.context.close()
-    assert ">>>" not in code and "..." not in code
-    assert "torch.Size" not in code  # printed output is not copied
-    assert "output = mha(input)" in code
-    script = tmp_path / "snippet.py"
-    script.write_text(code + "\nprint(tuple(output.shape))\n")
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+
+
+COPY_ALL = """async () => {
+    const texts = [];
+    for (const block of document.querySelectorAll('.language-pycon')) {
+        window.__copied = undefined;
+        block.querySelector('button[data-md-type=copy]').click();
+        for (let i = 0; i < 100 && window.__copied === undefined; i++)
+            await new Promise(r => setTimeout(r, 10));
+        texts.push(window.__copied);
+    }
+    return texts;
+}"""
+
+RUN_PAGES = """
+import json, sys, traceback
+failures = {}
+for page, code in json.load(open(sys.argv[1])).items():
+    try:
+        exec(compile(code, page, "exec"), {"__name__": "__main__"})
+    except BaseException:
+        failures[page] = traceback.format_exc(limit=-3)
+print(json.dumps(failures))
+"""
+
+
+def test_every_copied_block_runs(site, server, browser, tmp_path):
+    """Copy each >>> block with its button; each page's blocks, in order, run as one script."""
+    scripts = {}
+    for path in _pages(site):
+        if "language-pycon" not in (site / path / "index.html").read_text(encoding="utf-8"):
+            continue
+        page, _ = browser.open(server + path)
+        copied = page.evaluate(COPY_ALL)
+        page.context.close()
+        assert all(isinstance(c, str) for c in copied), f"{path}: a copy button copied nothing"
+        for text in copied:
+            assert ">>>" not in text and not re.search(r"^\.\.\. ", text, re.M), f"{path}: prompt copied"
+            assert "Traceback" not in text, f"{path}: a traceback was copied"
+        scripts[path] = "\n".join(copied)
+    assert len(scripts) >= 20 and "" in scripts
+    assert "output = mha(input)" in scripts[""]
+    pages = tmp_path / "pages.json"
+    pages.write_text(json.dumps(scripts))
+    runner = tmp_path / "run_pages.py"
+    runner.write_text(RUN_PAGES)
+    run = subprocess.run([sys.executable, str(runner), str(pages)], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "(2, 10, 64)"
+    failures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not failures, "\n".join(f"{p}:\n{t}" for p, t in failures.items())
 
 
-@pytest.mark.parametrize(("lang", "query", "expected"), [("en", "MultiHeadAttention", "MultiHeadAttention"), ("zh", "注意力权重", "注意力权重")])
-def test_search_finds(server, browser, lang, query, expected):
+@pytest.mark.parametrize(("lang", "query", "expected", "foreign"), [
+    ("en", "MultiHeadAttention", "MultiHeadAttention", re.compile(r"[\u4e00-\u9fff]")),
+    ("en", "diagram", "Class diagram", re.compile(r"[\u4e00-\u9fff]")),
+    ("zh", "注意力权重", "注意力权重", None),
+])
+def test_search_finds_in_the_readers_language(server, browser, lang, query, expected, foreign):
     page, errors = browser.open(server + LANGUAGES[lang])
     search = page.locator("input.md-search__input")
     search.click()
@@ -199,39 +439,49 @@ def test_search_finds(server, browser, lang, query, expected):
     search.press("End")
     results = page.locator(".md-search-result__item")
     results.first.wait_for(timeout=15000)
-    # Chinese text is indexed with jieba's word breaks (U+200B) between words.
-    texts = [t.replace("\u200b", "") for t in results.all_inner_texts()]
-    assert any(expected in t for t in texts), texts
+    titles = page.locator(".md-search-result__item h1, .md-search-result__item h2").all_inner_texts()
+    links = page.eval_on_selector_all(".md-search-result__link", "els => els.map(e => e.href)")
+    assert any(expected in t for t in titles), titles
+    assert not any("\u200b" in t for t in titles), titles
+    if foreign:
+        assert not any(foreign.search(t) for t in titles), titles
+    if lang == "zh":
+        assert all("/zh/" in link for link in links), links
+    else:
+        assert not any("/zh/" in link for link in links), links
     assert not errors
     page.context.close()
 
 
-@pytest.mark.parametrize(("start", "target"), [("tutorial/", "zh/tutorial/"), ("zh/guides/masks/", "guides/masks/")])
-def test_language_switcher_lands_on_the_counterpart_page(server, browser, start, target):
-    page, _ = browser.open(server + start)
+@pytest.mark.parametrize("where", ["root", "subpath"])
+@pytest.mark.parametrize(("start", "target"), [
+    ("tutorial/", "zh/tutorial/"), ("zh/guides/masks/", "guides/masks/"),
+    ("", "zh/"), ("zh/", ""), ("api/attention/", "zh/"),
+])
+def test_language_switcher_lands_on_the_counterpart_page(bases, browser, where, start, target):
+    page, _ = browser.open(bases[where] + start)
     page.locator(".md-header__option .md-select").first.hover()
     link = page.locator(".md-select__link", has_text="中文" if target.startswith("zh") else "English")
     link.first.click()
     page.wait_for_load_state("networkidle")
-    assert page.url == server + target
+    assert page.url == bases[where] + target
     page.context.close()
 
 
-def test_screenshots(server, browser, request):
+def test_screenshots(server, browser):
     """Screenshots for a person to look at; written under SCREENSHOTS_DIR when set."""
     out = os.environ.get("SCREENSHOTS_DIR")
     if not out:
         pytest.skip("set SCREENSHOTS_DIR to write screenshots")
     Path(out).mkdir(parents=True, exist_ok=True)
-    for lang, prefix in LANGUAGES.items():
-        names = ["", "tutorial/", "class-diagram/", "guides/masks/", "guides/attention-weights/", "guides/performance/"]
-        for name in names + (["api/attention/"] if lang == "en" else []):  # the API reference is English only
-            for scheme in ("light", "dark"):
-                page, _ = browser.open(server + prefix + name, color_scheme=scheme)
-                if name == "class-diagram/":
-                    _diagram_text(page)
+    names = os.environ.get("SCREENSHOT_PAGES", "|tutorial/|class-diagram/|api/attention/|zh/|zh/tutorial/").split("|")
+    for name in names:
+        for scheme in ("light", "dark"):
+            for width in (DESKTOP, PHONE):
+                page, _ = browser.open(server + name, color_scheme=scheme, width=width)
+                if "class-diagram" in name:
+                    _diagram(page)
                 page.wait_for_timeout(300)
-                label = (name.strip("/").replace("/", "-") or "home")
-                page.screenshot(path=f"{out}/{lang}-{label}-{scheme}.png", full_page=name in ("", "class-diagram/"))
+                label = name.strip("/").replace("/", "-") or "home"
+                page.screenshot(path=f"{out}/{label}-{scheme}-{width}.png", full_page=True)
                 page.context.close()
-    assert len(list(Path(out).glob("*.png"))) == (6 + 7) * 2

@@ -16,15 +16,35 @@ replaced by a marker that is true (the header still includes the switcher) but
 not iterable (the head gets no alternate tags, so nothing is fetched or
 rerouted). Pages built in English only (the API reference) switch to the other
 language's home page.
+
+Every link is kept relative to the site root ("zh/tutorial/", never
+"/zh/tutorial/"), so MkDocs' `url` filter turns it into a path relative to the
+page: the site then works under any base URL, e.g. a GitHub Pages project
+site at https://USER.github.io/mha/. The Chinese navigation's link to the
+English API reference is made relative the same way.
 """
 
 from __future__ import annotations
 
 from copy import deepcopy
+from urllib.parse import urlsplit
 
 from mkdocs.plugins import event_priority
+from mkdocs.structure.nav import Link
 
 ENGLISH_ONLY = ("api/",)
+
+
+def _site_relative(link: str, site_path: str) -> str:
+    """'/mha/zh/tutorial/' -> 'zh/tutorial/' for site_url path '/mha/'; the root -> './'."""
+    if link.startswith(site_path):
+        link = link[len(site_path):]
+    return link.lstrip("/") or "./"
+
+
+def _site_path(config) -> str:
+    path = urlsplit(config.site_url or "/").path or "/"
+    return path if path.endswith("/") else path + "/"
 
 
 class SwitcherOnly:
@@ -49,11 +69,30 @@ def on_page_context(context, page, config, nav):
         return context
     # The plugin sets the per-page list as an attribute, which Jinja reads
     # before the mapping item, so read and write the attribute too.
+    site_path = _site_path(config)
     per_page = deepcopy(getattr(config.extra, "alternate", None) or roots)
-    for alt, root in zip(per_page, roots):
-        target = alt["link"].lstrip("/").removeprefix(f"{alt['lang']}/")
+    relative_roots = deepcopy(roots)
+    for root in relative_roots:
+        root["link"] = _site_relative(root["link"], site_path)
+    for alt, root in zip(per_page, relative_roots):
+        alt["link"] = _site_relative(alt["link"], site_path)
+        target = alt["link"].removeprefix(f"{alt['lang']}/")
         if alt["lang"] != i18n.default_language and target.startswith(ENGLISH_ONLY):
             alt["link"] = root["link"]
     context["page_alternates"] = per_page
-    config.extra.alternate = SwitcherOnly(deepcopy(roots))
+    config.extra.alternate = SwitcherOnly(relative_roots)
     return context
+
+
+def on_nav(nav, config, files):
+    """Make absolute links in the navigation ("/api/") relative to the site root."""
+    for item in _walk(nav.items):
+        if isinstance(item, Link) and item.url.startswith("/") and not item.url.startswith("//"):
+            item.url = _site_relative(item.url, "/")
+    return nav
+
+
+def _walk(items):
+    for item in items:
+        yield item
+        yield from _walk(getattr(item, "children", None) or [])

@@ -32,17 +32,24 @@ PADDED = ["the", "cat", "sat", "on", "the", "mat", "<pad>", "<pad>"]
 
 
 def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path) -> None:
-    """One panel per head of (n_h, s_q, s_kv) weights."""
+    """One panel per head of (n_h, s_q, s_kv) weights, two panels a row.
+
+    Two columns rather than one row keep the tick labels readable when a
+    phone shrinks the picture to its 390-px screen.
+    """
     n_h = weights.shape[0]
-    fig, axes = plt.subplots(1, n_h, figsize=(3.1 * n_h, 3.6), constrained_layout=True)
-    for head, ax in enumerate(axes):
+    rows = (n_h + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(7.2, 3.7 * rows), constrained_layout=True, squeeze=False)
+    for head, ax in enumerate(axes.flat):
         image = ax.imshow(weights[head], vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_title(f"head {head}")
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(tokens)), tokens if head == 0 else [], fontsize=8)
-        ax.set_xlabel("key")
-    axes[0].set_ylabel("query")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+        ax.set_title(f"head {head}", fontsize=13)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=12)
+        ax.set_yticks(range(len(tokens)), tokens if head % 2 == 0 else [], fontsize=12)
+        if head >= n_h - 2:
+            ax.set_xlabel("key", fontsize=12)
+        if head % 2 == 0:
+            ax.set_ylabel("query", fontsize=12)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

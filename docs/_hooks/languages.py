@@ -1,0 +1,97 @@
+"""MkDocs hook: each language is a site of its own for the reader.
+
+mkdocs-static-i18n builds the Chinese pages into `zh/` with the site root as
+their base, which leaves four things to put right:
+
+* **Search**: it merges every language into one index, so an English query
+  lists Chinese pages and the reverse. Here the index is split in two,
+  `search/search_index.json` (English) and `zh/search/search_index.json`
+  (Chinese, locations relative to `zh/`), and each Chinese page's search base
+  points at `zh/`. Chinese titles lose the zero-width spaces that jieba puts
+  between words for the index (they stay in the text, where they split words).
+* **`lang`**: Material writes `lang="zh"`; the pages are Simplified Chinese,
+  `zh-Hans`.
+* **Stylesheets**: every language build runs mkdocstrings' `on_config` again,
+  which appends `assets/_mkdocstrings.css` once more; keep each stylesheet once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.plugins import event_priority
+
+HTML_LANG = {"zh": "zh-Hans"}
+ZWSP = "\u200b"
+
+
+def _i18n(config: MkDocsConfig):
+    return config.plugins.get("i18n")
+
+
+def _languages(config: MkDocsConfig) -> tuple[str, list[str]]:
+    """(default language, the other built languages)."""
+    i18n = _i18n(config)
+    default = getattr(i18n, "default_language", None) or "en"
+    others = [lang for lang in getattr(i18n, "build_languages", []) if lang != default]
+    return default, others
+
+
+@event_priority(-100)  # after mkdocstrings has added its stylesheet
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    seen: set[str] = set()
+    unique = []
+    for sheet in config.extra_css:
+        if str(sheet) not in seen:
+            seen.add(str(sheet))
+            unique.append(sheet)
+    config.extra_css[:] = unique
+    return config
+
+
+def on_post_page(output: str, page, config: MkDocsConfig) -> str:
+    language = getattr(page.file, "locale", None)
+    default, _ = _languages(config)
+    if not language or language == default:
+        return output
+    if language in HTML_LANG:
+        output = output.replace(f'<html lang="{language}"', f'<html lang="{HTML_LANG[language]}"', 1)
+    # Search this language's index: the base Material resolves search paths against.
+    return re.sub(r'("base": ")([^"]*)(")', lambda m: f"{m[1]}{m[2]}/{language}{m[3]}", output, count=1)
+
+
+def on_post_template(output: str, template_name: str, config: MkDocsConfig) -> str:
+    language = getattr(_i18n(config), "current_language", None)
+    if template_name == "404.html" and language in HTML_LANG:
+        output = output.replace(f'<html lang="{language}"', f'<html lang="{HTML_LANG[language]}"', 1)
+    return output
+
+
+def split_index(index: dict, languages: list[str]) -> dict[str, dict]:
+    """{"": default-language index, "zh": the zh index with 'zh/' stripped, ...}."""
+    out = {"": {**index, "docs": []}} | {lang: {**index, "docs": []} for lang in languages}
+    for doc in index["docs"]:
+        lang = next((lang for lang in languages if doc["location"].startswith(f"{lang}/")), "")
+        if lang:
+            doc = {**doc, "location": doc["location"].removeprefix(f"{lang}/"),
+                   "title": doc["title"].replace(ZWSP, "")}
+        out[lang]["docs"].append(doc)
+    return out
+
+
+@event_priority(-200)  # after mkdocs-static-i18n (-100) has written the merged index
+def on_post_build(config: MkDocsConfig) -> None:
+    if getattr(_i18n(config), "building", False):
+        return  # a nested language build; the outer one splits the final index
+    default, others = _languages(config)
+    site = Path(config.site_dir)
+    merged = site / "search" / "search_index.json"
+    if not merged.exists() or not others:
+        return
+    for lang, index in split_index(json.loads(merged.read_text(encoding="utf-8")), others).items():
+        target = site / lang / "search" / "search_index.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(index, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
