@@ -1,64 +1,9 @@
-"""Shared test helpers: an independent float64 reference and tolerances.
-
-Sizes in tests differ in every dimension (2, 3, 5, 7, ...) so that a swapped
-axis cannot pass by accident.
-"""
+"""Fixtures for every test: a fixed seed. Shared helpers live in helpers.py."""
 
 from __future__ import annotations
 
-import math
-import socket
-
 import pytest
 import torch
-
-# Per-dtype tolerances (atol = rtol), in the spirit of Hugging Face's
-# eager-vs-SDPA tests.
-TOLERANCE = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-5,
-    torch.float16: 5e-3,
-    torch.bfloat16: 3e-2,
-}
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None):
-    tol = TOLERANCE[dtype or actual.dtype]
-    torch.testing.assert_close(actual.to(expected.dtype), expected, atol=tol, rtol=tol)
-
-
-def reference_attention(q, k, v, allowed=None, scale=None):
-    """Attention in float64 with explicit loops over batch and heads.
-
-    Written independently of ``mha.functional``: q (b, n_h, s_q, d),
-    k/v (b, n_kv, s_kv, d), ``allowed`` a bool (b, n_h, s_q, s_kv) tensor or
-    None. A row with nothing allowed gives zero weights and zero context.
-    """
-    q, k, v = q.double(), k.double(), v.double()
-    b, n_h, s_q, d = q.shape
-    n_kv, s_kv = k.shape[1], k.shape[2]
-    scale = 1 / math.sqrt(d) if scale is None else scale
-    weights = torch.zeros(b, n_h, s_q, s_kv, dtype=torch.float64)
-    context = torch.zeros(b, n_h, s_q, v.shape[-1], dtype=torch.float64)
-    for i in range(b):
-        for h in range(n_h):
-            kv_head = h // (n_h // n_kv)
-            scores = q[i, h] @ k[i, kv_head].T * scale  # (s_q, s_kv)
-            for r in range(s_q):
-                ok = torch.ones(s_kv, dtype=torch.bool) if allowed is None else allowed[i, h, r]
-                if not ok.any():
-                    continue
-                e = torch.exp(scores[r] - scores[r][ok].max()) * ok
-                weights[i, h, r] = e / e.sum()
-            context[i, h] = weights[i, h] @ v[i, kv_head]
-    return context, weights
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

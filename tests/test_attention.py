@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TOLERANCE, assert_close, reference_attention
+from helpers import TOLERANCE, assert_close, reference_attention
 from mha import Attention, MultiHeadAttention
 from mha.masks import causal_mask, padding_mask
 

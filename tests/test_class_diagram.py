@@ -1,28 +1,29 @@
-"""The class diagram on the site names only real members, and every public method."""
+"""The full class diagram is generated from the package and names every public member."""
 
 from __future__ import annotations
 
-import inspect
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import mha
-from mha.functional import Dispatch
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+sys.path.insert(0, str(DOCS / "_hooks"))
+import class_diagram  # noqa: E402
+
 PAGES = sorted(DOCS.glob("class-diagram*.md"))
+PUBLIC_CLASSES = {name for name in mha.__all__ if isinstance(getattr(mha, name), type)} | {"Dispatch"}
 
 
 def parse_diagram(text: str) -> dict[str, dict[str, set[str]]]:
-    """{class: {"attributes": {...}, "methods": {...}}} from the page's mermaid block."""
-    block = re.search(r"```mermaid\n(?:---\n.*?\n---\n)?(classDiagram.*?)```", text, re.S)
-    assert block, "no mermaid classDiagram block"
+    """{class: {"attributes": {...}, "methods": {...}}} from mermaid classDiagram source."""
     classes: dict[str, dict[str, set[str]]] = {}
-    for name, body in re.findall(r"class (\w+) \{(.*?)\}", block.group(1), re.S):
-        members = {"attributes": set(), "methods": set()}
+    for name, body in re.findall(r"class (\w+) \{(.*?)\}", text, re.S):
+        members: dict[str, set[str]] = {"attributes": set(), "methods": set()}
         for line in filter(None, (ln.strip() for ln in body.splitlines())):
             line = line.lstrip("+-#~")
             if "(" in line:
@@ -30,54 +31,42 @@ def parse_diagram(text: str) -> dict[str, dict[str, set[str]]]:
             else:
                 members["attributes"].add(line.split()[-1])
         classes[name] = members
-    for a, b in re.findall(r"^\s*(\w+) [*o.]-[-.>]+ (\w+)", block.group(1), re.M):
+    for a, b in re.findall(r"^\s*(\w+) [*o.]-[-.>]+ (\w+)", text, re.M):
         assert a in classes and b in classes, f"relation {a} - {b} names an undeclared class"
     return classes
 
 
-def instances():
-    inner = mha.MultiHeadAttention(8, 2)
-    return {
-        "Attention": mha.Attention(8, 2),
-        "MultiHeadAttention": inner,
-        "KVCache": mha.KVCache(1, 2, num_kv_heads=1, head_dim=2),
-        "RotaryEmbedding": mha.RotaryEmbedding(2),
-        "Dispatch": Dispatch("fused", "why"),
-        "TorchMultiheadAttention": mha.TorchMultiheadAttention(inner),
-    }
+def test_diagram_names_every_public_class_and_member():
+    diagram = parse_diagram(class_diagram.generate())
+    assert set(diagram) == PUBLIC_CLASSES
+    for cls, obj in class_diagram.samples().items():
+        drawn = diagram[cls.__name__]
+        for member in drawn["attributes"] | drawn["methods"]:
+            assert hasattr(obj, member), f"{cls.__name__}.{member} is drawn but does not exist"
+        for member in drawn["methods"]:
+            assert callable(getattr(obj, member)), f"{cls.__name__}.{member} is drawn as a method"
+        module_api = set(dir(torch.nn.Module)) | {"training"}  # every nn.Module has these
+        public = {n for n in dir(obj) if not n.startswith("_") and n not in module_api}
+        if isinstance(obj, torch.nn.Module):
+            public |= {"forward"} | set(obj._modules)
+        missing = public - drawn["attributes"] - drawn["methods"]
+        assert not missing, f"public members of {cls.__name__} missing from the diagram: {missing}"
 
 
-def public_methods(cls) -> set[str]:
-    """Methods a user calls: defined on the class, public, and not an nn.Module hook."""
-    module_hooks = set(dir(torch.nn.Module)) - {"forward"}  # extra_repr and the like
-    return {
-        name
-        for name, value in vars(cls).items()
-        if not name.startswith("_")
-        and name not in module_hooks
-        and (inspect.isfunction(value) or isinstance(value, classmethod))
-    }
+def test_diagram_draws_the_tutorials_composition():
+    text = class_diagram.generate()
+    assert "MultiHeadAttention *-- Attention : attention" in text
+    assert "Attention o-- RotaryEmbedding : positional" in text
+    assert "MultiHeadAttention ..> KVCache : new_cache()" in text
+
+
+def test_a_new_member_appears_without_editing_the_docs(monkeypatch):
+    monkeypatch.setattr(mha.Attention, "describe", lambda self, verbose: "…", raising=False)
+    assert "+describe(verbose)" in class_diagram.generate()
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_diagram_matches_the_package(page):
-    diagram = parse_diagram(page.read_text(encoding="utf-8"))
-    objects = instances()
-    assert {"Attention", "MultiHeadAttention"} <= set(diagram)
-    for name, members in diagram.items():
-        assert name in objects and getattr(mha, name, Dispatch) is type(objects[name]), f"{name} is not in mha"
-        for member in members["attributes"] | members["methods"]:
-            assert hasattr(objects[name], member), f"{name}.{member} is in the diagram but not in the package"
-        for member in members["methods"]:
-            assert callable(getattr(objects[name], member)), f"{name}.{member} is drawn as a method"
-    for cls in (mha.Attention, mha.MultiHeadAttention):
-        missing = public_methods(cls) - diagram[cls.__name__]["methods"]
-        assert not missing, f"public methods of {cls.__name__} missing from the diagram: {missing}"
-
-
-def test_the_parser_catches_drift():
-    text = "```mermaid\nclassDiagram\n    class Attention {\n        +int heads_count\n        +forward(x) Tensor\n    }\n```"
-    diagram = parse_diagram(text)
-    assert diagram == {"Attention": {"attributes": {"heads_count"}, "methods": {"forward"}}}
-    assert not hasattr(mha.Attention(8, 2), "heads_count")
-    assert public_methods(mha.Attention) - diagram["Attention"]["methods"] == {"explain"}
+def test_pages_use_the_generated_diagram(page):
+    text = page.read_text(encoding="utf-8")
+    assert class_diagram.MARKER in text
+    assert "classDiagram" not in text, "a hand-written diagram would drift from the code"

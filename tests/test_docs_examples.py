@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import free_port
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"

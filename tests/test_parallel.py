@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import free_port
+from helpers import free_port
 from mha import MultiHeadAttention, RotaryEmbedding
 from mha.masks import padding_mask
 from mha.parallel import parallelize, plan

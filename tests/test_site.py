@@ -485,3 +485,31 @@ def test_screenshots(server, browser):
                 label = name.strip("/").replace("/", "-") or "home"
                 page.screenshot(path=f"{out}/{label}-{scheme}-{width}.png", full_page=True)
                 page.context.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_tutorial_teaches_the_seed(server, browser, lang, scheme):
+    """Both class definitions, the seed's diagram as SVG, the figures and the exercises."""
+    page, errors = browser.open(f"{server}{LANGUAGES[lang]}tutorial/", color_scheme=scheme)
+    code = "\n".join(page.locator(".language-pycon code").all_inner_texts())
+    for definition in ("class Attention(nn.Module):", "class MultiHeadAttention(nn.Module):",
+                       "self.attention = Attention(hidden_size, num_heads)",
+                       "mha = MultiHeadAttention(hidden_size, num_heads, dropout)", "output = mha(input)"):
+        assert definition in code, definition
+    seed_diagram = _diagram_text(page)
+    for drawn in ("Attention", "MultiHeadAttention", "hidden_size", "num_heads", "forward(inputs)"):
+        assert drawn in seed_diagram, drawn
+    figures = page.locator("figure.mha-figure svg")
+    assert figures.count() == 3
+    # Figure text is drawn in the palette's foreground colour, so it shows in both schemes.
+    fill = page.evaluate("getComputedStyle(document.querySelector('.fig-text')).fill")
+    body = page.evaluate("getComputedStyle(document.querySelector('.md-typeset')).color")
+    assert fill == body, (fill, body)
+    label = "拆分注意力头" if lang == "zh" else "split heads"
+    assert label in figures.first.inner_html()
+    exercises = page.locator("details.success")
+    assert exercises.count() >= 4
+    assert "arxiv.org/abs/1706.03762" in page.content()
+    assert not errors and not browser.blocked
+    page.context.close()

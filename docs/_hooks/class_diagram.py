@@ -1,0 +1,148 @@
+"""MkDocs hook: the full class diagram, generated from the package at every build.
+
+The class-diagram pages hold the marker `<!-- mha:class-diagram -->`; this
+hook replaces it with a mermaid `classDiagram` read off the classes
+themselves, so the picture cannot drift from the code:
+
+* attributes: what an instance holds (plain attributes, submodules,
+  properties, dataclass fields), with the type of the value it holds;
+* methods: public methods and class methods (`$`) defined on the class, with
+  their parameter names and return annotation;
+* relations: `*--` where a class holds another diagrammed class it always
+  builds, `o--` where it holds one only when given (`positional=`), and `..>`
+  where a method takes or returns one.
+
+tests/test_class_diagram.py checks the result against the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+import torch
+
+import mha
+from mha.functional import Dispatch
+
+MARKER = "<!-- mha:class-diagram -->"
+
+FRONT_MATTER = """---
+# Natural size: the diagram scrolls sideways instead of shrinking. Mermaid 11's
+# class diagrams read this flag from the `state` section.
+config:
+  class:
+    useMaxWidth: false
+  state:
+    useMaxWidth: false
+---"""
+
+
+def samples() -> dict[type, object]:
+    """One instance of each diagrammed class, with every optional part present."""
+    inner = mha.MultiHeadAttention(8, 2, positional=mha.RotaryEmbedding(4))
+    return {
+        mha.MultiHeadAttention: inner,
+        mha.Attention: inner.attention,
+        mha.KVCache: inner.new_cache(1, 2),
+        mha.RotaryEmbedding: inner.attention.positional,
+        Dispatch: inner.explain(),
+        mha.TorchMultiheadAttention: mha.TorchMultiheadAttention(inner),
+    }
+
+
+_MODULE_API = set(dir(torch.nn.Module))
+
+
+def public_methods(cls: type) -> dict[str, object]:
+    """Methods a user calls: defined on the class, public, not an nn.Module hook (forward is kept)."""
+    return {
+        name: value
+        for name, value in vars(cls).items()
+        if not name.startswith("_")
+        and (name == "forward" or name not in _MODULE_API)
+        and (inspect.isfunction(value) or isinstance(value, classmethod))
+    }
+
+
+def attributes(obj: object) -> dict[str, object]:
+    """name -> value of what an instance holds, in definition order."""
+    cls = type(obj)
+    names: list[str] = []
+    if dataclasses.is_dataclass(obj):
+        names += [f.name for f in dataclasses.fields(obj)]
+    names += [n for n in vars(obj) if not n.startswith("_") and n != "training"]
+    if isinstance(obj, torch.nn.Module):
+        names += list(obj._modules)
+    for klass in reversed(cls.__mro__):
+        if klass.__module__.startswith("mha"):
+            names += [
+                n for n, v in vars(klass).items()
+                if not n.startswith("_") and (isinstance(v, property) or not callable(v))
+                and not isinstance(v, (classmethod, staticmethod))
+            ]
+    return {n: getattr(obj, n) for n in dict.fromkeys(names)}
+
+
+def _type_name(annotation: str) -> str:
+    """'Tensor | tuple[Tensor, Tensor]' -> 'Tensor or tuple': mermaid reads no brackets or bars."""
+    return re.sub(r"\[.*\]", "", annotation).replace(" | None", "").replace(" | ", " or ")
+
+
+def _method_line(name: str, value: object) -> str:
+    function = value.__func__ if isinstance(value, classmethod) else value
+    params = [p for p in inspect.signature(function).parameters if p not in ("self", "cls")]
+    returns = function.__annotations__.get("return", "")
+    suffix = "$" if isinstance(value, classmethod) else ""
+    return f"+{name}({', '.join(params)}){suffix} {_type_name(str(returns))}".rstrip()
+
+
+def _relations(cls: type, obj: object, names: dict[type, str]) -> list[str]:
+    lines = []
+    optional = {
+        p.name for p in inspect.signature(cls.__init__).parameters.values() if p.default is None
+    }
+    for attr, value in attributes(obj).items():
+        other = type(value)
+        if other in names and other is not cls:
+            arrow = "o--" if attr in optional else "*--"
+            lines.append(f"{names[cls]} {arrow} {names[other]} : {attr}")
+    held = {type(v) for v in attributes(obj).values()}
+    used: dict[type, str] = {}
+    for returns in (True, False):  # name a relation after the method that returns it, if any
+        for method, value in public_methods(cls).items():
+            function = value.__func__ if isinstance(value, classmethod) else value
+            annotations = {k: v for k, v in function.__annotations__.items() if (k == "return") == returns}
+            for annotation in annotations.values():
+                for other, other_name in names.items():
+                    if other is not cls and other not in held and re.search(rf"\b{other_name}\b", str(annotation)):
+                        used.setdefault(other, method)
+    lines += [f"{names[cls]} ..> {names[other]} : {method}()" for other, method in used.items()]
+    return lines
+
+
+def generate() -> str:
+    """The mermaid source of the full class diagram."""
+    objects = samples()
+    names = {cls: cls.__name__ for cls in objects}
+    lines = [FRONT_MATTER, "classDiagram", "    direction TB"]
+    relations: list[str] = []
+    for cls, obj in objects.items():
+        lines.append(f"    class {cls.__name__} {{")
+        declared = cls.__init__.__annotations__
+        for attr, value in attributes(obj).items():
+            kind = type(value).__name__ if value is not None else _type_name(str(declared.get(attr, "None")))
+            lines.append(f"        +{kind} {attr}")
+        for method, value in public_methods(cls).items():
+            lines.append(f"        {_method_line(method, value)}")
+        lines.append("    }")
+        relations += _relations(cls, obj, names)
+    lines += [f"    {r}" for r in relations]
+    return "\n".join(lines) + "\n"
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (MkDocs hook signature)
+    if MARKER not in markdown:
+        return markdown
+    return markdown.replace(MARKER, f"```mermaid\n{generate()}```")

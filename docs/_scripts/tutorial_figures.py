@@ -1,0 +1,217 @@
+"""Draw the tutorial's figures as SVG, in English and Chinese.
+
+Run from the repository root:
+
+    python docs/_scripts/tutorial_figures.py
+
+Writes docs/_snippets/figures/{flow,heads,masks}.{en,zh}.html: a <figure>
+holding an inline SVG. The pages include them with pymdownx.snippets, so
+the drawings take their colours from the site's stylesheet
+(docs/assets/stylesheets/extra.css, classes `fig-*`) and follow the light
+and dark palettes. The drawings are narrow (viewBox 360 wide) so that on a
+390-px phone their text stays at about its set size.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "docs" / "_snippets" / "figures"
+WIDTH = 360
+
+TEXT = {
+    "en": {
+        "flow_title": "One MultiHeadAttention call, with the shape of every tensor",
+        "flow_caption": "Data flow of <code>MultiHeadAttention(hidden_size, num_heads, dropout)</code> on an input of shape <code>(b, s, h)</code>.",
+        "input": "input x",
+        "split": "split heads",
+        "scores": "softmax(q kᵀ / √d)",
+        "weights": "weights",
+        "context": "weights @ v",
+        "merge": "merge heads",
+        "output": "output",
+        "heads_title": "Splitting h into heads and merging them back",
+        "heads_caption": "<code>h = 8</code> features cut into <code>n_h = 4</code> heads of width <code>d = 2</code>; each head attends on its own slice, and the contexts are concatenated back to width <code>h</code>.",
+        "one_token": "one token: h = 8 features",
+        "head": "head",
+        "concat": "concatenated: h = 8 again",
+        "masks_title": "Padding, causal and combined masks",
+        "masks_caption": "Boolean masks for 5 tokens of which the last 2 are padding. A filled cell is True: the query (row) <em>may attend</em> to the key (column).",
+        "padding": "padding",
+        "causal": "causal",
+        "combined": "combined",
+        "rows": "query ↓  key →",
+    },
+    "zh": {
+        "flow_title": "一次 MultiHeadAttention 调用，标出每个张量的形状",
+        "flow_caption": "<code>MultiHeadAttention(hidden_size, num_heads, dropout)</code> 处理形状为 <code>(b, s, h)</code> 的输入时的数据流。",
+        "input": "输入 x",
+        "split": "拆分注意力头",
+        "scores": "softmax(q kᵀ / √d)",
+        "weights": "注意力权重",
+        "context": "权重 @ v",
+        "merge": "合并注意力头",
+        "output": "输出",
+        "heads_title": "把 h 拆成多个头，再合并回来",
+        "heads_caption": "<code>h = 8</code> 个特征切成 <code>n_h = 4</code> 个宽度为 <code>d = 2</code> 的头；每个头只在自己的切片上做注意力，最后把各头的上下文向量拼接回宽度 <code>h</code>。",
+        "one_token": "一个词元：h = 8 个特征",
+        "head": "头",
+        "concat": "拼接后：又是 h = 8",
+        "masks_title": "填充掩码、因果掩码和组合掩码",
+        "masks_caption": "5 个词元、其中最后 2 个是填充时的布尔掩码。涂色的格子为 True：该行的查询<em>可以关注</em>该列的键。",
+        "padding": "填充",
+        "causal": "因果",
+        "combined": "组合",
+        "rows": "查询 ↓  键 →",
+    },
+}
+
+
+def _text(x: float, y: float, label: str, cls: str = "fig-text", anchor: str = "middle") -> str:
+    return f'<text class="{cls}" x="{x:g}" y="{y:g}" text-anchor="{anchor}">{escape(label)}</text>'
+
+
+def _box(x: float, y: float, w: float, h: float, label: str, cls: str = "fig-box") -> str:
+    return (
+        f'<rect class="{cls}" x="{x:g}" y="{y:g}" width="{w:g}" height="{h:g}" rx="6"/>'
+        + _text(x + w / 2, y + h / 2 + 5, label)
+    )
+
+
+def _arrow(x1: float, y1: float, x2: float, y2: float, shape: str | None = None) -> str:
+    line = f'<line class="fig-arrow" x1="{x1:g}" y1="{y1:g}" x2="{x2:g}" y2="{y2:g}" marker-end="url(#fig-head)"/>'
+    if shape:
+        line += _text(x1 + 8, (y1 + y2) / 2 + 5, shape, "fig-shape", "start")
+    return line
+
+
+def _svg(height: float, title: str, body: list[str]) -> str:
+    defs = (
+        '<defs><marker id="fig-head" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path class="fig-arrowhead" d="M0,0 L10,5 L0,10 z"/>'
+        "</marker></defs>"
+    )
+    return (
+        f'<svg class="fig" viewBox="0 0 {WIDTH} {height:g}" width="{WIDTH}" role="img" '
+        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">'
+        f"<title>{escape(title)}</title>{defs}{''.join(body)}</svg>"
+    )
+
+
+def _figure(name: str, svg: str, caption: str) -> str:
+    # One line: a blank line would end Markdown's raw-HTML block.
+    return f'<figure class="mha-figure" id="figure-{name}">{svg}<figcaption>{caption}</figcaption></figure>\n'
+
+
+def flow(t: dict[str, str]) -> str:
+    """Figure (a): x -> q, k, v -> heads -> weights -> context -> merge -> out_proj.
+
+    The main column sits left of centre so that the shape labels, written to
+    the right of the arrows, fit in the 360-unit width.
+    """
+    cx, w, h, step = 120, 200, 34, 74
+    body = [_box(cx - w / 2, 10, w, h, t["input"])]
+    y = 10 + h
+    # the three projections side by side
+    proj_y = y + 44
+    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        x = 20 + i * 110
+        body.append(f'<line class="fig-arrow" x1="{cx:g}" y1="{y:g}" x2="{x + 50:g}" y2="{proj_y:g}" marker-end="url(#fig-head)"/>')
+        body.append(_box(x, proj_y, 100, h, name, "fig-box fig-param"))
+    body.append(_text(WIDTH - 8, y + 22, "x: (b, s, h)", "fig-shape", "end"))
+    y = proj_y + h
+    split_y = y + 50
+    for i in range(3):
+        x = 70 + i * 110
+        body.append(f'<line class="fig-arrow" x1="{x:g}" y1="{y:g}" x2="{cx:g}" y2="{split_y:g}" marker-end="url(#fig-head)"/>')
+    body.append(_text(WIDTH - 8, split_y - 6, "(b, s, h)", "fig-shape", "end"))
+    body.append(_box(cx - w / 2, split_y, w, h, t["split"]))
+    y = split_y + h
+    steps = [
+        ("q, k, v: (b, n_h, s, d)", t["scores"], "fig-box fig-math"),
+        (f"{t['weights']}: (b, n_h, s, s)", t["context"], "fig-box fig-math"),
+        ("context: (b, n_h, s, d)", t["merge"], "fig-box"),
+        ("(b, s, h)", "out_proj", "fig-box fig-param"),
+    ]
+    for shape, label, cls in steps:
+        body.append(_arrow(cx, y, cx, y + step - h, shape))
+        body.append(_box(cx - w / 2, y + step - h, w, h, label, cls))
+        y += step
+    body.append(_arrow(cx, y, cx, y + 40, f"{t['output']}: (b, s, h)"))
+    return _svg(y + 48, t["flow_title"], body)
+
+
+HEAD_COLORS = ("fig-h0", "fig-h1", "fig-h2", "fig-h3")
+
+
+def heads(t: dict[str, str]) -> str:
+    """Figure (b): one token's h = 8 features cut into 4 heads of d = 2, then concatenated."""
+    cell, x0 = 30, (WIDTH - 8 * 30) / 2
+    body = [_text(WIDTH / 2, 20, t["one_token"])]
+
+    def row(y: float) -> None:
+        for i in range(8):
+            body.append(f'<rect class="fig-cell {HEAD_COLORS[i // 2]}" x="{x0 + i * cell:g}" y="{y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>')
+            body.append(_text(x0 + i * cell + (cell - 2) / 2, y + 19, str(i), "fig-small"))
+
+    row(30)
+    group_y = 120
+    for head in range(4):
+        gx = 14 + head * 86
+        for j in range(2):
+            body.append(f'<rect class="fig-cell {HEAD_COLORS[head]}" x="{gx + 12 + j * cell:g}" y="{group_y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>')
+            body.append(_text(gx + 12 + j * cell + (cell - 2) / 2, group_y + 19, str(2 * head + j), "fig-small"))
+        src = x0 + head * 2 * cell + cell - 1
+        body.append(f'<line class="fig-arrow" x1="{src:g}" y1="62" x2="{gx + 12 + cell - 1:g}" y2="{group_y - 4}" marker-end="url(#fig-head)"/>')
+        body.append(_text(gx + 12 + cell - 1, group_y + 48, f"{t['head']} {head}"))
+        body.append(f'<line class="fig-arrow" x1="{gx + 12 + cell - 1:g}" y1="{group_y + 56}" x2="{x0 + head * 2 * cell + cell - 1:g}" y2="{group_y + 92}" marker-end="url(#fig-head)"/>')
+    body.append(_text(WIDTH - 6, 100, "(b, n_h, s, d)", "fig-shape", "end"))
+    row(group_y + 96)
+    body.append(_text(WIDTH / 2, group_y + 150, t["concat"]))
+    return _svg(group_y + 160, t["heads_title"], body)
+
+
+def masks(t: dict[str, str]) -> str:
+    """Figure (c): padding, causal and combined 5 x 5 boolean masks."""
+    n, length, cell = 5, 3, 19
+    grids = {
+        t["padding"]: lambda i, j: j < length,
+        t["causal"]: lambda i, j: j <= i,
+        t["combined"]: lambda i, j: j < length and j <= i,
+    }
+    body = []
+    for g, (name, allowed) in enumerate(grids.items()):
+        gx = 12 + g * 118
+        body.append(_text(gx + n * cell / 2, 20, name))
+        for i in range(n):
+            for j in range(n):
+                cls = "fig-cell fig-allowed" if allowed(i, j) else "fig-cell fig-blocked"
+                body.append(f'<rect class="{cls}" x="{gx + j * cell:g}" y="{32 + i * cell:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>')
+    body.append(_text(WIDTH / 2, 32 + n * cell + 24, t["rows"], "fig-shape"))
+    return _svg(32 + n * cell + 34, t["masks_title"], body)
+
+
+FIGURES = {"flow": flow, "heads": heads, "masks": masks}
+
+
+def render() -> dict[str, str]:
+    """{'flow.en.html': '<figure>...', ...}: every figure in every language."""
+    # Every inline SVG of a page shares one id space: give each figure its own marker id.
+    return {
+        f"{name}.{lang}.html": _figure(name, draw(t).replace("fig-head", f"fig-head-{name}"), t[f"{name}_caption"])
+        for name, draw in FIGURES.items()
+        for lang, t in TEXT.items()
+    }
+
+
+def main(out: Path = OUT) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, html in render().items():
+        (out / name).write_text(html, encoding="utf-8")
+    print(f"wrote {len(FIGURES) * len(TEXT)} figures to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The tutorial's from-scratch classes are the library's function, and its figures are current."""
+
+from __future__ import annotations
+
+import doctest
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mha
+from helpers import assert_close
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = {"en": DOCS / "tutorial.md", "zh": DOCS / "tutorial.zh.md"}
+
+
+def tutorial_classes(page: Path) -> dict[str, type]:
+    """Run the page's import block and its two class definitions; return the classes."""
+    examples = doctest.DocTestParser().get_examples(page.read_text(encoding="utf-8"))
+    namespace: dict = {}
+    for example in examples:
+        source = example.source
+        if source.startswith(("import ", "class Attention(", "class MultiHeadAttention(")):
+            exec(compile(source, str(page), "exec"), namespace)
+    return {name: namespace[name] for name in ("Attention", "MultiHeadAttention")}
+
+
+@pytest.fixture(params=list(PAGES), scope="module")
+def classes(request) -> dict[str, type]:
+    return tutorial_classes(PAGES[request.param])
+
+
+def test_both_languages_teach_the_same_code():
+    def code(page: Path) -> list[str]:
+        examples = doctest.DocTestParser().get_examples(page.read_text(encoding="utf-8"))
+        return [e.source.split("#")[0] for e in examples if e.source.startswith("class ")]
+
+    assert code(PAGES["en"]) == code(PAGES["zh"])
+
+
+@pytest.mark.parametrize(("b", "s", "h", "n_h"), [(2, 3, 20, 5), (3, 7, 12, 4), (1, 11, 6, 1)])
+def test_from_scratch_equals_library_on_copied_weights(classes, b, s, h, n_h):
+    scratch = classes["MultiHeadAttention"](h, n_h, 0.1).eval()
+    library = mha.MultiHeadAttention(h, n_h, 0.1).eval()
+    library.load_state_dict(scratch.state_dict())
+    x = torch.randn(b, s, h, dtype=torch.float64)
+    scratch, library = scratch.double(), library.double()
+    assert_close(library(x), scratch(x))
+    _, weights = library(x, need_weights=True)
+    q, k, v = scratch.q_proj(x), scratch.k_proj(x), scratch.v_proj(x)
+    _, expected = scratch.attention(q, k, v)
+    assert_close(weights, expected)
+
+
+def test_from_scratch_gradients_equal_library(classes):
+    scratch = classes["MultiHeadAttention"](12, 3, 0.0)
+    library = mha.MultiHeadAttention(12, 3, 0.0)
+    library.load_state_dict(scratch.state_dict())
+    x = torch.randn(2, 5, 12)
+    scratch(x).square().sum().backward()
+    library(x).square().sum().backward()
+    for (name, a), (_, b) in zip(scratch.named_parameters(), library.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_figures_script_matches_the_committed_figures(tmp_path):
+    sys.path.insert(0, str(DOCS / "_scripts"))
+    try:
+        import tutorial_figures
+    finally:
+        sys.path.pop(0)
+    tutorial_figures.main(tmp_path)
+    for name in tutorial_figures.render():
+        committed = DOCS / "_snippets" / "figures" / name
+        assert (tmp_path / name).read_text(encoding="utf-8") == committed.read_text(encoding="utf-8"), name
+    zh = (tmp_path / "flow.zh.html").read_text(encoding="utf-8")
+    assert "拆分注意力头" in zh and "split heads" not in zh
