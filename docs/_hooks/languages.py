@@ -1,7 +1,7 @@
 """MkDocs hook: each language is a site of its own for the reader.
 
 mkdocs-static-i18n builds the Chinese pages into `zh/` with the site root as
-their base, which leaves four things to put right:
+their base, which leaves three things to put right:
 
 * **Search**: it merges every language into one index, so an English query
   lists Chinese pages and the reverse. Here the index is split in two,
@@ -59,8 +59,9 @@ def on_post_page(output: str, page, config: MkDocsConfig) -> str:
         return output
     if language in HTML_LANG:
         output = output.replace(f'<html lang="{language}"', f'<html lang="{HTML_LANG[language]}"', 1)
-    # Search this language's index: the base Material resolves search paths against.
-    return re.sub(r'("base": ")([^"]*)(")', lambda m: f"{m[1]}{m[2]}/{language}{m[3]}", output, count=1)
+    # Search this language's index: Material resolves "search/search_index.json"
+    # against this base, which needs its trailing slash ("../.." -> "../../zh/").
+    return re.sub(r'("base": ")([^"]*)(")', lambda m: f"{m[1]}{m[2]}/{language}/{m[3]}", output, count=1)
 
 
 def on_post_template(output: str, template_name: str, config: MkDocsConfig) -> str:
