@@ -7,6 +7,7 @@ expected, so that a user never has to decode a shape error from inside torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,22 @@ def positive_int(name: str, value: object) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value}")
     return value
+
+
+def flag(name: str, value: object) -> bool:
+    """Return `value` if it is a bool; `"False"` or `0` would otherwise pass as a flag."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def finite_number(name: str, value: object) -> float:
+    """Return `value` as a float if it is a finite int or float (not a bool), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} ({value!r})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def divisible(name: str, value: int, by_name: str, by: int) -> None:

@@ -83,9 +83,7 @@ class Attention(nn.Module):
         _checks.divisible("num_heads", num_heads, "num_kv_heads", num_kv_heads)
         self.head_dim = hidden_size // num_heads
         self.dropout = _checks.probability("dropout", dropout)
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-            raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-        self.scale = None if scale is None else float(scale)
+        self.scale = None if scale is None else _checks.finite_number("scale", scale)
         if positional is not None and not isinstance(positional, RotaryEmbedding):
             raise TypeError(
                 f"positional must be a mha.RotaryEmbedding or None, got {type(positional).__name__}"
@@ -144,6 +142,8 @@ class Attention(nn.Module):
             ValueError: on a shape that does not fit (the message names it).
             TypeError: on a non-tensor input or a mask of the wrong dtype.
         """
+        _checks.flag("is_causal", is_causal)
+        _checks.flag("need_weights", need_weights)
         q, k, v = self._check_inputs(query, key, value, cache)
         b, s_q, s_kv = q.shape[0], q.shape[1], k.shape[1]
         q = self._split_heads(q)  # (b, n_h, s_q, d)
@@ -213,7 +213,24 @@ class Attention(nn.Module):
                     "with a cache, query and key must be the same chunk: got s_q="
                     f"{query.shape[1]} and s_kv={key.shape[1]}"
                 )
+            self._check_cache_fits(cache, query, key)
         return query, key, value
+
+    def _check_cache_fits(self, cache: KVCache, query: Tensor, key: Tensor) -> None:
+        """Raise before the cache is written to, naming the cache as what does not fit."""
+        n_kv = key.shape[-1] // self.head_dim
+        if (cache.batch_size, cache.num_kv_heads, cache.head_dim) != (query.shape[0], n_kv, self.head_dim):
+            raise ValueError(
+                f"cache does not fit this call: it holds (b={cache.batch_size}, "
+                f"n_kv={cache.num_kv_heads}, d={cache.head_dim}), this call has "
+                f"(b={query.shape[0]}, n_kv={n_kv}, d={self.head_dim})"
+            )
+        if cache.keys.dtype != query.dtype or cache.keys.device != query.device:
+            raise TypeError(
+                f"cache has dtype {cache.keys.dtype} on {cache.keys.device}, but this call "
+                f"computes in {query.dtype} on {query.device}; make it with "
+                f"new_cache(..., dtype={query.dtype}, device='{query.device}')"
+            )
 
     def extra_repr(self) -> str:
         return (
@@ -369,6 +386,8 @@ class MultiHeadAttention(nn.Module):
             ValueError: on a shape that does not fit (the message names it).
             TypeError: on a non-tensor input or a mask of the wrong dtype.
         """
+        _checks.flag("is_causal", is_causal)
+        _checks.flag("need_weights", need_weights)
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)

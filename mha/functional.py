@@ -118,6 +118,10 @@ def _prepare_mask(
         needs to be built. `keep` is `(..., s_q, 1)`, 1 for rows with at
         least one allowed key and 0 for the rest, or `None` if every row has one.
     """
+    if mask is not None and mask.ndim < 4:
+        # (s_kv,), (s_q, s_kv), ... broadcast like a (b, n_h, s_q, s_kv) mask; the
+        # fused kernel and the row guard below need all four dimensions.
+        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
     if is_causal and mask is None and s_q == s_kv:
         return None, True, None
     if is_causal:
@@ -233,6 +237,12 @@ def attention(
         >>> torch.allclose(fused, math, atol=1e-6), tuple(weights.shape)
         (True, (2, 4, 3, 5))
     """
+    if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
+        # An integer 0/1 mask would be added to the scores, not used as a boolean.
+        raise TypeError(
+            "mask must be a bool tensor (True = may attend) or a float tensor "
+            f"(added to the scores), got dtype {mask.dtype}"
+        )
     dispatch = choose_path(need_weights=need_weights, backend=backend)
     if dispatch.path == "math":
         weights = attention_weights(query, key, mask=mask, is_causal=is_causal, scale=scale)

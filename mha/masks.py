@@ -89,6 +89,10 @@ def padding_mask(lengths: Tensor, s_kv: int | None = None) -> Tensor:
     if s_kv is None:
         s_kv = int(lengths.max())
     s_kv = _checks.positive_int("s_kv", s_kv)
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > s_kv):
+        raise ValueError(
+            f"lengths must be in [0, s_kv={s_kv}], got {lengths.tolist()}"
+        )
     positions = torch.arange(s_kv, device=lengths.device)  # (s_kv,)
     return (positions < lengths.unsqueeze(-1))[:, None, None, :]  # (b, 1, 1, s_kv)
 

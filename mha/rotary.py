@@ -49,10 +49,11 @@ class RotaryEmbedding(nn.Module):
         head_dim = _checks.positive_int("head_dim", head_dim)
         if head_dim % 2:
             raise ValueError(f"head_dim must be even (features rotate in pairs), got {head_dim}")
-        if not isinstance(base, (int, float)) or isinstance(base, bool) or base <= 1:
+        base = _checks.finite_number("base", base)
+        if not base > 1:
             raise ValueError(f"base must be a number > 1, got {base!r}")
         self.head_dim = head_dim
-        self.base = float(base)
+        self.base = base
 
     def frequencies(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """theta_i = base^(-2i/d), shape (d/2,).

@@ -444,3 +444,39 @@ def test_cuda_fused_and_math_match_the_cpu_reference(dtype):
         gpu.attention.backend = backend
         out = gpu(x.to("cuda", dtype), mask=allowed.cuda())
         assert_close(out.cpu(), expected, dtype)
+
+
+@pytest.mark.parametrize("backend", ["auto", "math"])
+@pytest.mark.parametrize("shape", [(), (7,), (5, 7), (2, 1, 5, 7)], ids=["0d", "1d", "2d", "4d"])
+def test_masks_of_every_rank_on_both_paths(backend, shape):
+    """A 1-D (s_kv,) or 0-d mask broadcasts like any other; it crashed the fused path."""
+    m = MultiHeadAttention(12, 3, backend=backend).eval()
+    q, kv = torch.randn(2, 5, 12), torch.randn(2, 7, 12)
+    mask = torch.rand(shape) > 0.3 if shape else torch.tensor(True)
+    if shape == (7,):
+        mask = torch.tensor([True, True, False, True, True, False, True])
+    expected = m(q, kv, kv, mask=mask.expand(2, 3, 5, 7).clone(), need_weights=True)[0]
+    assert_close(m(q, kv, kv, mask=mask), expected)
+
+
+@pytest.mark.parametrize("flag", ["is_causal", "need_weights"])
+@pytest.mark.parametrize("value", ["False", "no", 0, 1, None])
+def test_flags_must_be_bools(flag, value):
+    x = torch.randn(2, 3, 8)
+    for module, args in ((MultiHeadAttention(8, 2), (x,)), (Attention(8, 2), (x, x, x))):
+        with pytest.raises(TypeError, match=rf"{flag} must be a bool, got \w+ \({value!r}\)"):
+            module(*args, **{flag: value})
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf")])
+def test_scale_must_be_finite(scale):
+    with pytest.raises(ValueError, match=r"scale must be a finite number, got (nan|inf|-inf)"):
+        MultiHeadAttention(8, 2, scale=scale)
+
+
+def test_functional_attention_rejects_integer_masks():
+    from mha.functional import attention
+
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor .* got dtype torch.int64"):
+        attention(q, q, q, mask=torch.ones(3, 3, dtype=torch.long))

@@ -71,7 +71,8 @@ def test_overflow_and_shape_errors_name_the_sizes():
     m(torch.randn(1, 3, 16), cache=cache)
     with pytest.raises(ValueError, match=r"KVCache overflow: it holds 3 of max_len=4 positions and cannot take 2 more"):
         m(torch.randn(1, 2, 16), cache=cache)
-    with pytest.raises(ValueError, match=r"key must have shape \(b=1, n_kv=2, s, d=8\), got \(2, 2, 1, 8\)"):
+    with pytest.raises(ValueError, match=r"cache does not fit this call: it holds \(b=1, n_kv=2, d=8\), "
+                                         r"this call has \(b=2, n_kv=2, d=8\)"):
         m(torch.randn(2, 1, 16), cache=cache)
     with pytest.raises(ValueError, match=r"with a cache, query and key must be the same chunk: got s_q=1 and s_kv=3"):
         m(torch.randn(1, 1, 16), torch.randn(1, 3, 16), cache=cache)
@@ -109,3 +110,21 @@ def test_kvcache_standalone_update_returns_a_causal_slot_mask():
     assert mask.int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
     _, _, mask = cache.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
     assert mask.int().tolist() == [[1, 1, 1, 0, 0]]
+
+
+def test_cache_of_another_dtype_is_refused_before_anything_is_written():
+    m = MultiHeadAttention(16, 2).eval()
+    cache = m.new_cache(2, 8, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"cache has dtype torch.float16 .* computes in torch.float32"):
+        m(torch.randn(2, 5, 16), cache=cache)
+    assert cache.length == 0 and int(cache.position) == 0
+    assert not cache.keys.any()
+
+
+def test_cache_of_another_batch_or_head_count_is_named_as_the_cache():
+    m = MultiHeadAttention(24, 3).eval()
+    cache = KVCache(2, 8, num_kv_heads=3, head_dim=8)
+    with pytest.raises(ValueError, match=r"cache does not fit this call: it holds \(b=2, n_kv=3, d=8\), "
+                                         r"this call has \(b=5, n_kv=3, d=8\)"):
+        m(torch.randn(5, 1, 24), cache=cache)
+    assert cache.length == 0

@@ -61,3 +61,9 @@ def test_mask_errors_name_the_argument():
         from_torch_masks(key_padding_mask=torch.zeros(4, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"masks\[1\] must be a torch.Tensor, got list"):
         combine_masks(torch.ones(1, dtype=torch.bool), [True])
+
+
+@pytest.mark.parametrize("lengths", [[3, -1], [3, 6]])
+def test_padding_lengths_outside_the_sequence_are_refused(lengths):
+    with pytest.raises(ValueError, match=r"lengths must be in \[0, s_kv=5\], got \[3, (-1|6)\]"):
+        padding_mask(torch.tensor(lengths), 5)

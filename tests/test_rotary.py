@@ -99,6 +99,10 @@ def test_errors():
         RotaryEmbedding(5)
     with pytest.raises(ValueError, match=r"base must be a number > 1, got 0.5"):
         RotaryEmbedding(4, base=0.5)
+    with pytest.raises(ValueError, match=r"base must be a finite number, got nan"):
+        RotaryEmbedding(4, base=float("nan"))
+    with pytest.raises(TypeError, match=r"base must be a float, got str"):
+        RotaryEmbedding(4, base="10000")
     with pytest.raises(ValueError, match=r"x must have last dimension d=4, got shape \(1, 1, 2, 6\)"):
         RotaryEmbedding(4)(torch.randn(1, 1, 2, 6), torch.arange(2))
     with pytest.raises(TypeError, match=r"positional must be a mha.RotaryEmbedding or None, got str"):
