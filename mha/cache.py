@@ -76,8 +76,9 @@ class KVCache:
 
     def reset(self) -> None:
         """Forget every position, keeping the buffers."""
-        self.keys.zero_()
-        self.values.zero_()
+        # detach: after training through cached steps the buffers are graph outputs
+        self.keys = self.keys.detach().zero_()
+        self.values = self.values.detach().zero_()
         self.position.zero_()
         self._length = 0
 
@@ -106,6 +107,10 @@ class KVCache:
         legend = f"(b={self.batch_size}, n_kv={self.num_kv_heads}, s, d={self.head_dim})"
         _checks.shape("key", key, expected, legend)
         _checks.shape("value", value, tuple(key.shape), f"like key {tuple(key.shape)}")
+        if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
+            raise TypeError(
+                f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}"
+            )
         s = key.shape[-2]
         if self._length + s > self.max_len:
             raise ValueError(
@@ -113,8 +118,15 @@ class KVCache:
                 f"positions and cannot take {s} more; make a larger cache or reset() it"
             )
         positions = self.positions(s)  # (s,)
-        self.keys.index_copy_(2, positions, key.to(self.keys.dtype))
-        self.values.index_copy_(2, positions, value.to(self.values.dtype))
+        if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):
+            # Training through cached steps: an in-place write would overwrite
+            # buffers that earlier steps saved for backward. Write out of place,
+            # at the cost of a new buffer per step.
+            self.keys = self.keys.index_copy(2, positions, key)
+            self.values = self.values.index_copy(2, positions, value)
+        else:
+            self.keys.index_copy_(2, positions, key)
+            self.values.index_copy_(2, positions, value)
         self.position += s
         self._length += s
         slots = torch.arange(self.max_len, device=positions.device)  # (s_max,)

@@ -107,6 +107,21 @@ def _repeat_kv(x: Tensor, group: int) -> Tensor:
     return x[:, :, None].expand(b, n_kv, group, s, d).reshape(b, n_kv * group, s, d)
 
 
+def _fit_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Clamp a float mask's finite values into `dtype`'s range, keeping -inf.
+
+    The fused kernel needs the mask in the query's dtype: cast to float16, a
+    finite -1e9 would become -inf (a fully blocked row would then come out as
+    zeros on one path and as a softmax on the other). Clamped on both paths,
+    the two agree, and a value at the bottom of the range still gives a key
+    no weight next to an allowed one.
+    """
+    if mask is None or mask.dtype == torch.bool or dtype not in (torch.float16, torch.bfloat16):
+        return mask
+    info = torch.finfo(dtype)
+    return torch.where(torch.isneginf(mask), mask, mask.clamp(min=info.min, max=info.max))
+
+
 def _prepare_mask(
     mask: Tensor | None, is_causal: bool, s_q: int, s_kv: int, device: torch.device
 ) -> tuple[Tensor | None, bool, Tensor | None]:
@@ -176,6 +191,7 @@ def attention_weights(
     """
     s_q, s_kv = query.shape[-2], key.shape[-2]
     mask, kernel_causal, keep = _prepare_mask(mask, is_causal, s_q, s_kv, query.device)
+    mask = _fit_mask(mask, query.dtype)
     if kernel_causal:
         mask = masks.causal_mask(s_q, s_kv, device=query.device)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
@@ -254,7 +270,7 @@ def attention(
     s_q, s_kv = query.shape[-2], key.shape[-2]
     mask, kernel_causal, keep = _prepare_mask(mask, is_causal, s_q, s_kv, query.device)
     if mask is not None and mask.dtype != torch.bool:
-        mask = mask.to(query.dtype)  # the kernel requires a bool mask or the query's dtype
+        mask = _fit_mask(mask, query.dtype).to(query.dtype)  # the kernel takes a bool mask or the query's dtype
     context = F.scaled_dot_product_attention(
         query,
         key,

@@ -480,3 +480,18 @@ def test_functional_attention_rejects_integer_masks():
     q = torch.randn(1, 2, 3, 4)
     with pytest.raises(TypeError, match=r"mask must be a bool tensor .* got dtype torch.int64"):
         attention(q, q, q, mask=torch.ones(3, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fill", [torch.finfo(torch.float32).min, -1e5, -1e9])
+def test_half_precision_with_a_large_finite_negative_mask_agrees_on_both_paths(dtype, fill):
+    """A float32 mask of finite large negatives must not turn into -inf on one path only."""
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=dtype) for _ in range(3))
+    mask = torch.zeros(2, 1, 5, 7)[..., :5].clone()
+    mask[:, :, 1] = fill          # row 1: every key blocked by a finite value
+    mask[:, :, 3, :2] = fill      # row 3: two keys blocked
+    from mha.functional import attention
+
+    fused, _ = attention(q, k, v, mask=mask, backend="fused")
+    math, _ = attention(q, k, v, mask=mask, backend="math")
+    assert_close(fused, math, dtype)
