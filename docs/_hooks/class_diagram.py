@@ -27,6 +27,7 @@ import mha
 from mha.functional import Dispatch
 
 MARKER = "<!-- mha:class-diagram -->"
+MAX_PARAMS = 3
 
 FRONT_MATTER = """---
 # Natural size: the diagram scrolls sideways instead of shrinking. Mermaid 11's
@@ -93,6 +94,8 @@ def _type_name(annotation: str) -> str:
 def _method_line(name: str, value: object) -> str:
     function = value.__func__ if isinstance(value, classmethod) else value
     params = [p for p in inspect.signature(function).parameters if p not in ("self", "cls")]
+    if len(params) > MAX_PARAMS:  # keep boxes narrow: the API reference has the full signature
+        params = params[:MAX_PARAMS] + ["…"]
     returns = function.__annotations__.get("return", "")
     suffix = "$" if isinstance(value, classmethod) else ""
     return f"+{name}({', '.join(params)}){suffix} {_type_name(str(returns))}".rstrip()
