@@ -24,7 +24,7 @@ from torch import nn
 from common import BareSDPA, interleaved_medians, print_table, write_results
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from mha import MultiHeadAttention  # noqa: E402
+from mha import MultiHeadAttention, from_torch  # noqa: E402
 
 TARGETS = {
     "inference": {"torch": 0.75, "bare": 1.08},
@@ -36,7 +36,7 @@ TARGETS = {
 def contenders(hidden: int, heads: int) -> dict[str, nn.Module]:
     theirs = nn.MultiheadAttention(hidden, heads, batch_first=True)
     return {
-        "mha": MultiHeadAttention.from_torch(theirs),
+        "mha": from_torch(theirs),
         "torch": theirs,
         "bare": BareSDPA.from_torch(theirs),
     }

@@ -22,7 +22,7 @@ from mha import functional, masks
 from mha.attention import Attention, MultiHeadAttention
 from mha.cache import KVCache
 from mha.functional import Dispatch
-from mha.interop import TorchMultiheadAttention, replace_torch_attention
+from mha.interop import TorchMultiheadAttention, from_torch, replace_torch_attention, to_torch
 from mha.rotary import RotaryEmbedding
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "RotaryEmbedding",
     "Dispatch",
     "TorchMultiheadAttention",
+    "from_torch",
+    "to_torch",
     "replace_torch_attention",
     "functional",
     "masks",

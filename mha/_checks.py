@@ -1,26 +1,62 @@
-"""Argument checks shared by the modules.
+"""Argument checks for the public entry points.
 
 Every check raises `ValueError` (wrong value) or `TypeError` (wrong type)
 with a message that names the argument, what was received and what was
-expected, so that a user never has to decode a shape error from inside torch.
+expected, so that a user never has to decode an error from inside torch.
+
+The checks run once, where a call enters the package; the internals trust
+their callers. A message is formatted only when it is raised: an f-string
+on the success path costs time on every call and, under `torch.compile`,
+reads tensor sizes and so pins them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 
+def _number(name: str, value: object, kind: str) -> None:
+    # bool is an int subclass: True would pass as 1 everywhere below.
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind == "float" else int):
+        raise TypeError(f"{name} must be {'a float' if kind == 'float' else 'an int'}, got {type(value).__name__} ({value!r})")
+
+
 def positive_int(name: str, value: object) -> int:
     """Return `value` if it is a positive `int`, else raise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value <= 0:
+    _number(name, value, "int")
+    if value <= 0:  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
+    return value  # type: ignore[return-value]
+
+
+def nonnegative_int(name: str, value: object) -> int:
+    """Return `value` if it is an `int` >= 0 (a `SymInt` under tracing passes), else raise."""
+    if isinstance(value, torch.SymInt):
+        return value  # type: ignore[return-value]
+    _number(name, value, "int")
+    if value < 0:  # type: ignore[operator]
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return value  # type: ignore[return-value]
+
+
+def finite_number(name: str, value: object) -> float:
+    """Return `value` as a float if it is a finite int or float, else raise."""
+    _number(name, value, "float")
+    if not math.isfinite(value):  # type: ignore[arg-type]
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def probability(name: str, value: object) -> float:
+    """Return `value` if it is a float in [0, 1), else raise."""
+    _number(name, value, "float")
+    if not 0.0 <= value < 1.0:  # type: ignore[operator]
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def flag(name: str, value: object) -> bool:
@@ -30,30 +66,10 @@ def flag(name: str, value: object) -> bool:
     return value
 
 
-def finite_number(name: str, value: object) -> float:
-    """Return `value` as a float if it is a finite int or float (not a bool), else raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def divisible(name: str, value: int, by_name: str, by: int) -> None:
     """Raise unless `value` is a multiple of `by`."""
     if value % by != 0:
-        raise ValueError(
-            f"{name}={value} must be divisible by {by_name}={by} (remainder {value % by})"
-        )
-
-
-def probability(name: str, value: object) -> float:
-    """Return `value` if it is a float in [0, 1), else raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} ({value!r})")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return float(value)
+        raise ValueError(f"{name}={value} must be divisible by {by_name}={by} (remainder {value % by})")
 
 
 def tensor(name: str, value: object) -> Tensor:
@@ -63,21 +79,29 @@ def tensor(name: str, value: object) -> Tensor:
     return value
 
 
-def shape(name: str, value: object, expected: Sequence[int | None], legend: str) -> Tensor:
+def sizes(value: Tensor) -> tuple[int, ...]:
+    """The shape as plain ints, for a message: under torch.compile a size may be symbolic."""
+    return tuple(int(d) for d in value.shape)
+
+
+def fits(shape: Sequence[int], expected: Sequence[int | None]) -> bool:
+    """Whether `shape` has `expected`'s rank and sizes (`None` accepts any size)."""
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
+
+
+def shape(name: str, value: object, expected: Sequence[int | None], legend: Callable[[], str]) -> Tensor:
     """Check that `value` is a Tensor of the expected shape.
 
     Args:
         name: the argument's name, for the message.
         value: the tensor to check.
         expected: one entry per dimension; `None` accepts any size.
-        legend: the expected shape in the package's vocabulary, e.g.
-            `"(b, s_q, h=64)"`.
+        legend: makes the expected shape in the package's vocabulary, e.g.
+            `"(b, s_q, h=64)"`; called only to raise.
     """
     value = tensor(name, value)
-    got = tuple(value.shape)
-    ok = len(got) == len(expected) and all(e is None or g == e for g, e in zip(got, expected))
-    if not ok:
-        raise ValueError(f"{name} must have shape {legend}, got {got}")
+    if not fits(value.shape, expected):
+        raise ValueError(f"{name} must have shape {legend()}, got {sizes(value)}")
     return value
 
 
@@ -86,6 +110,18 @@ def floating(name: str, value: Tensor) -> Tensor:
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     return value
+
+
+def same_dtype(name: str, value: Tensor, like_name: str, like: Tensor) -> None:
+    """Raise `TypeError` unless `value` has `like`'s dtype."""
+    if value.dtype != like.dtype:
+        raise TypeError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {value.dtype}")
+
+
+def same_device(name: str, value: Tensor, like_name: str, device: torch.device) -> None:
+    """Raise `ValueError` unless `value` lives on `device`."""
+    if value.device != device:
+        raise ValueError(f"{name} must be on the device of {like_name} ({device}), got {value.device}")
 
 
 def mask(name: str, value: object, target: Sequence[int], legend: str) -> Tensor:
@@ -100,13 +136,10 @@ def mask(name: str, value: object, target: Sequence[int], legend: str) -> Tensor
             f"{name} must be a bool tensor (True = may attend) or a float tensor "
             f"(added to the scores), got dtype {value.dtype}"
         )
-    got = tuple(value.shape)
-    fits = len(got) <= len(target) and all(
-        g in (1, t) for g, t in zip(reversed(got), reversed(target))
-    )
-    if not fits:
+    got = value.shape
+    if len(got) > len(target) or not all(g == 1 or g == t for g, t in zip(reversed(got), reversed(target))):
         raise ValueError(
-            f"{name} must be broadcastable to {legend} = {tuple(target)}, got shape {got}"
+            f"{name} must be broadcastable to {legend} = {tuple(int(t) for t in target)}, got shape {sizes(value)}"
         )
     return value
 

@@ -5,17 +5,20 @@ splits them into heads, computes the attention weights and the context, and
 merges the heads again. `MultiHeadAttention` puts the query, key, value and
 output projections around it: `self.attention = Attention(...)`.
 
-Shape letters are those of [`mha`][mha].
+Arguments are checked once, where a call enters (`forward` of either class);
+what runs after that trusts them. Shape letters are those of [`mha`][mha].
 """
 
 from __future__ import annotations
+
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
 
 from mha import _checks, masks
 from mha.cache import KVCache
-from mha.functional import BACKENDS, Backend, Dispatch, attention, choose_path
+from mha.functional import BACKENDS, Backend, Dispatch, attend, choose_path, path_for
 from mha.rotary import RotaryEmbedding
 
 __all__ = ["Attention", "MultiHeadAttention"]
@@ -44,12 +47,14 @@ class Attention(nn.Module):
         num_heads: `n_h`.
         num_kv_heads: `n_kv`.
         head_dim: `d = h / n_h`.
+        shards: `t`, the number of tensor-parallel ranks the heads are split
+            over; 1 unless [`mha.parallel.parallelize`][mha.parallel.parallelize] set it.
 
     Shape:
         query: `(b, s_q, h)`; key, value: `(b, s_kv, n_kv * d)`;
         output: `(b, s_q, h)`; weights: `(b, n_h, s_q, s_kv)`.
-        Under tensor parallelism ([`mha.parallel`][mha.parallel]) each rank passes
-        `1/t` of these widths and holds `1/t` of the heads.
+        With `shards = t`, each rank passes `1/t` of these widths and holds
+        `1/t` of the heads.
 
     Examples:
         >>> import torch
@@ -95,6 +100,7 @@ class Attention(nn.Module):
             )
         self.positional = positional
         self.backend = _checks.one_of("backend", backend, BACKENDS)
+        self.shards = 1
 
     def explain(self, *, need_weights: bool = False) -> Dispatch:
         """Which path `forward` takes for these arguments, and why.
@@ -106,7 +112,19 @@ class Attention(nn.Module):
             >>> Attention(8, 2, backend="math").explain().reason
             'backend="math" was requested'
         """
-        return choose_path(need_weights=need_weights, backend=self.backend)
+        return choose_path(need_weights=_checks.flag("need_weights", need_weights), backend=self.backend)
+
+    @overload
+    def forward(
+        self, query: Tensor, key: Tensor, value: Tensor, *, mask: Tensor | None = ...,
+        is_causal: bool = ..., need_weights: Literal[False] = ..., cache: KVCache | None = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def forward(
+        self, query: Tensor, key: Tensor, value: Tensor, *, mask: Tensor | None = ...,
+        is_causal: bool = ..., need_weights: Literal[True], cache: KVCache | None = ...,
+    ) -> tuple[Tensor, Tensor]: ...
 
     def forward(
         self,
@@ -139,21 +157,80 @@ class Attention(nn.Module):
             `need_weights=True`.
 
         Raises:
-            ValueError: on a shape that does not fit (the message names it).
-            TypeError: on a non-tensor input or a mask of the wrong dtype.
+            ValueError: on a shape that does not fit (the message names it),
+                or a cache that is full or made for another call.
+            TypeError: on a non-tensor input, a mask of the wrong dtype, a
+                non-bool flag, or a cache of another dtype.
         """
+        query = _checks.floating("query", _checks.tensor("query", query))
+        width = self.hidden_size // self.shards
+        if query.ndim != 3 or query.shape[-1] != width:
+            raise ValueError(f"query must have shape (b, s_q, h={width}), got {_checks.sizes(query)}")
+        b = query.shape[0]
+        kv_width = self.num_kv_heads * self.head_dim // self.shards
+        key = _checks.shape("key", key, (b, None, kv_width), lambda: f"(b={b}, s_kv, n_kv * d={kv_width})")
+        value = _checks.shape("value", value, key.shape, lambda: f"(b={b}, s_kv, n_kv * d={kv_width}), like key")
+        for name, t in (("key", key), ("value", value)):
+            _checks.same_dtype(name, t, "query", query)
+            _checks.same_device(name, t, "query", query.device)
+        self._check_options(query, key.shape[1], mask, is_causal, need_weights, cache)
+        return self._attend(query, key, value, mask, is_causal, need_weights, cache)
+
+    def _check_options(
+        self, query: Tensor, s_kv: int, mask: object, is_causal: object, need_weights: object, cache: object
+    ) -> None:
+        """Flags, mask and cache; `query` is `(b, s_q, ...)` in the dtype attention runs in."""
         _checks.flag("is_causal", is_causal)
         _checks.flag("need_weights", need_weights)
-        q, k, v = self._check_inputs(query, key, value, cache)
-        b, s_q, s_kv = q.shape[0], q.shape[1], k.shape[1]
-        q = self._split_heads(q)  # (b, n_h, s_q, d)
-        k = self._split_heads(k)  # (b, n_kv, s_kv, d)
-        v = self._split_heads(v)  # (b, n_kv, s_kv, d)
-        target_kv = s_kv if cache is None else cache.max_len
+        if need_weights and self.backend == "fused":
+            choose_path(need_weights=True, backend="fused")  # raises, saying why
+        b, s_q = query.shape[0], query.shape[1]
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache must be a mha.KVCache, got {type(cache).__name__}")
+            if s_kv != s_q:
+                raise ValueError(
+                    f"with a cache, query and key must be the same chunk: got s_q={s_q} and s_kv={s_kv}"
+                )
+            self._check_cache_fits(cache, query)
+            s_kv = cache.max_len
         if mask is not None:
-            target = (b, q.shape[1], s_q, target_kv)
-            _checks.mask("mask", mask, target, "(b, n_h, s_q, s_kv)")
+            mask = _checks.mask("mask", mask, (b, self.num_heads // self.shards, s_q, s_kv), "(b, n_h, s_q, s_kv)")
+            _checks.same_device("mask", mask, "query", query.device)
 
+    def _check_cache_fits(self, cache: KVCache, query: Tensor) -> None:
+        """Raise before the cache is written to, naming the cache as what does not fit."""
+        b, s = query.shape[0], query.shape[1]
+        n_kv = self.num_kv_heads // self.shards
+        if (cache.batch_size, cache.num_kv_heads, cache.head_dim) != (b, n_kv, self.head_dim):
+            raise ValueError(
+                f"cache does not fit this call: it holds (b={cache.batch_size}, "
+                f"n_kv={cache.num_kv_heads}, d={cache.head_dim}), this call has "
+                f"(b={b}, n_kv={n_kv}, d={self.head_dim})"
+            )
+        if cache.keys.dtype != query.dtype or cache.keys.device != query.device:
+            raise TypeError(
+                f"cache has dtype {cache.keys.dtype} on {cache.keys.device}, but this call "
+                f"computes in {query.dtype} on {query.device}; make it with "
+                f"new_cache(..., dtype={query.dtype}, device='{query.device}')"
+            )
+        cache.check_room(s)
+
+    def _attend(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor | None,
+        is_causal: bool,
+        need_weights: bool,
+        cache: KVCache | None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """`forward` after its checks."""
+        s_q, s_kv = query.shape[1], key.shape[1]
+        q = self._split_heads(query)  # (b, n_h, s_q, d)
+        k = self._split_heads(key)  # (b, n_kv, s_kv, d)
+        v = self._split_heads(value)  # (b, n_kv, s_kv, d)
         if cache is None:
             if self.positional is not None:
                 # Queries are the last s_q positions (negative when s_q > s_kv),
@@ -165,77 +242,28 @@ class Attention(nn.Module):
                 positions = cache.positions(s_q)  # (s_q,)
                 q = self.positional(q, positions)
                 k = self.positional(k, positions)
-            k, v, seen = cache.update(k, v)  # (b, n_kv, s_max, d) twice; (s_q, s_max)
+            k, v, seen = cache.write(k, v)  # (b, n_kv, s_max, d) twice; (s_q, s_max)
             mask = masks.combine_masks(mask, seen)
             is_causal = False  # `seen` is already causal within the chunk
 
         dropout_p = self.dropout if self.training else 0.0
-        context, weights = attention(
-            q,
-            k,
-            v,
-            mask=mask,
-            is_causal=is_causal,
-            scale=self.scale,
-            dropout_p=dropout_p,
-            need_weights=need_weights,
-            backend=self.backend,
-        )
+        path = path_for(need_weights, self.backend)
+        context, weights = attend(q, k, v, mask, is_causal, self.scale, dropout_p, path)
         context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d)
-        return (context, weights) if need_weights else context
+        if need_weights:
+            assert weights is not None  # the math path returns them  # noqa: S101 (narrows a type)
+            return context, weights
+        return context
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """(b, s, n * d) -> (b, n, s, d), for however many heads `x` holds."""
         return x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
 
-    def _check_inputs(
-        self, query: object, key: object, value: object, cache: KVCache | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        query = _checks.floating("query", _checks.tensor("query", query))
-        width = query.shape[-1] if query.ndim == 3 else 0
-        # A tensor-parallel rank sees 1/shards of the heads; shards == 1 otherwise.
-        shards = self.hidden_size // width if width else 0
-        if shards == 0 or width * shards != self.hidden_size or self.num_kv_heads % shards:
-            raise ValueError(
-                f"query must have shape (b, s_q, h={self.hidden_size}), got {tuple(query.shape)}"
-            )
-        kv_width = self.num_kv_heads * self.head_dim // shards
-        legend = f"(b={query.shape[0]}, s_kv, n_kv * d={kv_width})"
-        key = _checks.shape("key", key, (query.shape[0], None, kv_width), legend)
-        value = _checks.shape("value", value, tuple(key.shape), f"{legend} = key's {tuple(key.shape)}")
-        _checks.floating("key", key)
-        _checks.floating("value", value)
-        if cache is not None:
-            if not isinstance(cache, KVCache):
-                raise TypeError(f"cache must be a mha.KVCache, got {type(cache).__name__}")
-            if key.shape[1] != query.shape[1]:
-                raise ValueError(
-                    "with a cache, query and key must be the same chunk: got s_q="
-                    f"{query.shape[1]} and s_kv={key.shape[1]}"
-                )
-            self._check_cache_fits(cache, query, key)
-        return query, key, value
-
-    def _check_cache_fits(self, cache: KVCache, query: Tensor, key: Tensor) -> None:
-        """Raise before the cache is written to, naming the cache as what does not fit."""
-        n_kv = key.shape[-1] // self.head_dim
-        if (cache.batch_size, cache.num_kv_heads, cache.head_dim) != (query.shape[0], n_kv, self.head_dim):
-            raise ValueError(
-                f"cache does not fit this call: it holds (b={cache.batch_size}, "
-                f"n_kv={cache.num_kv_heads}, d={cache.head_dim}), this call has "
-                f"(b={query.shape[0]}, n_kv={n_kv}, d={self.head_dim})"
-            )
-        if cache.keys.dtype != query.dtype or cache.keys.device != query.device:
-            raise TypeError(
-                f"cache has dtype {cache.keys.dtype} on {cache.keys.device}, but this call "
-                f"computes in {query.dtype} on {query.device}; make it with "
-                f"new_cache(..., dtype={query.dtype}, device='{query.device}')"
-            )
-
     def extra_repr(self) -> str:
+        shards = f", shards={self.shards}" if self.shards > 1 else ""
         return (
             f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
-            f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, backend={self.backend!r}"
+            f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, backend={self.backend!r}{shards}"
         )
 
 
@@ -313,8 +341,7 @@ class MultiHeadAttention(nn.Module):
         )
         self.kdim = hidden_size if kdim is None else _checks.positive_int("kdim", kdim)
         self.vdim = hidden_size if vdim is None else _checks.positive_int("vdim", vdim)
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        _checks.flag("bias", bias)
         kv_width = self.attention.num_kv_heads * self.attention.head_dim
         factory = {"device": device, "dtype": dtype, "bias": bias}
         self.q_proj = nn.Linear(hidden_size, hidden_size, **factory)
@@ -352,6 +379,20 @@ class MultiHeadAttention(nn.Module):
         """
         return self.attention.explain(need_weights=need_weights)
 
+    @overload
+    def forward(
+        self, query: Tensor, key: Tensor | None = ..., value: Tensor | None = ..., *,
+        mask: Tensor | None = ..., is_causal: bool = ..., need_weights: Literal[False] = ...,
+        cache: KVCache | None = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def forward(
+        self, query: Tensor, key: Tensor | None = ..., value: Tensor | None = ..., *,
+        mask: Tensor | None = ..., is_causal: bool = ..., need_weights: Literal[True],
+        cache: KVCache | None = ...,
+    ) -> tuple[Tensor, Tensor]: ...
+
     def forward(
         self,
         query: Tensor,
@@ -383,34 +424,42 @@ class MultiHeadAttention(nn.Module):
             `need_weights=True`.
 
         Raises:
-            ValueError: on a shape that does not fit (the message names it).
-            TypeError: on a non-tensor input or a mask of the wrong dtype.
+            ValueError: on a shape or device that does not fit (the message
+                names it), or a cache that is full or made for another call.
+            TypeError: on a non-tensor input, an input whose dtype is not the
+                parameters', a mask of the wrong dtype, a non-bool flag, or a
+                cache of another dtype.
         """
-        _checks.flag("is_causal", is_causal)
-        _checks.flag("need_weights", need_weights)
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)
-        result = self.attention(
-            self.q_proj(query),
-            self.k_proj(key),
-            self.v_proj(value),
-            mask=mask,
-            is_causal=is_causal,
-            need_weights=need_weights,
-            cache=cache,
+        self.attention._check_options(query, key.shape[1], mask, is_causal, need_weights, cache)
+        result = self.attention._attend(
+            self.q_proj(query), self.k_proj(key), self.v_proj(value), mask, is_causal, need_weights, cache
         )
-        if need_weights:
+        if isinstance(result, tuple):
             context, weights = result
             return self.out_proj(context), weights
         return self.out_proj(result)
 
     def _check_inputs(self, query: object, key: object, value: object) -> None:
-        b = _checks.shape("query", query, (None, None, self.hidden_size), f"(b, s_q, h={self.hidden_size})").shape[0]
-        s_kv = _checks.shape("key", key, (b, None, self.kdim), f"(b={b}, s_kv, kdim={self.kdim})").shape[1]
-        _checks.shape("value", value, (b, s_kv, self.vdim), f"(b={b}, s_kv={s_kv}, vdim={self.vdim})")
+        h, kdim, vdim = self.hidden_size, self.kdim, self.vdim
+        query = _checks.shape("query", query, (None, None, h), lambda: f"(b, s_q, h={h})")
+        b = query.shape[0]
+        key = _checks.shape("key", key, (b, None, kdim), lambda: f"(b={b}, s_kv, kdim={kdim})")
+        s_kv = key.shape[1]
+        _checks.shape("value", value, (b, s_kv, vdim), lambda: f"(b={b}, s_kv={s_kv}, vdim={vdim})")
+        weight = self.q_proj.weight
+        _checks.floating("query", query)
+        if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):
+            raise TypeError(
+                f"query must have the parameters' dtype {weight.dtype}, got {query.dtype} "
+                f"(convert the input, or the module with .to({query.dtype}))"
+            )
         for name, t in (("query", query), ("key", key), ("value", value)):
-            _checks.floating(name, t)
+            _checks.same_device(name, t, "the parameters", weight.device)  # type: ignore[arg-type]
+            if name != "query":
+                _checks.same_dtype(name, t, "query", query)  # type: ignore[arg-type]
 
     def new_cache(
         self,
@@ -435,34 +484,14 @@ class MultiHeadAttention(nn.Module):
             torch.Size([1, 2, 16, 8])
         """
         weight = self.k_proj.weight
-        local = weight.to_local() if hasattr(weight, "to_local") else weight  # a DTensor shard
         return KVCache(
             batch_size,
             max_len,
-            num_kv_heads=local.shape[0] // self.head_dim,
+            num_kv_heads=self.num_kv_heads // self.attention.shards,
             head_dim=self.head_dim,
             dtype=weight.dtype if dtype is None else dtype,
-            device=local.device if device is None else device,
+            device=weight.device if device is None else device,
         )
-
-    @classmethod
-    def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
-        """An equivalent module from a `torch.nn.MultiheadAttention`.
-
-        See [`mha.interop.from_torch`][mha.interop.from_torch].
-        """
-        from mha.interop import from_torch
-
-        return from_torch(module)
-
-    def to_torch(self, *, batch_first: bool = True) -> nn.MultiheadAttention:
-        """An equivalent `torch.nn.MultiheadAttention`.
-
-        See [`mha.interop.to_torch`][mha.interop.to_torch].
-        """
-        from mha.interop import to_torch
-
-        return to_torch(self, batch_first=batch_first)
 
     def extra_repr(self) -> str:
         return f"kdim={self.kdim}, vdim={self.vdim}"

@@ -101,22 +101,33 @@ class KVCache:
 
         Raises:
             ValueError: if the chunk's shape does not fit the cache or it would
-                write past `max_len`.
+                write past `max_len`; nothing is written then.
+            TypeError: if the chunk's dtype is not the cache's.
         """
-        expected = (self.batch_size, self.num_kv_heads, None, self.head_dim)
-        legend = f"(b={self.batch_size}, n_kv={self.num_kv_heads}, s, d={self.head_dim})"
-        _checks.shape("key", key, expected, legend)
-        _checks.shape("value", value, tuple(key.shape), f"like key {tuple(key.shape)}")
+        b, n_kv, d = self.batch_size, self.num_kv_heads, self.head_dim
+        key = _checks.shape("key", key, (b, n_kv, None, d), lambda: f"(b={b}, n_kv={n_kv}, s, d={d})")
+        _checks.shape("value", value, key.shape, lambda: f"like key {tuple(key.shape)}")
         if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
-            raise TypeError(
-                f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}"
-            )
-        s = key.shape[-2]
+            raise TypeError(f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}")
+        self.check_room(key.shape[-2])
+        return self.write(key, value)
+
+    def check_room(self, s: int) -> None:
+        """Raise `ValueError` if `s` more positions do not fit."""
         if self._length + s > self.max_len:
+            if torch.compiler.is_compiling():
+                # Dynamo cannot format symbolic sizes (the message was lost to
+                # "BUILD_STRING type error"); a constant one survives, and
+                # without fullgraph Dynamo re-runs this in eager, with the numbers.
+                raise ValueError("KVCache overflow: the chunk does not fit in max_len; make a larger cache or reset() it")
             raise ValueError(
-                f"KVCache overflow: it holds {self._length} of max_len={self.max_len} "
-                f"positions and cannot take {s} more; make a larger cache or reset() it"
+                f"KVCache overflow: it holds {self._length} of max_len={self.max_len} positions "
+                f"and cannot take {s} more; make a larger cache or reset() it"
             )
+
+    def write(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`update` without its checks, for callers that made them."""
+        s = key.shape[-2]
         positions = self.positions(s)  # (s,)
         if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):
             # Training through cached steps: an in-place write would overwrite
@@ -132,6 +143,14 @@ class KVCache:
         slots = torch.arange(self.max_len, device=positions.device)  # (s_max,)
         mask = slots <= positions[:, None]  # (s, s_max)
         return self.keys, self.values, mask
+
+    def __copy__(self) -> KVCache:
+        # A shallow copy would share the buffers and the position tensor but
+        # not the length counter, and the two would drift apart.
+        raise TypeError(
+            "a KVCache cannot be shallow-copied (the copy would share its buffers); "
+            "use copy.deepcopy(cache) for an independent cache"
+        )
 
     def __repr__(self) -> str:
         return (

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mha import masks
+from mha import _checks, masks
 
 __all__ = ["Backend", "Dispatch", "choose_path", "attention_weights", "attention"]
 
@@ -94,6 +94,33 @@ def choose_path(*, need_weights: bool = False, backend: Backend = "auto") -> Dis
     )
 
 
+def _check_heads(query: object, key: object, value: object | None, mask: object | None) -> None:
+    """Shapes of split heads: q (b, n_h, s_q, d), k (b, n_kv, s_kv, d), v (b, n_kv, s_kv, d_v)."""
+    query = _checks.floating("query", _checks.tensor("query", query))
+    if query.ndim != 4:
+        raise ValueError(f"query must have shape (b, n_h, s_q, d), got {tuple(query.shape)}")
+    b, n_h, s_q, d = query.shape
+    key = _checks.shape("key", key, (b, None, None, d), lambda: f"(b={b}, n_kv, s_kv, d={d})")
+    _checks.same_dtype("key", key, "query", query)
+    n_kv, s_kv = key.shape[1], key.shape[2]
+    if n_kv == 0 or n_h % n_kv:
+        raise ValueError(f"query's heads n_h={n_h} must be a multiple of key's heads n_kv={n_kv}")
+    if value is not None:
+        value = _checks.shape("value", value, (b, n_kv, s_kv, None), lambda: f"(b={b}, n_kv={n_kv}, s_kv={s_kv}, d_v)")
+        _checks.same_dtype("value", value, "query", query)
+    for name, t in (("key", key), ("value", value)):
+        if t is not None:
+            _checks.same_device(name, t, "query", query.device)
+    if mask is not None:
+        mask = _checks.mask("mask", mask, (b, n_h, s_q, s_kv), "(b, n_h, s_q, s_kv)")
+        _checks.same_device("mask", mask, "query", query.device)
+
+
+def path_for(need_weights: bool, backend: str) -> str:
+    """The path `choose_path` would pick, without checking its arguments (for internal callers)."""
+    return "math" if need_weights or backend == "math" else "fused"
+
+
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     # Half types overflow and lose mass in a softmax; accumulate in float32.
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -140,7 +167,7 @@ def _prepare_mask(
     if is_causal and mask is None and s_q == s_kv:
         return None, True, None
     if is_causal:
-        mask = masks.combine_masks(mask, masks.causal_mask(s_q, s_kv, device=device))
+        mask = masks.combine_masks(mask, masks.causal(s_q, s_kv, device))
     if mask is None:
         return None, False, None
     if mask.dtype == torch.bool:
@@ -189,11 +216,20 @@ def attention_weights(
         tensor([[[[0.5000, 0.5000],
                   [0.5000, 0.5000]]]])
     """
+    _check_heads(query, key, None, mask)
+    _checks.flag("is_causal", is_causal)
+    if scale is not None:
+        _checks.finite_number("scale", scale)
+    return _weights(query, key, mask, is_causal, scale)
+
+
+def _weights(query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None) -> Tensor:
+    """`attention_weights` without argument checks."""
     s_q, s_kv = query.shape[-2], key.shape[-2]
     mask, kernel_causal, keep = _prepare_mask(mask, is_causal, s_q, s_kv, query.device)
     mask = _fit_mask(mask, query.dtype)
     if kernel_causal:
-        mask = masks.causal_mask(s_q, s_kv, device=query.device)
+        mask = masks.causal(s_q, s_kv, query.device)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     acc = _accumulation_dtype(query.dtype)
     key = _repeat_kv(key, query.shape[-3] // key.shape[-3])
@@ -253,22 +289,49 @@ def attention(
         >>> torch.allclose(fused, math, atol=1e-6), tuple(weights.shape)
         (True, (2, 4, 3, 5))
     """
-    if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
-        # An integer 0/1 mask would be added to the scores, not used as a boolean.
-        raise TypeError(
-            "mask must be a bool tensor (True = may attend) or a float tensor "
-            f"(added to the scores), got dtype {mask.dtype}"
-        )
-    dispatch = choose_path(need_weights=need_weights, backend=backend)
-    if dispatch.path == "math":
-        weights = attention_weights(query, key, mask=mask, is_causal=is_causal, scale=scale)
+    _check_heads(query, key, value, mask)
+    for name, value_ in (("is_causal", is_causal), ("need_weights", need_weights)):
+        _checks.flag(name, value_)
+    if scale is not None:
+        _checks.finite_number("scale", scale)
+    _checks.probability("dropout_p", dropout_p)
+    path = choose_path(need_weights=need_weights, backend=backend).path
+    context, weights = attend(query, key, value, mask, is_causal, scale, dropout_p, path)
+    return context, (weights if need_weights else None)
+
+
+def attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    dropout_p: float,
+    path: str,
+) -> tuple[Tensor, Tensor | None]:
+    """[`attention`][mha.functional.attention] without argument checks, on a chosen path.
+
+    For the package's modules, which check their arguments once where a call
+    enters. Returns `(context, weights)`; `weights` is `None` on the fused path.
+    """
+    b, n_h, s_q = query.shape[:3]
+    s_kv = key.shape[-2]
+    if s_q == 0 or s_kv == 0:
+        # Empty in, empty out; with no keys, every query attends to nothing: zeros.
+        context = query.new_zeros(b, n_h, s_q, value.shape[-1])
+        return context, (query.new_zeros(b, n_h, s_q, s_kv) if path == "math" else None)
+    if path == "math":
+        weights = _weights(query, key, mask, is_causal, scale)
         if dropout_p > 0.0:
             weights = F.dropout(weights, p=dropout_p)
         value = _repeat_kv(value, query.shape[-3] // value.shape[-3])
-        return weights @ value, (weights if need_weights else None)
+        return weights @ value, weights
 
-    s_q, s_kv = query.shape[-2], key.shape[-2]
     mask, kernel_causal, keep = _prepare_mask(mask, is_causal, s_q, s_kv, query.device)
+    # Head counts may be symbolic under torch.compile(dynamic=True); the kernel
+    # wants a plain bool, which a Python branch gives (Dynamo guards on it).
+    enable_gqa = True if query.shape[-3] != key.shape[-3] else False  # noqa: SIM210
     if mask is not None and mask.dtype != torch.bool:
         mask = _fit_mask(mask, query.dtype).to(query.dtype)  # the kernel takes a bool mask or the query's dtype
     context = F.scaled_dot_product_attention(
@@ -279,7 +342,7 @@ def attention(
         dropout_p=dropout_p,
         is_causal=kernel_causal,
         scale=scale,
-        enable_gqa=query.shape[-3] != key.shape[-3],
+        enable_gqa=enable_gqa,
     )
     if keep is not None:
         context = context * keep.to(context.dtype)

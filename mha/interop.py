@@ -59,9 +59,9 @@ def from_torch(module: nn.MultiheadAttention) -> MultiHeadAttention:
 
     Examples:
         >>> import torch
-        >>> from mha import MultiHeadAttention
+        >>> from mha import from_torch
         >>> theirs = torch.nn.MultiheadAttention(16, 4, batch_first=True)
-        >>> ours = MultiHeadAttention.from_torch(theirs)
+        >>> ours = from_torch(theirs)
         >>> x = torch.randn(2, 5, 16)
         >>> torch.allclose(ours(x), theirs(x, x, x, need_weights=False)[0], atol=1e-6)
         True
@@ -109,9 +109,9 @@ def to_torch(module: MultiHeadAttention, *, batch_first: bool = True) -> nn.Mult
 
     Examples:
         >>> import torch
-        >>> from mha import MultiHeadAttention
+        >>> from mha import MultiHeadAttention, to_torch
         >>> ours = MultiHeadAttention(16, 4)
-        >>> theirs = ours.to_torch()
+        >>> theirs = to_torch(ours)
         >>> x = torch.randn(2, 5, 16)
         >>> torch.allclose(ours(x), theirs(x, x, x, need_weights=False)[0], atol=1e-6)
         True

@@ -20,6 +20,7 @@ from torch import Tensor
 from mha import _checks
 
 __all__ = ["causal_mask", "padding_mask", "combine_masks", "to_additive", "from_torch_masks"]
+# `causal` is internal: causal_mask without its checks, for callers that checked already.
 
 
 def causal_mask(
@@ -33,7 +34,7 @@ def causal_mask(
     `s_q == s_kv` this is the usual lower-triangular mask.
 
     Args:
-        s_q: query length.
+        s_q: query length (0 gives an empty mask).
         s_kv: key/value length; defaults to `s_q`.
         device: where to create the mask.
 
@@ -49,8 +50,13 @@ def causal_mask(
         tensor([[1, 1, 1, 0],
                 [1, 1, 1, 1]], dtype=torch.int32)
     """
-    s_q = _checks.positive_int("s_q", s_q)
-    s_kv = s_q if s_kv is None else _checks.positive_int("s_kv", s_kv)
+    s_q = _checks.nonnegative_int("s_q", s_q)
+    s_kv = s_q if s_kv is None else _checks.nonnegative_int("s_kv", s_kv)
+    return causal(s_q, s_kv, device)
+
+
+def causal(s_q: int, s_kv: int, device: torch.device | str | None) -> Tensor:
+    """`causal_mask` without argument checks: sizes may be symbolic under tracing."""
     rows = torch.arange(s_q, device=device).unsqueeze(-1)  # (s_q, 1)
     cols = torch.arange(s_kv, device=device)  # (s_kv,)
     return cols <= rows + (s_kv - s_q)

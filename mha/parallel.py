@@ -4,8 +4,9 @@ Megatron-style sharding over a 1-D device mesh of `t` ranks: the query,
 key and value projections are split column-wise, so each rank computes
 `n_h / t` query heads and `n_kv / t` key/value heads entirely locally; the
 output projection is split row-wise, and one all-reduce sums the partial
-outputs. [`mha.Attention`][mha.Attention] infers its local head count from the width
-it receives, so the same module runs sharded and unsharded.
+outputs. [`parallelize`][mha.parallel.parallelize] records the split on each
+[`mha.Attention`][mha.Attention] (`shards = t`, shown in its `repr`), which then expects
+`1/t` of the widths; a module that was not parallelized rejects them.
 
 Shape letters are those of [`mha`][mha].
 """
@@ -93,4 +94,7 @@ def parallelize(module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
     for name, attn in targets.items():
         _check_divisible(name, attn, world_size)
         full_plan.update(plan(name))
-    return parallelize_module(module, device_mesh, full_plan)
+    module = parallelize_module(module, device_mesh, full_plan)
+    for attn in targets.values():
+        attn.attention.shards = world_size
+    return module

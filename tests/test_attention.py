@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import TOLERANCE, assert_close, reference_attention
-from mha import Attention, MultiHeadAttention
+from mha import Attention, MultiHeadAttention, from_torch, to_torch
 from mha.masks import causal_mask, padding_mask
 
 B, S_Q, S_KV, H, N_H = 2, 5, 7, 24, 3  # distinct sizes: a swapped axis cannot pass
@@ -69,7 +69,7 @@ def test_matches_torch_multihead_attention(cfg):
         for name, p in theirs.named_parameters():
             if "bias" in name:
                 p.uniform_(-0.5, 0.5)
-    ours = MultiHeadAttention.from_torch(theirs)
+    ours = from_torch(theirs)
     b, s_q = cfg["b"], cfg["s_q"]
     s_kv = cfg["s_kv"] if cfg["cross"] or kdim != cfg["h"] or vdim != cfg["h"] else s_q
     query = torch.randn(b, s_q, cfg["h"])
@@ -259,7 +259,7 @@ def test_fully_masked_rows_give_zero_context_and_weights_not_nan(backend, mask_d
 def test_module_output_for_an_empty_row_is_the_output_bias():
     m = MultiHeadAttention(H, N_H)
     x = torch.randn(1, S_Q, H)
-    torch_m = m.to_torch()
+    torch_m = to_torch(m)
     blocked = torch.zeros(S_Q, S_Q, dtype=torch.bool)
     blocked[2] = True
     theirs, their_w = torch_m(x, x, x, attn_mask=blocked)
@@ -495,3 +495,112 @@ def test_half_precision_with_a_large_finite_negative_mask_agrees_on_both_paths(d
     fused, _ = attention(q, k, v, mask=mask, backend="fused")
     math, _ = attention(q, k, v, mask=mask, backend="math")
     assert_close(fused, math, dtype)
+
+
+def test_an_unsharded_attention_rejects_a_narrower_input():
+    """Only mha.parallel.parallelize makes an Attention expect 1/t of the widths."""
+    attn = Attention(64, 8)
+    x = torch.randn(2, 3, 32)
+    with pytest.raises(ValueError, match=r"query must have shape \(b, s_q, h=64\), got \(2, 3, 32\)"):
+        attn(x, x, x)
+    attn.shards = 2  # what parallelize records
+    assert attn(x, x, x).shape == (2, 3, 32)
+    assert "shards=2" in repr(attn)
+    with pytest.raises(ValueError, match=r"query must have shape \(b, s_q, h=32\), got \(2, 3, 64\)"):
+        attn(torch.randn(2, 3, 64), x, x)
+
+
+@pytest.mark.parametrize("backend", ["auto", "math"])
+def test_empty_sequences_give_empty_outputs_with_any_options(backend):
+    m = MultiHeadAttention(12, 3, backend=backend)
+    empty = torch.randn(2, 0, 12)
+    plain = m(empty)
+    assert plain.shape == (2, 0, 12)
+    masked = m(empty, is_causal=True, mask=torch.ones(0, 0, dtype=torch.bool))
+    assert masked.shape == (2, 0, 12)
+    out, weights = m(torch.randn(2, 3, 12), empty, empty, need_weights=True)  # no keys at all
+    assert_close(out, m.out_proj.bias.expand(2, 3, 12))  # zero context, as for a fully masked row
+    assert weights.shape == (2, 3, 3, 0)
+
+
+def test_inputs_that_do_not_match_the_parameters_are_named():
+    m = MultiHeadAttention(16, 4)
+    with pytest.raises(TypeError, match=r"query must have the parameters' dtype torch.float32, got torch.float64"):
+        m(torch.randn(2, 3, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"query must be on the device of the parameters \(cpu\), got meta"):
+        m(torch.randn(2, 3, 16, device="meta"))
+    with pytest.raises(ValueError, match=r"mask must be on the device of query \(cpu\), got meta"):
+        m(torch.randn(2, 3, 16), mask=torch.ones(3, 3, dtype=torch.bool, device="meta"))
+    with pytest.raises(TypeError, match=r"key must have the dtype of query \(torch.float32\), got torch.float16"):
+        Attention(16, 4)(torch.randn(2, 3, 16), torch.randn(2, 3, 16).half(), torch.randn(2, 3, 16))
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(TypeError, match=r"positional argument"):
+        m(x, x, x, torch.ones(3, 3, dtype=torch.bool))  # mask is keyword-only
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast mixes dtypes on purpose
+        assert m(x.double().float()).dtype == torch.bfloat16
+
+
+def test_arguments_are_checked_once_per_call(monkeypatch):
+    """One check per argument where the call enters; nothing re-checked inside."""
+    from mha import _checks
+
+    m = MultiHeadAttention(16, 4, backend="math")
+    calls: dict[str, int] = {}
+    for name in ("floating", "shape", "mask", "one_of", "flag", "same_dtype"):
+        original = getattr(_checks, name)
+
+        def counting(*args, _name=name, _original=original, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_checks, name, counting)
+    x = torch.randn(2, 3, 16)
+    m(x, mask=torch.ones(3, 3, dtype=torch.bool), is_causal=True)
+    assert calls == {"shape": 3, "floating": 1, "same_dtype": 2, "flag": 2, "mask": 1}
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"is_causal": True}, {"mask": "pad"}, {"num_kv_heads": 2}, {"backend": "math", "is_causal": True},
+], ids=["plain", "causal", "mask", "gqa", "math-causal"])
+def test_dynamic_shapes_compile_without_recompiles(options):
+    """12 (batch, length) shapes make at most 2 graphs: nothing on the success path reads a size
+    into a string (which would pin it), and the bad-input checks stay in place."""
+    from torch._dynamo.exc import Unsupported
+    from torch._dynamo.testing import CompileCounter
+
+    options = dict(options)
+    build = {k: options.pop(k) for k in ("num_kv_heads", "backend") if k in options}
+    m = MultiHeadAttention(32, 4, **build).eval()
+    counter = CompileCounter()
+    step = torch.compile(m, backend=counter, fullgraph=True, dynamic=True)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        for s in range(3, 15):
+            x = torch.randn(1 + s % 3, s, 32)
+            call = dict(options)
+            if call.get("mask") == "pad":
+                call["mask"] = padding_mask(torch.full((x.shape[0],), s - 1), s)
+            torch.testing.assert_close(step(x, **call), m(x, **call), atol=1e-5, rtol=1e-5)
+        # The checks are still there. (Under fullgraph=True Dynamo reports an
+        # exception raised in the graph as Unsupported, its sizes symbolic;
+        # without it, Dynamo falls back to eager and the error is ours.)
+        with pytest.raises(Unsupported, match=r"query must have shape \(b, s_q, h=32\)"):
+            step(torch.randn(2, 5, 31))
+        with pytest.raises(ValueError, match=r"query must have shape \(b, s_q, h=32\), got \(2, 5, 31\)"):
+            torch.compile(m, backend="eager", dynamic=True)(torch.randn(2, 5, 31))
+    assert counter.frame_count <= 2, counter.frame_count
+
+
+def test_the_core_does_not_import_the_layers_above_it():
+    """Dependencies point one way: interop and parallel use the core, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    import mha
+
+    package = Path(mha.__file__).parent
+    for core in ("attention", "functional", "masks", "cache", "rotary", "_checks"):
+        tree = ast.parse((package / f"{core}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {"mha.interop", "mha.parallel"} & imported, f"mha/{core}.py imports {imported}"

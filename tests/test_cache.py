@@ -143,3 +143,37 @@ def test_backward_through_cached_steps_equals_the_full_pass(rotary):
     (grad_stepped,) = torch.autograd.grad(stepped.square().sum(), x)
     torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grad_stepped, grad_full, atol=1e-5, rtol=1e-5)
+
+
+def test_shallow_copy_is_refused_and_deepcopy_is_independent():
+    import copy
+
+    m = MultiHeadAttention(16, 2).eval()
+    cache = m.new_cache(1, 6)
+    with torch.no_grad():
+        m(torch.randn(1, 2, 16), cache=cache)
+    with pytest.raises(TypeError, match=r"a KVCache cannot be shallow-copied .* use copy.deepcopy"):
+        copy.copy(cache)
+    twin = copy.deepcopy(cache)
+    with torch.no_grad():
+        m(torch.randn(1, 3, 16), cache=twin)
+    assert (cache.length, int(cache.position), twin.length, int(twin.position)) == (2, 2, 5, 5)
+    assert not torch.equal(cache.keys, twin.keys)
+
+
+def test_overflow_keeps_its_message_under_compile():
+    """It was lost to `Unsupported: BUILD_STRING type error`. Under fullgraph=True Dynamo
+    reports an exception raised in the graph as Unsupported, with the message in its text."""
+    from torch._dynamo.exc import Unsupported
+
+    m = MultiHeadAttention(16, 2).eval()
+    cache = m.new_cache(1, 3)
+    step = torch.compile(lambda x: m(x, cache=cache), backend="eager", fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        step(torch.randn(1, 2, 16))
+        with pytest.raises(Unsupported, match=r"KVCache overflow: the chunk does not fit in max_len"):
+            step(torch.randn(1, 2, 16))
+        without_fullgraph = torch.compile(lambda x: m(x, cache=cache), backend="eager", dynamic=True)
+        with pytest.raises(ValueError, match=r"KVCache overflow: it holds 2 of max_len=3 positions and cannot take 2 more"):
+            without_fullgraph(torch.randn(1, 2, 16))
+    assert cache.length == 2

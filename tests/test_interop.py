@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mha import MultiHeadAttention, TorchMultiheadAttention, replace_torch_attention
+from mha import MultiHeadAttention, TorchMultiheadAttention, from_torch, replace_torch_attention, to_torch
 
 
 def _randomize_biases(module):
@@ -26,7 +26,7 @@ def test_from_torch_then_to_torch_round_trip(packed, bias, batch_first):
         nn.MultiheadAttention(12, 3, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first)
     ).eval()
     assert theirs._qkv_same_embed_dim is packed
-    ours = MultiHeadAttention.from_torch(theirs)
+    ours = from_torch(theirs)
     q = torch.randn(2, 5, 12)
     k, v = torch.randn(2, 4, kdim or 12), torch.randn(2, 4, vdim or 12)
     t = (lambda x: x) if batch_first else (lambda x: x.transpose(0, 1))
@@ -35,7 +35,7 @@ def test_from_torch_then_to_torch_round_trip(packed, bias, batch_first):
     torch.testing.assert_close(out, t(expected), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weights, expected_w, atol=1e-5, rtol=1e-5)
 
-    back = ours.to_torch(batch_first=batch_first)
+    back = to_torch(ours, batch_first=batch_first)
     assert back._qkv_same_embed_dim is packed
     for name, p in theirs.state_dict().items():
         torch.testing.assert_close(back.state_dict()[name], p, atol=0, rtol=0)
@@ -43,22 +43,22 @@ def test_from_torch_then_to_torch_round_trip(packed, bias, batch_first):
 
 def test_from_torch_copies_training_mode_and_dropout():
     theirs = nn.MultiheadAttention(8, 2, dropout=0.25)
-    ours = MultiHeadAttention.from_torch(theirs)
+    ours = from_torch(theirs)
     assert ours.training and ours.attention.dropout == 0.25
-    assert not MultiHeadAttention.from_torch(theirs.eval()).training
+    assert not from_torch(theirs.eval()).training
 
 
 def test_refusals_name_what_is_unsupported():
     with pytest.raises(ValueError, match=r"add_bias_kv=True.*got bias_k of shape \(1, 1, 8\)"):
-        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+        from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
     with pytest.raises(ValueError, match=r"add_zero_attn=True"):
-        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
+        from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
     with pytest.raises(TypeError, match=r"module must be a torch.nn.MultiheadAttention, got Linear"):
-        MultiHeadAttention.from_torch(nn.Linear(2, 2))
+        from_torch(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"no equivalent of num_kv_heads=1 \(expected num_kv_heads=2\)"):
-        MultiHeadAttention(8, 2, num_kv_heads=1).to_torch()
+        to_torch(MultiHeadAttention(8, 2, num_kv_heads=1))
     with pytest.raises(ValueError, match=r"no equivalent of scale=0.5 \(expected scale=None\)"):
-        MultiHeadAttention(8, 2, scale=0.5).to_torch()
+        to_torch(MultiHeadAttention(8, 2, scale=0.5))
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

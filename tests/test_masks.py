@@ -51,8 +51,9 @@ def test_from_torch_masks_inverts_booleans_and_unflattens_heads():
 def test_mask_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"lengths must be a 1-D integer tensor of shape \(b,\), got shape \(2, 1\)"):
         padding_mask(torch.ones(2, 1, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"s_q must be a positive int, got 0"):
-        causal_mask(0)
+    with pytest.raises(ValueError, match=r"s_q must be an int >= 0, got -1"):
+        causal_mask(-1)
+    assert causal_mask(0, 3).shape == (0, 3)  # empty in, empty out
     with pytest.raises(ValueError, match=r"num_heads is required to convert a 3-D attn_mask"):
         from_torch_masks(torch.zeros(4, 2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"attn_mask's first dimension must be b \* num_heads \(num_heads=3\), got shape \(4, 2, 2\)"):

@@ -24,6 +24,9 @@ def _check_sharded_equals_single(make, mesh, **call):
     sharded = make()
     sharded.load_state_dict(single.state_dict())
     parallelize(sharded, mesh)
+    # The split is explicit state, shown in the repr.
+    assert sharded.attention.shards == WORLD_SIZE and f"shards={WORLD_SIZE}" in repr(sharded.attention)
+    assert single.attention.shards == 1
     # Each rank holds 1/WORLD_SIZE of the heads.
     local_rows = sharded.q_proj.weight.to_local().shape[0]
     assert local_rows == single.q_proj.weight.shape[0] // WORLD_SIZE
