@@ -19,12 +19,11 @@ import subprocess
 import sys
 
 import torch
+from common import BareSDPA, interleaved_medians, print_table, write_results
 from torch import nn
 
-from common import BareSDPA, interleaved_medians, print_table, write_results
-
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from mha import MultiHeadAttention, from_torch  # noqa: E402
+from mha import from_torch  # noqa: E402
 
 TARGETS = {
     "inference": {"torch": 0.75, "bare": 1.08},

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import print_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -22,7 +22,8 @@ from torch import Tensor
 def _number(name: str, value: object, kind: str) -> None:
     # bool is an int subclass: True would pass as 1 everywhere below.
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind == "float" else int):
-        raise TypeError(f"{name} must be {'a float' if kind == 'float' else 'an int'}, got {type(value).__name__} ({value!r})")
+        article = "a float" if kind == "float" else "an int"
+        raise TypeError(f"{name} must be {article}, got {type(value).__name__} ({value!r})")
 
 
 def positive_int(name: str, value: object) -> int:
@@ -86,7 +87,7 @@ def sizes(value: Tensor) -> tuple[int, ...]:
 
 def fits(shape: Sequence[int], expected: Sequence[int | None]) -> bool:
     """Whether `shape` has `expected`'s rank and sizes (`None` accepts any size)."""
-    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected, strict=True))
 
 
 def shape(name: str, value: object, expected: Sequence[int | None], legend: Callable[[], str]) -> Tensor:
@@ -137,7 +138,8 @@ def mask(name: str, value: object, target: Sequence[int], legend: str) -> Tensor
             f"(added to the scores), got dtype {value.dtype}"
         )
     got = value.shape
-    if len(got) > len(target) or not all(g == 1 or g == t for g, t in zip(reversed(got), reversed(target))):
+    pairs = zip(reversed(got), reversed(target), strict=False)  # matched from the right
+    if len(got) > len(target) or not all(g == 1 or g == t for g, t in pairs):
         raise ValueError(
             f"{name} must be broadcastable to {legend} = {tuple(int(t) for t in target)}, got shape {sizes(value)}"
         )

@@ -99,7 +99,7 @@ class Attention(nn.Module):
                 f"got {positional.head_dim}"
             )
         self.positional = positional
-        self.backend = _checks.one_of("backend", backend, BACKENDS)
+        self.backend: Backend = _checks.one_of("backend", backend, BACKENDS)  # type: ignore[assignment]
         self.shards = 1
 
     def explain(self, *, need_weights: bool = False) -> Dispatch:
@@ -343,11 +343,11 @@ class MultiHeadAttention(nn.Module):
         self.vdim = hidden_size if vdim is None else _checks.positive_int("vdim", vdim)
         _checks.flag("bias", bias)
         kv_width = self.attention.num_kv_heads * self.attention.head_dim
-        factory = {"device": device, "dtype": dtype, "bias": bias}
-        self.q_proj = nn.Linear(hidden_size, hidden_size, **factory)
-        self.k_proj = nn.Linear(self.kdim, kv_width, **factory)
-        self.v_proj = nn.Linear(self.vdim, kv_width, **factory)
-        self.out_proj = nn.Linear(hidden_size, hidden_size, **factory)
+        factory = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias, **factory)
+        self.k_proj = nn.Linear(self.kdim, kv_width, bias, **factory)
+        self.v_proj = nn.Linear(self.vdim, kv_width, bias, **factory)
+        self.out_proj = nn.Linear(hidden_size, hidden_size, bias, **factory)
 
     @property
     def hidden_size(self) -> int:

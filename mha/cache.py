@@ -119,7 +119,9 @@ class KVCache:
                 # Dynamo cannot format symbolic sizes (the message was lost to
                 # "BUILD_STRING type error"); a constant one survives, and
                 # without fullgraph Dynamo re-runs this in eager, with the numbers.
-                raise ValueError("KVCache overflow: the chunk does not fit in max_len; make a larger cache or reset() it")
+                raise ValueError(
+                    "KVCache overflow: the chunk does not fit in max_len; make a larger cache or reset() it"
+                )
             raise ValueError(
                 f"KVCache overflow: it holds {self._length} of max_len={self.max_len} positions "
                 f"and cannot take {s} more; make a larger cache or reset() it"

@@ -333,7 +333,8 @@ def attend(
     # wants a plain bool, which a Python branch gives (Dynamo guards on it).
     enable_gqa = True if query.shape[-3] != key.shape[-3] else False  # noqa: SIM210
     if mask is not None and mask.dtype != torch.bool:
-        mask = _fit_mask(mask, query.dtype).to(query.dtype)  # the kernel takes a bool mask or the query's dtype
+        mask = _fit_mask(mask, query.dtype)
+        mask = None if mask is None else mask.to(query.dtype)  # the kernel takes a bool mask or the query's dtype
     context = F.scaled_dot_product_attention(
         query,
         key,

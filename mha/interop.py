@@ -83,11 +83,11 @@ def from_torch(module: nn.MultiheadAttention) -> MultiHeadAttention:
     else:
         wq, wk, wv = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
     with torch.no_grad():
-        for proj, w in zip((ours.q_proj, ours.k_proj, ours.v_proj), (wq, wk, wv)):
+        for proj, w in zip((ours.q_proj, ours.k_proj, ours.v_proj), (wq, wk, wv), strict=True):
             proj.weight.copy_(w)
         ours.out_proj.weight.copy_(module.out_proj.weight)
         if module.in_proj_bias is not None:
-            for proj, b in zip((ours.q_proj, ours.k_proj, ours.v_proj), module.in_proj_bias.chunk(3)):
+            for proj, b in zip((ours.q_proj, ours.k_proj, ours.v_proj), module.in_proj_bias.chunk(3), strict=True):
                 proj.bias.copy_(b)
             ours.out_proj.bias.copy_(module.out_proj.bias)
     return ours.train(module.training)

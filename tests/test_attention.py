@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TOLERANCE, assert_close, reference_attention
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import TOLERANCE, assert_close, reference_attention
 from mha import Attention, MultiHeadAttention, from_torch, to_torch
 from mha.masks import causal_mask, padding_mask
 
@@ -148,7 +148,7 @@ def test_gradcheck_float64():
         q = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
         kv = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
         allowed = torch.tensor([[True, False, True, True]]).expand(3, 4)
-        assert torch.autograd.gradcheck(lambda a, b: m(a, b, mask=allowed), (q, kv))
+        assert torch.autograd.gradcheck(lambda a, b, m=m, allowed=allowed: m(a, b, mask=allowed), (q, kv))
 
 
 # --- fused path == math path ------------------------------------------------

@@ -7,7 +7,6 @@ import torch
 from torch._dynamo.utils import counters
 
 from mha import KVCache, MultiHeadAttention, RotaryEmbedding
-from mha.masks import padding_mask
 
 
 def decode(m, x, prefill, cache, mask=None):

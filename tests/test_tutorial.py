@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_close
 
 import mha
-from helpers import assert_close
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = {"en": DOCS / "tutorial.md", "zh": DOCS / "tutorial.zh.md"}
@@ -61,7 +61,7 @@ def test_from_scratch_gradients_equal_library(classes):
     x = torch.randn(2, 5, 12)
     scratch(x).square().sum().backward()
     library(x).square().sum().backward()
-    for (name, a), (_, b) in zip(scratch.named_parameters(), library.named_parameters()):
+    for (name, a), (_, b) in zip(scratch.named_parameters(), library.named_parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 

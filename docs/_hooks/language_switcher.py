@@ -74,7 +74,7 @@ def on_page_context(context, page, config, nav):
     relative_roots = deepcopy(roots)
     for root in relative_roots:
         root["link"] = _site_relative(root["link"], site_path)
-    for alt, root in zip(per_page, relative_roots):
+    for alt, root in zip(per_page, relative_roots, strict=True):
         alt["link"] = _site_relative(alt["link"], site_path)
         target = alt["link"].removeprefix(f"{alt['lang']}/")
         if alt["lang"] != i18n.default_language and target.startswith(ENGLISH_ONLY):

@@ -1,0 +1,20 @@
+"""The package type-checks (it ships py.typed) and the tree passes the linter.
+
+Both are configured in pyproject.toml ([tool.mypy], [tool.ruff]).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("tool", [["mypy"], ["ruff", "check", "."]], ids=["mypy", "ruff"])
+def test_static_checks_are_clean(tool):
+    run = subprocess.run([sys.executable, "-m", *tool], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
