@@ -61,3 +61,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def split(x: torch.Tensor, d: int) -> torch.Tensor:
+    """(b, s, n * d) -> (b, n, s, d)."""
+    return x.unflatten(-1, (-1, d)).transpose(1, 2)
+
+
+def merge(x: torch.Tensor) -> torch.Tensor:
+    """(b, n, s, d) -> (b, s, n * d)."""
+    return x.transpose(1, 2).flatten(2)
+
+
+def randomize_biases(module: torch.nn.Module) -> torch.nn.Module:
+    """Nonzero biases (PyTorch initialises some to zero), so that a dropped bias would show."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "bias" in name:
+                p.uniform_(-0.5, 0.5)
+    return module

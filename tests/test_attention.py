@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TOLERANCE, assert_close, reference_attention
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import TOLERANCE, assert_close, merge, randomize_biases, reference_attention, split
 from mha import Attention, MultiHeadAttention, from_torch, to_torch
 from mha.masks import causal_mask, padding_mask
 
 B, S_Q, S_KV, H, N_H = 2, 5, 7, 24, 3  # distinct sizes: a swapped axis cannot pass
-
-
-def split(x, d):
-    return x.unflatten(-1, (-1, d)).transpose(1, 2)  # (b, s, n*d) -> (b, n, s, d)
-
-
-def merge(x):
-    return x.transpose(1, 2).flatten(2)  # (b, n, s, d) -> (b, s, n*d)
 
 
 def reference_module(m: MultiHeadAttention, query, key, value, allowed=None):
@@ -65,10 +57,7 @@ def test_matches_torch_multihead_attention(cfg):
     theirs = torch.nn.MultiheadAttention(
         cfg["h"], cfg["n_h"], bias=cfg["bias"], kdim=kdim, vdim=vdim, batch_first=True
     ).eval()
-    with torch.no_grad():  # nonzero biases, so that a dropped bias would show
-        for name, p in theirs.named_parameters():
-            if "bias" in name:
-                p.uniform_(-0.5, 0.5)
+    randomize_biases(theirs)
     ours = from_torch(theirs)
     b, s_q = cfg["b"], cfg["s_q"]
     s_kv = cfg["s_kv"] if cfg["cross"] or kdim != cfg["h"] or vdim != cfg["h"] else s_q

@@ -34,18 +34,18 @@ def test_cached_decoding_equals_the_full_causal_pass(num_kv_heads, rotary, prefi
 
 def test_chunked_prefill_in_several_chunks():
     m = MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8)).eval()
-    x = torch.randn(2, 10, 32)
-    cache = m.new_cache(2, 10)
+    x = torch.randn(3, 10, 32)  # b=3, n_kv=2, d=8, s=10: no two sizes alike
+    cache = m.new_cache(3, 10)
     chunks = [m(x[:, a:b], cache=cache) for a, b in ((0, 3), (3, 7), (7, 10))]
     torch.testing.assert_close(torch.cat(chunks, 1), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
 
 
 def test_padding_mask_with_cache_for_batches_of_different_lengths():
     # Sequence 1 is left-padded by 2: its keys at slots 0 and 1 must be ignored.
-    m = MultiHeadAttention(32, 4, num_kv_heads=2).eval()
-    x = torch.randn(2, 6, 32)
-    cache = m.new_cache(2, 8)
-    slots = torch.arange(8)
+    m = MultiHeadAttention(36, 4, num_kv_heads=4).eval()  # b=2, n_kv=4, d=9, s=6, s_max=7
+    x = torch.randn(2, 6, 36)
+    cache = m.new_cache(2, 7)
+    slots = torch.arange(7)
     keep = torch.stack([slots >= 0, slots >= 2])[:, None, None, :]  # (b, 1, 1, s_max)
     out = decode(m, x, 3, cache, mask=keep)
     torch.testing.assert_close(out[0], m(x[:1], is_causal=True)[0], atol=1e-5, rtol=1e-5)

@@ -6,15 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import randomize_biases
 from mha import MultiHeadAttention, TorchMultiheadAttention, from_torch, replace_torch_attention, to_torch
-
-
-def _randomize_biases(module):
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "bias" in name:
-                p.uniform_(-0.5, 0.5)
-    return module
 
 
 @pytest.mark.parametrize("packed", [True, False])
@@ -22,13 +15,13 @@ def _randomize_biases(module):
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_from_torch_then_to_torch_round_trip(packed, bias, batch_first):
     kdim, vdim = (None, None) if packed else (7, 9)
-    theirs = _randomize_biases(
+    theirs = randomize_biases(
         nn.MultiheadAttention(12, 3, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first)
     ).eval()
     assert theirs._qkv_same_embed_dim is packed
     ours = from_torch(theirs)
     q = torch.randn(2, 5, 12)
-    k, v = torch.randn(2, 4, kdim or 12), torch.randn(2, 4, vdim or 12)
+    k, v = torch.randn(2, 6, kdim or 12), torch.randn(2, 6, vdim or 12)  # s_kv=6: unlike d=4
     t = (lambda x: x) if batch_first else (lambda x: x.transpose(0, 1))
     expected, expected_w = theirs(t(q), t(k), t(v), average_attn_weights=False)
     out, weights = ours(q, k, v, need_weights=True)
@@ -63,7 +56,7 @@ def test_refusals_name_what_is_unsupported():
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_drop_in_matches_torch_with_all_mask_kinds(batch_first):
-    theirs = _randomize_biases(nn.MultiheadAttention(12, 3, batch_first=batch_first)).eval()
+    theirs = randomize_biases(nn.MultiheadAttention(12, 3, batch_first=batch_first)).eval()
     ours = TorchMultiheadAttention.from_torch(theirs)
     shape = (2, 5, 12) if batch_first else (5, 2, 12)
     x = torch.randn(shape)

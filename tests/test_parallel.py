@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import free_port
 from torch import nn
 
+from helpers import free_port
 from mha import MultiHeadAttention, RotaryEmbedding
 from mha.masks import padding_mask
 from mha.parallel import parallelize, plan

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
+
 from site_server import SiteServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close
 
 import mha
+from helpers import assert_close
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = {"en": DOCS / "tutorial.md", "zh": DOCS / "tutorial.zh.md"}
