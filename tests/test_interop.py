@@ -143,3 +143,106 @@ def test_replace_on_a_bare_module_and_errors():
     assert isinstance(replace_torch_attention(theirs), TorchMultiheadAttention)
     with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, got str"):
         replace_torch_attention("model")
+
+
+def _encoder(seed: int) -> nn.TransformerEncoder:
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(12, 3, dim_feedforward=20, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+
+
+def test_stock_checkpoints_load_into_the_replaced_model_and_back():
+    x = torch.randn(2, 5, 12)
+    stock = randomize_biases(_encoder(0))
+    expected = stock(x)
+    replaced = replace_torch_attention(_encoder(1))  # other weights, then the checkpoint
+    assert sorted(replaced.state_dict()) == sorted(stock.state_dict())
+    replaced.load_state_dict(stock.state_dict())
+    torch.testing.assert_close(replaced(x), expected, atol=1e-5, rtol=1e-5)
+    # ... and the replaced model's checkpoint loads into a stock one.
+    fresh = _encoder(2)
+    fresh.load_state_dict(replaced.state_dict())
+    torch.testing.assert_close(fresh(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_separate_kdim_vdim_checkpoints_load_both_ways(bias):
+    stock = randomize_biases(nn.MultiheadAttention(12, 3, bias=bias, kdim=7, vdim=9, batch_first=True)).eval()
+    ours = TorchMultiheadAttention(MultiHeadAttention(12, 3, bias=bias, kdim=7, vdim=9), batch_first=True).eval()
+    assert sorted(ours.state_dict()) == sorted(stock.state_dict())
+    ours.load_state_dict(stock.state_dict())
+    q, k, v = torch.randn(2, 5, 12), torch.randn(2, 6, 7), torch.randn(2, 6, 9)
+    torch.testing.assert_close(ours(q, k, v)[0], stock(q, k, v)[0], atol=1e-5, rtol=1e-5)
+    back = nn.MultiheadAttention(12, 3, bias=bias, kdim=7, vdim=9, batch_first=True).eval()
+    back.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(back(q, k, v)[0], stock(q, k, v)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_assigning_torch_weights_works_as_on_stock():
+    stock = nn.MultiheadAttention(12, 3, batch_first=True).eval()
+    ours = TorchMultiheadAttention.from_torch(stock).eval()
+    w, b = torch.randn(36, 12), torch.randn(36)
+    stock.in_proj_weight = nn.Parameter(w.clone())
+    stock.in_proj_bias = nn.Parameter(b.clone())
+    ours.in_proj_weight = nn.Parameter(w.clone())
+    ours.in_proj_bias = nn.Parameter(b.clone())
+    x = torch.randn(2, 5, 12)
+    torch.testing.assert_close(ours(x, x, x)[0], stock(x, x, x)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.in_proj_weight, w)
+    with pytest.raises(ValueError, match=r"in_proj_weight must have shape \(36, 12\), got \(12, 12\)"):
+        ours.in_proj_weight = nn.Parameter(torch.randn(12, 12))
+    with pytest.raises(ValueError, match=r"this module has no q_proj_weight"):
+        ours.q_proj_weight = nn.Parameter(torch.randn(12, 12))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"attn_mask": torch.zeros(3, 5, 5, dtype=torch.bool)}, r"attn_mask must have shape \(L, S\) = \(5, 5\) or \(b \* num_heads, L, S\) = \(6, 5, 5\).*got \(3, 5, 5\)"),
+    ({"attn_mask": torch.zeros(1, 5, dtype=torch.bool)}, r"attn_mask must have shape .* got \(1, 5\)"),
+    ({"attn_mask": torch.zeros(5, 1, dtype=torch.bool)}, r"attn_mask must have shape .* got \(5, 1\)"),
+    ({"key_padding_mask": torch.zeros(1, 5, dtype=torch.bool)}, r"key_padding_mask must have shape \(b, S\) = \(2, 5\).*got \(1, 5\)"),
+    ({"key_padding_mask": torch.zeros(2, 1, dtype=torch.bool)}, r"key_padding_mask must have shape \(b, S\) = \(2, 5\).*got \(2, 1\)"),
+])
+def test_drop_in_rejects_the_masks_pytorch_rejects(kwargs, match):
+    stock = nn.MultiheadAttention(12, 3, batch_first=True)
+    ours = TorchMultiheadAttention.from_torch(stock)
+    x = torch.randn(2, 5, 12)
+    with pytest.raises((RuntimeError, AssertionError)):
+        stock(x, x, x, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        ours(x, x, x, **kwargs)
+
+
+def test_replacing_keeps_the_hooks():
+    layer = nn.TransformerEncoderLayer(12, 3, dim_feedforward=20, batch_first=True).eval()
+    seen = []
+    layer.self_attn.register_forward_hook(lambda module, args, output: seen.append(output[0].shape))
+    layer.self_attn.register_forward_pre_hook(lambda module, args: seen.append("pre"))
+    replace_torch_attention(layer)
+    layer(torch.randn(2, 5, 12))
+    assert isinstance(layer.self_attn, TorchMultiheadAttention)
+    assert seen == ["pre", torch.Size([2, 5, 12])]
+
+
+def test_nested_inputs_with_weights_get_a_clear_error():
+    ours = TorchMultiheadAttention(MultiHeadAttention(12, 3), batch_first=True).eval()
+    x = torch.nested.nested_tensor([torch.randn(3, 12), torch.randn(5, 12)], layout=torch.jagged)
+    with pytest.raises(ValueError, match=r"nested \(jagged\) inputs cannot return attention weights"):
+        ours(x, x, x)
+    assert ours(x, x, x, need_weights=False)[0].is_nested
+
+
+def test_a_fully_masked_query_outputs_the_output_bias():
+    """What the docstring promises: a zero context, so the output is out_proj.bias."""
+    ours = randomize_biases(TorchMultiheadAttention(MultiHeadAttention(12, 3), batch_first=True)).eval()
+    x = torch.randn(2, 5, 12)
+    blocked = torch.zeros(5, 5, dtype=torch.bool)
+    blocked[1] = True  # query 1 may attend to nothing
+    out, weights = ours(x, x, x, attn_mask=blocked)
+    torch.testing.assert_close(out[:, 1], ours.out_proj.bias.expand(2, 12))
+    assert not weights[:, 1].any()
+
+
+def test_torchscript_is_refused_with_a_clear_error():
+    model = replace_torch_attention(nn.TransformerEncoderLayer(12, 3, dim_feedforward=20, batch_first=True))
+    with pytest.raises(TypeError, match=r"cannot be compiled with TorchScript .* use torch.compile or torch.export"):
+        torch.jit.script(model)

@@ -49,7 +49,7 @@ def samples() -> dict[type, object]:
         mha.KVCache: inner.new_cache(1, 2),
         mha.RotaryEmbedding: inner.attention.positional,
         Dispatch: inner.explain(),
-        mha.TorchMultiheadAttention: mha.TorchMultiheadAttention(inner),
+        mha.TorchMultiheadAttention: mha.TorchMultiheadAttention(mha.MultiHeadAttention(8, 2)),
     }
 
 
