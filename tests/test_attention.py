@@ -593,3 +593,19 @@ def test_the_core_does_not_import_the_layers_above_it():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {"mha.interop", "mha.parallel"} & imported, f"mha/{core}.py imports {imported}"
+
+
+def test_functional_attention_checks_the_head_shapes():
+    from mha.functional import attention, attention_weights
+
+    q, k = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 5, 8)
+    with pytest.raises(ValueError, match=r"query must have shape \(b, n_h, s_q, d\), got \(4, 3, 8\)"):
+        attention(q[0], k, k)
+    with pytest.raises(ValueError, match=r"key must have shape \(b=2, n_kv, s_kv, d=8\), got \(2, 2, 5, 7\)"):
+        attention(q, torch.randn(2, 2, 5, 7), k)
+    with pytest.raises(ValueError, match=r"query's heads n_h=4 must be a multiple of key's heads n_kv=3"):
+        attention_weights(q, torch.randn(2, 3, 5, 8))
+    with pytest.raises(ValueError, match=r"value must have shape \(b=2, n_kv=2, s_kv=5, d_v\), got \(2, 2, 6, 8\)"):
+        attention(q, k, torch.randn(2, 2, 6, 8))
+    with pytest.raises(ValueError, match=r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 4, 3, 5\), got shape \(3, 4\)"):
+        attention(q, k, k, mask=torch.ones(3, 4, dtype=torch.bool))
