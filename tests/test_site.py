@@ -418,8 +418,10 @@ def test_every_copied_block_runs(site, server, browser, tmp_path):
     pages.write_text(json.dumps(scripts))
     runner = tmp_path / "run_pages.py"
     runner.write_text(RUN_PAGES)
+    # The checkout's mha, whatever else is installed.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, str(runner), str(pages)], capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         timeout=600, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     failures = json.loads(run.stdout.strip().splitlines()[-1])
     assert not failures, "\n".join(f"{p}:\n{t}" for p, t in failures.items())
