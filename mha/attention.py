@@ -118,12 +118,14 @@ class Attention(nn.Module):
     def forward(
         self, query: Tensor, key: Tensor, value: Tensor, *, mask: Tensor | None = ...,
         is_causal: bool = ..., need_weights: Literal[False] = ..., cache: KVCache | None = ...,
+        token_mask: Tensor | None = ...,
     ) -> Tensor: ...
 
     @overload
     def forward(
         self, query: Tensor, key: Tensor, value: Tensor, *, mask: Tensor | None = ...,
         is_causal: bool = ..., need_weights: Literal[True], cache: KVCache | None = ...,
+        token_mask: Tensor | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
 
     def forward(
@@ -136,6 +138,7 @@ class Attention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
         cache: KVCache | None = None,
+        token_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from `query` to `key`/`value`.
 
@@ -151,6 +154,10 @@ class Attention(nn.Module):
             need_weights: also return the per-head weights.
             cache: a [`mha.KVCache`][mha.KVCache] to append this chunk's keys and
                 values to and attend over.
+            token_mask: with a cache, a bool `(b, s_q)`, True at the chunk's
+                real tokens and False at padding; the cache remembers it, so
+                later steps never attend to the padding and each sample's
+                rotary positions count its real tokens only.
 
         Returns:
             The context `(b, s_q, h)`, or `(context, weights)` when
@@ -173,11 +180,12 @@ class Attention(nn.Module):
         for name, t in (("key", key), ("value", value)):
             _checks.same_dtype(name, t, "query", query)
             _checks.same_device(name, t, "query", query.device)
-        self._check_options(query, key.shape[1], mask, is_causal, need_weights, cache)
-        return self._attend(query, key, value, mask, is_causal, need_weights, cache)
+        self._check_options(query, key.shape[1], mask, is_causal, need_weights, cache, token_mask)
+        return self._attend(query, key, value, mask, is_causal, need_weights, cache, token_mask)
 
     def _check_options(
-        self, query: Tensor, s_kv: int, mask: object, is_causal: object, need_weights: object, cache: object
+        self, query: Tensor, s_kv: int, mask: object, is_causal: object, need_weights: object,
+        cache: object, token_mask: object = None,
     ) -> None:
         """Flags, mask and cache; `query` is `(b, s_q, ...)` in the dtype attention runs in."""
         _checks.flag("is_causal", is_causal)
@@ -194,6 +202,15 @@ class Attention(nn.Module):
                 )
             self._check_cache_fits(cache, query)
             s_kv = cache.max_len
+            if token_mask is not None:
+                token_mask = _checks.shape("token_mask", token_mask, (b, s_q), lambda: f"(b={b}, s_q={s_q})")
+                if token_mask.dtype != torch.bool:
+                    raise TypeError(
+                        f"token_mask must be a bool tensor (True = real token), got dtype {token_mask.dtype}"
+                    )
+                _checks.same_device("token_mask", token_mask, "query", query.device)
+        elif token_mask is not None:
+            raise ValueError("token_mask goes with a cache (it marks the padding the cache keeps); got cache=None")
         if mask is not None:
             mask = _checks.mask("mask", mask, (b, self.num_heads // self.shards, s_q, s_kv), "(b, n_h, s_q, s_kv)")
             _checks.same_device("mask", mask, "query", query.device)
@@ -225,6 +242,7 @@ class Attention(nn.Module):
         is_causal: bool,
         need_weights: bool,
         cache: KVCache | None,
+        token_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """`forward` after its checks."""
         s_q, s_kv = query.shape[1], key.shape[1]
@@ -239,10 +257,12 @@ class Attention(nn.Module):
                 k = self.positional(k, torch.arange(s_kv, device=k.device))
         else:
             if self.positional is not None:
-                positions = cache.positions(s_q)  # (s_q,)
+                positions = cache.positions(s_q, token_mask)  # (s_q,), or (b, s_q) in a ragged batch
                 q = self.positional(q, positions)
                 k = self.positional(k, positions)
-            k, v, seen = cache.write(k, v)  # (b, n_kv, s_max, d) twice; (s_q, s_max)
+            k, v, seen = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice; (s_q, slots)
+            if mask is not None and mask.shape[-1] > k.shape[2]:
+                mask = mask[..., : k.shape[2]]  # a mask over all s_max slots, cut to the filled ones
             mask = masks.combine_masks(mask, seen)
             is_causal = False  # `seen` is already causal within the chunk
 
@@ -383,14 +403,14 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self, query: Tensor, key: Tensor | None = ..., value: Tensor | None = ..., *,
         mask: Tensor | None = ..., is_causal: bool = ..., need_weights: Literal[False] = ...,
-        cache: KVCache | None = ...,
+        cache: KVCache | None = ..., token_mask: Tensor | None = ...,
     ) -> Tensor: ...
 
     @overload
     def forward(
         self, query: Tensor, key: Tensor | None = ..., value: Tensor | None = ..., *,
         mask: Tensor | None = ..., is_causal: bool = ..., need_weights: Literal[True],
-        cache: KVCache | None = ...,
+        cache: KVCache | None = ..., token_mask: Tensor | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
 
     def forward(
@@ -403,6 +423,7 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
         cache: KVCache | None = None,
+        token_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Project, attend, project back.
 
@@ -418,6 +439,9 @@ class MultiHeadAttention(nn.Module):
             is_causal: causal mask aligned bottom-right.
             need_weights: also return per-head weights (uses the math path).
             cache: a [`mha.KVCache`][mha.KVCache] from [`new_cache`][mha.MultiHeadAttention.new_cache], for decoding.
+            token_mask: with a cache, a bool `(b, s_q)`, True at real tokens and
+                False at padding, for a batch of prompts of different lengths
+                (left- or right-padded); see the decoding guide.
 
         Returns:
             The output `(b, s_q, h)`, or `(output, weights)` with
@@ -433,9 +457,9 @@ class MultiHeadAttention(nn.Module):
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)
-        self.attention._check_options(query, key.shape[1], mask, is_causal, need_weights, cache)
+        self.attention._check_options(query, key.shape[1], mask, is_causal, need_weights, cache, token_mask)
         result = self.attention._attend(
-            self.q_proj(query), self.k_proj(key), self.v_proj(value), mask, is_causal, need_weights, cache
+            self.q_proj(query), self.k_proj(key), self.v_proj(value), mask, is_causal, need_weights, cache, token_mask
         )
         if isinstance(result, tuple):
             context, weights = result

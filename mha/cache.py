@@ -2,8 +2,14 @@
 
 A decoder that generates one token at a time would recompute every past key
 and value at every step. The cache keeps them instead, in buffers allocated
-once at their final size, so that every step has the same tensor shapes
-(`torch.compile` compiles a step once) and nothing is reallocated.
+once at their final size, so nothing is reallocated. In eager mode a step
+attends over the filled slots only, so its cost follows what is filled, not
+`max_len`; under `torch.compile` it attends over all `max_len` slots (the
+empty ones masked), so every step has the same shapes and compiles once.
+
+Batches of prompts of different lengths decode together: pass a
+`token_mask` (True at real tokens) with the padded prompt, and the cache
+remembers which slots are padding and gives each sample its own positions.
 
 Shape letters are those of [`mha`][mha]; `s_max` is the cache's capacity.
 """
@@ -37,6 +43,9 @@ class KVCache:
         keys: `(b, n_kv, s_max, d)`, keys after any rotary embedding.
         values: `(b, n_kv, s_max, d)`.
         position: a 0-d long tensor, the next free slot.
+        token_mask: `(b, s_max)` bool, True at slots that hold real tokens,
+            once a `token_mask` has been written (`None` before: every
+            filled slot is real).
 
     Examples:
         >>> import torch
@@ -68,6 +77,9 @@ class KVCache:
         # step reads it as data rather than baking it in as a constant.
         self.position = torch.zeros((), dtype=torch.long, device=device)
         self._length = 0
+        # Ragged batches only: which slots hold real tokens, and each sample's next position.
+        self.token_mask: Tensor | None = None
+        self._next: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -81,10 +93,19 @@ class KVCache:
         self.values = self.values.detach().zero_()
         self.position.zero_()
         self._length = 0
+        self.token_mask = self._next = None
 
-    def positions(self, s: int) -> Tensor:
-        """Absolute positions `(s,)` that the next `s` tokens will take."""
-        return self.position + torch.arange(s, device=self.position.device)
+    def positions(self, s: int, token_mask: Tensor | None = None) -> Tensor:
+        """Positions of the next `s` tokens: `(s,)`, or `(b, s)` per sample in a ragged batch.
+
+        In a ragged batch a sample's position counts its real tokens only, so
+        padding (left, right or between chunks) never shifts its positions.
+        """
+        if token_mask is None and self._next is None:
+            return self.position + torch.arange(s, device=self.position.device)
+        real = self._real(s, token_mask)
+        start = self._next if self._next is not None else self.position.expand(self.batch_size)
+        return start[:, None] + real.cumsum(dim=1) - 1  # (b, s); padding gets its neighbour's, masked anyway
 
     def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Append a chunk of keys and values.
@@ -94,8 +115,9 @@ class KVCache:
             value: the chunk's values, `(b, n_kv, s, d)`.
 
         Returns:
-            `(keys, values, mask)`: all `s_max` slots of both buffers, and a
-            bool mask `(s, s_max)` that lets chunk token `i` see the slots up
+            `(keys, values, mask)`: the filled slots of both buffers (all
+            `s_max` under `torch.compile`, where shapes stay fixed), and a
+            bool mask `(s, slots)` that lets chunk token `i` see the slots up
             to and including its own position (causal within the chunk; empty
             slots are never visible).
 
@@ -112,6 +134,12 @@ class KVCache:
         self.check_room(key.shape[-2])
         return self.write(key, value)
 
+    def _real(self, s: int, token_mask: Tensor | None) -> Tensor:
+        """`token_mask` as long `(b, s)`, all ones when it is `None`."""
+        if token_mask is None:
+            return torch.ones(self.batch_size, s, dtype=torch.long, device=self.position.device)
+        return token_mask.long()
+
     def check_room(self, s: int) -> None:
         """Raise `ValueError` if `s` more positions do not fit."""
         if self._length + s > self.max_len:
@@ -127,10 +155,19 @@ class KVCache:
                 f"and cannot take {s} more; make a larger cache or reset() it"
             )
 
-    def write(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """`update` without its checks, for callers that made them."""
+    def write(
+        self, key: Tensor, value: Tensor, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`update` without its checks, for callers that made them.
+
+        Returns the filled slots in eager mode (all `s_max` under
+        `torch.compile`, for fixed shapes) and a bool mask of the slots each
+        chunk token may see: `(s, slots)`, or `(b, 1, s, slots)` in a ragged batch.
+        """
         s = key.shape[-2]
-        positions = self.positions(s)  # (s,)
+        if token_mask is not None or self._next is not None:
+            self._track_tokens(s, token_mask)
+        positions = self.position + torch.arange(s, device=self.position.device)  # slots (s,)
         if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):
             # Training through cached steps: an in-place write would overwrite
             # buffers that earlier steps saved for backward. Write out of place,
@@ -142,9 +179,25 @@ class KVCache:
             self.values.index_copy_(2, positions, value)
         self.position += s
         self._length += s
-        slots = torch.arange(self.max_len, device=positions.device)  # (s_max,)
-        mask = slots <= positions[:, None]  # (s, s_max)
-        return self.keys, self.values, mask
+        # Eager: attend over the filled slots only. Compiled: all of them, so
+        # the shapes never change and the step compiles once.
+        end = self.max_len if torch.compiler.is_compiling() else self._length
+        slots = torch.arange(end, device=positions.device)  # (slots,)
+        mask = slots <= positions[:, None]  # (s, slots): causal within the chunk
+        if self.token_mask is not None:
+            mask = mask & self.token_mask[:, None, None, :end]  # (b, 1, s, slots)
+        return self.keys[:, :, :end], self.values[:, :, :end], mask
+
+    def _track_tokens(self, s: int, token_mask: Tensor | None) -> None:
+        """Record which of the next `s` slots hold real tokens, and advance each sample's position."""
+        real = self._real(s, token_mask)  # (b, s)
+        if self.token_mask is None or self._next is None:
+            # The slots filled so far held real tokens only.
+            self.token_mask = torch.arange(self.max_len, device=real.device).expand(self.batch_size, -1) < self._length
+            self._next = self.position.expand(self.batch_size).clone()
+        start = self._length
+        self.token_mask[:, start : start + s] = real.bool()
+        self._next = self._next + real.sum(dim=1)
 
     def __copy__(self) -> KVCache:
         # A shallow copy would share the buffers and the position tensor but

@@ -104,12 +104,14 @@ def test_one_token_steps_do_not_recompile():
     torch.testing.assert_close(torch.cat(out, 1), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
 
 
-def test_kvcache_standalone_update_returns_a_causal_slot_mask():
+def test_kvcache_standalone_update_returns_the_filled_slots_and_a_causal_mask():
     cache = KVCache(1, 5, num_kv_heads=1, head_dim=2)
-    _, _, mask = cache.update(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
-    assert mask.int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
-    _, _, mask = cache.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
-    assert mask.int().tolist() == [[1, 1, 1, 0, 0]]
+    keys, _, mask = cache.update(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+    assert keys.shape == (1, 1, 2, 2)  # eager: the filled slots, not all max_len
+    assert mask.int().tolist() == [[1, 0], [1, 1]]
+    keys, _, mask = cache.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+    assert keys.shape == (1, 1, 3, 2)
+    assert mask.int().tolist() == [[1, 1, 1]]
 
 
 def test_cache_of_another_dtype_is_refused_before_anything_is_written():
@@ -176,3 +178,65 @@ def test_overflow_keeps_its_message_under_compile():
         with pytest.raises(ValueError, match=r"KVCache overflow: it holds 2 of max_len=3 positions and cannot take 2 more"):
             without_fullgraph(torch.randn(1, 2, 16))
     assert cache.length == 2
+
+
+def test_a_512_step_compiled_decode_loop_makes_at_most_3_graphs():
+    """Under torch.compile a step attends over all max_len slots: fixed shapes, few graphs."""
+    m = MultiHeadAttention(16, 2, positional=RotaryEmbedding(8)).eval()
+    compiled = torch.compile(m, backend="eager", fullgraph=True)
+    x = torch.randn(1, 520, 16)
+    cache = m.new_cache(1, 520)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        outs = [compiled(x[:, :8], cache=cache)] + [compiled(x[:, i : i + 1], cache=cache) for i in range(8, 520)]
+    assert counters["stats"]["unique_graphs"] <= 3
+    torch.testing.assert_close(torch.cat(outs, 1), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+
+
+def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
+    """The step's cost follows what is filled, not max_len."""
+    import torch.nn.functional as F
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **kw: seen.append(k.shape[2]) or sdpa(q, k, v, **kw))
+    m = MultiHeadAttention(16, 2).eval()
+    cache = m.new_cache(1, 4096)
+    with torch.no_grad():
+        m(torch.randn(1, 5, 16), cache=cache)
+        m(torch.randn(1, 1, 16), cache=cache)
+        m(torch.randn(1, 1, 16), cache=cache, mask=torch.ones(1, 1, 1, 4096, dtype=torch.bool))  # a mask over all slots
+    assert seen == [5, 6, 7]
+
+
+def _alone(m, sample, steps):
+    """Decode one unpadded prompt by itself: prefill, then one token at a time."""
+    cache = m.new_cache(1, 16)
+    out = [m(sample[None, :-steps], cache=cache)]
+    out += [m(sample[None, i : i + 1], cache=cache) for i in range(len(sample) - steps, len(sample))]
+    return torch.cat(out, 1)[0]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
+def test_a_ragged_batch_decodes_each_sample_as_if_alone(side, rotary):
+    m = MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8) if rotary else None).eval()
+    h = m.hidden_size
+    lengths, steps, width = [6, 3, 5], 5, 7  # prompt lengths; generated tokens; padded prompt width
+    samples = [torch.randn(n + steps, h) for n in lengths]
+    prompt = torch.zeros(3, width, h)
+    token_mask = torch.zeros(3, width, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        cols = slice(width - n, width) if side == "left" else slice(0, n)
+        prompt[i, cols], token_mask[i, cols] = samples[i][:n], True
+    cache = m.new_cache(3, width + steps)
+    with torch.no_grad():
+        first = m(prompt, cache=cache, token_mask=token_mask)
+        later = [m(torch.stack([s[n + t] for s, n in zip(samples, lengths, strict=True)])[:, None], cache=cache)
+                 for t in range(steps)]
+        for i, n in enumerate(lengths):
+            expected = _alone(m, samples[i], steps)
+            got_prompt = first[i, width - n:] if side == "left" else first[i, :n]
+            got = torch.cat([got_prompt] + [step[i] for step in later])
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
