@@ -258,13 +258,19 @@ class Attention(nn.Module):
         else:
             if self.positional is not None:
                 positions = cache.positions(s_q, token_mask)  # (s_q,), or (b, s_q) in a ragged batch
-                q = self.positional(q, positions)
-                k = self.positional(k, positions)
-            k, v, seen = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice; (s_q, slots)
+                # Positions never exceed the slots written (padding counts only in slots).
+                cos, sin = self.positional.angles(positions, q.dtype, q.device, end=cache.length + s_q)
+                q, k = self.positional.rotate(q, cos, sin), self.positional.rotate(k, cos, sin)
+            k, v, seen = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice; (s_q, slots) or None
             if mask is not None and mask.shape[-1] > k.shape[2]:
                 mask = mask[..., : k.shape[2]]  # a mask over all s_max slots, cut to the filled ones
-            mask = masks.combine_masks(mask, seen)
-            is_causal = False  # `seen` is already causal within the chunk
+            if seen is None:
+                # Eager, every filled slot real: the chunk is the last s_q of them, so
+                # "causal within the chunk" is the bottom-right causal mask.
+                is_causal = s_q > 1
+            else:
+                mask = masks.combine_masks(mask, seen)
+                is_causal = False  # `seen` is already causal within the chunk
 
         dropout_p = self.dropout if self.training else 0.0
         path = path_for(need_weights, self.backend)

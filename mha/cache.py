@@ -102,7 +102,9 @@ class KVCache:
         padding (left, right or between chunks) never shifts its positions.
         """
         if token_mask is None and self._next is None:
-            return self.position + torch.arange(s, device=self.position.device)
+            if torch.compiler.is_compiling():
+                return self.position + torch.arange(s, device=self.position.device)  # data, not a constant
+            return torch.arange(self._length, self._length + s, device=self.position.device)
         real = self._real(s, token_mask)
         start = self._next if self._next is not None else self.position.expand(self.batch_size)
         return start[:, None] + real.cumsum(dim=1) - 1  # (b, s); padding gets its neighbour's, masked anyway
@@ -132,7 +134,9 @@ class KVCache:
         if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
             raise TypeError(f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}")
         self.check_room(key.shape[-2])
-        return self.write(key, value)
+        keys, values, mask = self.write(key, value, visible=True)
+        assert mask is not None  # noqa: S101 (visible=True always builds it)
+        return keys, values, mask
 
     def _real(self, s: int, token_mask: Tensor | None) -> Tensor:
         """`token_mask` as long `(b, s)`, all ones when it is `None`."""
@@ -156,17 +160,35 @@ class KVCache:
             )
 
     def write(
-        self, key: Tensor, value: Tensor, token_mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, key: Tensor, value: Tensor, token_mask: Tensor | None = None, *, visible: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """`update` without its checks, for callers that made them.
 
         Returns the filled slots in eager mode (all `s_max` under
         `torch.compile`, for fixed shapes) and a bool mask of the slots each
-        chunk token may see: `(s, slots)`, or `(b, 1, s, slots)` in a ragged batch.
+        chunk token may see: `(s, slots)`, or `(b, 1, s, slots)` in a ragged
+        batch. In eager mode, with every filled slot holding a real token, that
+        mask is the bottom-right causal one, and `None` is returned for it
+        unless `visible=True`.
         """
         s = key.shape[-2]
         if token_mask is not None or self._next is not None:
             self._track_tokens(s, token_mask)
+        compiling = torch.compiler.is_compiling()
+        if not compiling and not (torch.is_grad_enabled() and (key.requires_grad or value.requires_grad)):
+            start = self._length  # eager decoding: write the slots directly
+            self.keys[:, :, start : start + s] = key
+            self.values[:, :, start : start + s] = value
+            self.position += s
+            self._length += s
+            end = self._length
+            if self.token_mask is None and not visible:
+                return self.keys[:, :, :end], self.values[:, :, :end], None
+            slots = torch.arange(end, device=key.device)
+            mask = slots <= torch.arange(end - s, end, device=key.device)[:, None]  # (s, slots)
+            if self.token_mask is not None:
+                mask = mask & self.token_mask[:, None, None, :end]
+            return self.keys[:, :, :end], self.values[:, :, :end], mask
         positions = self.position + torch.arange(s, device=self.position.device)  # slots (s,)
         if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):
             # Training through cached steps: an in-place write would overwrite

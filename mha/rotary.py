@@ -54,6 +54,10 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"base must be a number > 1, got {base!r}")
         self.head_dim = head_dim
         self.base = base
+        self._frequencies: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        # (work dtype, device) -> (cos, sin) tables, rows = positions 0..n-1, grown on demand
+        self._tables: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self._swap: dict[torch.device, Tensor] = {}
 
     def frequencies(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """theta_i = base^(-2i/d), shape (d/2,).
@@ -61,8 +65,14 @@ class RotaryEmbedding(nn.Module):
         Computed per call rather than stored as a buffer: `module.half()`
         would otherwise round the frequencies to half precision.
         """
+        key = (dtype, device)
+        if key in self._frequencies and not torch.compiler.is_compiling():
+            return self._frequencies[key]  # a decode step would otherwise recompute them twice
         exponents = torch.arange(0, self.head_dim, 2, dtype=dtype, device=device) / self.head_dim
-        return self.base**-exponents
+        frequencies = self.base**-exponents
+        if not torch.compiler.is_compiling():
+            self._frequencies[key] = frequencies
+        return frequencies
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate `x` by `positions`; see the class docstring for shapes."""
@@ -70,16 +80,67 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(
                 f"x must have last dimension d={self.head_dim}, got shape {tuple(x.shape)}"
             )
+        return self.rotate(x, *self.angles(positions, x.dtype, x.device))
+
+    def angles(
+        self, positions: Tensor, dtype: torch.dtype, device: torch.device, *, end: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """`(cos, sin)` of the rotation angles, to rotate several tensors at the same positions.
+
+        Both are per feature: `cos` repeats each pair's cosine twice, and `sin`
+        holds `(-sin, +sin)` for each pair, ready for [`rotate`][mha.RotaryEmbedding.rotate].
+        Given `end`, a bound on the positions (every position `< end`), they
+        are read from a table kept for the next calls: a decoding step then
+        costs two lookups instead of computing the angles again.
+
+        Shape:
+            positions: `(s,)` or `(b, s)`; cos, sin: `(s, d)` or `(b, 1, s, d)`.
+        """
         # Rotate in at least float32: half-precision angles lose whole positions.
-        work = torch.promote_types(x.dtype, torch.float32)
-        angles = positions.to(work)[..., None] * self.frequencies(work, x.device)  # (s, d/2) | (b, s, d/2)
-        if angles.ndim == 3:
-            angles = angles[:, None]  # (b, 1, s, d/2): one angle for every head
+        work = torch.promote_types(dtype, torch.float32)
+        if end is not None and not torch.compiler.is_compiling():
+            cos_table, sin_table = self._table(end, work, device)
+            cos, sin = cos_table[positions], sin_table[positions]  # (s, d) | (b, s, d)
+        else:
+            cos, sin = self._per_feature(positions.to(work)[..., None] * self.frequencies(work, device))
+        if cos.ndim == 3:
+            cos, sin = cos[:, None], sin[:, None]  # (b, 1, s, d): one angle for every head
+        return cos, sin
+
+    @staticmethod
+    def _per_feature(angles: Tensor) -> tuple[Tensor, Tensor]:
+        """Pair angles `(..., d/2)` -> `cos` and signed `sin` per feature `(..., d)`."""
         cos, sin = angles.cos(), angles.sin()
-        pairs = x.to(work).unflatten(-1, (-1, 2))  # (b, n, s, d/2, 2)
-        even, odd = pairs.unbind(-1)
-        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-        return rotated.flatten(-2).to(x.dtype)  # (b, n, s, d)
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+    def _table(self, end: int, work: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (work, device)
+        table = self._tables.get(key)
+        if table is None or table[0].shape[0] < end:
+            rows = max(end, 2 * (0 if table is None else table[0].shape[0]), 64)  # grow by doubling
+            positions = torch.arange(rows, dtype=work, device=device)[:, None]
+            table = self._per_feature(positions * self.frequencies(work, device))
+            self._tables[key] = table
+        return table
+
+    def rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotate `x` by angles from [`angles`][mha.RotaryEmbedding.angles].
+
+        Each pair `(e, o)` becomes `(e cos - o sin, o cos + e sin)`: `x * cos`
+        plus the pair-swapped `(o, e)` times `(-sin, +sin)`.
+        """
+        work = x.to(cos.dtype)
+        if torch.compiler.is_compiling():
+            swapped = work.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (o, e) for every pair
+        else:
+            swapped = work[..., self._swap_index(x.device)]
+        return (work * cos + swapped * sin).to(x.dtype)  # (b, n, s, d)
+
+    def _swap_index(self, device: torch.device) -> Tensor:
+        """[1, 0, 3, 2, ...]: the index that swaps each pair."""
+        if device not in self._swap:
+            self._swap[device] = torch.arange(self.head_dim, device=device).view(-1, 2).flip(-1).flatten()
+        return self._swap[device]
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, base={self.base}"

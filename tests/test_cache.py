@@ -196,11 +196,11 @@ def test_a_512_step_compiled_decode_loop_makes_at_most_3_graphs():
 
 def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
     """The step's cost follows what is filled, not max_len."""
-    import torch.nn.functional as F
+    import mha.attention
 
     seen = []
-    sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **kw: seen.append(k.shape[2]) or sdpa(q, k, v, **kw))
+    attend = mha.attention.attend
+    monkeypatch.setattr(mha.attention, "attend", lambda q, k, *args: seen.append(k.shape[2]) or attend(q, k, *args))
     m = MultiHeadAttention(16, 2).eval()
     cache = m.new_cache(1, 4096)
     with torch.no_grad():

@@ -107,3 +107,15 @@ def test_errors():
         RotaryEmbedding(4)(torch.randn(1, 1, 2, 6), torch.arange(2))
     with pytest.raises(TypeError, match=r"positional must be a mha.RotaryEmbedding or None, got str"):
         MultiHeadAttention(16, 2, positional="rope")
+
+
+def test_the_angle_table_gives_the_computed_angles():
+    """Decoding reads the angles from a table grown on demand; it must equal computing them."""
+    rope = RotaryEmbedding(8)
+    positions = torch.tensor([0, 5, 63, 64, 200])
+    direct = rope.angles(positions, torch.float32, torch.device("cpu"))
+    for end in (201, 300):  # the table grows past 64 rows
+        tabled = rope.angles(positions, torch.float32, torch.device("cpu"), end=end)
+        torch.testing.assert_close(tabled, direct)
+    x = torch.randn(2, 3, 5, 8)
+    torch.testing.assert_close(rope.rotate(x, *direct), rope(x, positions))
