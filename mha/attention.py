@@ -257,9 +257,13 @@ class Attention(nn.Module):
                 k = self.positional(k, torch.arange(s_kv, device=k.device))
         else:
             if self.positional is not None:
-                positions = cache.positions(s_q, token_mask)  # (s_q,), or (b, s_q) in a ragged batch
-                # Positions never exceed the slots written (padding counts only in slots).
-                cos, sin = self.positional.angles(positions, q.dtype, q.device, end=cache.length + s_q)
+                if token_mask is None and cache.token_mask is None and not torch.compiler.is_compiling():
+                    # Eager, every slot a real token: positions are the slots themselves.
+                    cos, sin = self.positional.angles_at(cache.length, s_q, q.dtype, q.device)
+                else:
+                    positions = cache.positions(s_q, token_mask)  # (s_q,), or (b, s_q) in a ragged batch
+                    # Positions never exceed the slots written (padding counts only in slots).
+                    cos, sin = self.positional.angles(positions, q.dtype, q.device, end=cache.length + s_q)
                 q, k = self.positional.rotate(q, cos, sin), self.positional.rotate(k, cos, sin)
             k, v, seen = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice; (s_q, slots) or None
             if mask is not None and mask.shape[-1] > k.shape[2]:
@@ -475,10 +479,12 @@ class MultiHeadAttention(nn.Module):
     def _check_inputs(self, query: object, key: object, value: object) -> None:
         h, kdim, vdim = self.hidden_size, self.kdim, self.vdim
         query = _checks.shape("query", query, (None, None, h), lambda: f"(b, s_q, h={h})")
-        b = query.shape[0]
-        key = _checks.shape("key", key, (b, None, kdim), lambda: f"(b={b}, s_kv, kdim={kdim})")
-        s_kv = key.shape[1]
-        _checks.shape("value", value, (b, s_kv, vdim), lambda: f"(b={b}, s_kv={s_kv}, vdim={vdim})")
+        self_attention = key is query and value is query
+        if not self_attention:  # self-attention: key and value are the query just checked
+            b = query.shape[0]
+            key = _checks.shape("key", key, (b, None, kdim), lambda: f"(b={b}, s_kv, kdim={kdim})")
+            s_kv = key.shape[1]
+            _checks.shape("value", value, (b, s_kv, vdim), lambda: f"(b={b}, s_kv={s_kv}, vdim={vdim})")
         weight = self.q_proj.weight
         _checks.floating("query", query)
         if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):
@@ -486,7 +492,7 @@ class MultiHeadAttention(nn.Module):
                 f"query must have the parameters' dtype {weight.dtype}, got {query.dtype} "
                 f"(convert the input, or the module with .to({query.dtype}))"
             )
-        for name, t in (("query", query), ("key", key), ("value", value)):
+        for name, t in (("query", query), ("key", key), ("value", value))[: 1 if self_attention else 3]:
             _checks.same_device(name, t, "the parameters", weight.device)  # type: ignore[arg-type]
             if name != "query":
                 _checks.same_dtype(name, t, "query", query)  # type: ignore[arg-type]

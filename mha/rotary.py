@@ -107,6 +107,11 @@ class RotaryEmbedding(nn.Module):
             cos, sin = cos[:, None], sin[:, None]  # (b, 1, s, d): one angle for every head
         return cos, sin
 
+    def angles_at(self, start: int, s: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """[`angles`][mha.RotaryEmbedding.angles] for positions `start, ..., start + s - 1`, as views of the table."""
+        cos_table, sin_table = self._table(start + s, torch.promote_types(dtype, torch.float32), device)
+        return cos_table[start : start + s], sin_table[start : start + s]
+
     @staticmethod
     def _per_feature(angles: Tensor) -> tuple[Tensor, Tensor]:
         """Pair angles `(..., d/2)` -> `cos` and signed `sin` per feature `(..., d)`."""
