@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytest_plugins = ["site_fixtures"]  # the built site, its servers and Chromium, shared by the browser tests
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -50,7 +50,7 @@ def test_figures_script_redraws_every_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(make_figures, "IMAGES", tmp_path / "images")
     monkeypatch.setattr(make_figures, "SNIPPETS", tmp_path / "snippets")
     make_figures.main()
-    for name in ("attention-weights.png", "attention-padding.png", "performance.png"):
+    for name in ("attention-trained.png", "attention-weights.png", "attention-padding.png", "performance.png"):
         assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
     committed = ROOT / "docs" / "_snippets" / "performance-table.md"
     assert (tmp_path / "snippets" / "performance-table.md").read_text() == committed.read_text()

@@ -15,121 +15,14 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-
-from site_server import SiteServer
-
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-LANGUAGES = {"en": "", "zh": "zh/"}
-SITE_URL = "https://mha-dev.github.io/mha/"
-PHONE, DESKTOP = 390, 1280
+from site_fixtures import DESKTOP, LANGUAGES, PHONE, ROOT, SITE_URL
 
 pytestmark = pytest.mark.browser
-
-
-def _require_browser() -> None:
-    missing = [what for what, ok in (("chromium", Path(CHROMIUM).exists()), ("playwright", _has_playwright())) if not ok]
-    if missing and os.environ.get("CI"):
-        pytest.fail(f"{', '.join(missing)} missing: .ci/setup installs them")
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (run bash .ci/setup)")
-
-
-def _has_playwright() -> bool:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "MHA_SITE_URL": SITE_URL}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "WARNING" not in proc.stderr, proc.stderr
-    return out
-
-
-@pytest.fixture(scope="session")
-def bases(site) -> Iterator[dict[str, str]]:
-    """{"root": http://127.0.0.1:P/, "subpath": http://127.0.0.1:Q/mha/}: one build, two hosts."""
-    with SiteServer(site, "/") as root, SiteServer(site, "/mha/") as sub:
-        yield {"root": root.url, "subpath": sub.url}
-
-
-@pytest.fixture(scope="session")
-def server(bases) -> str:
-    """The subpath deployment: the one that breaks absolute links."""
-    return bases["subpath"]
-
-
-# Material renders mermaid into a *closed* shadow root; open it so the test can look inside.
-OPEN_SHADOW_ROOTS = """
-const attach = Element.prototype.attachShadow;
-Element.prototype.attachShadow = function (init) { return attach.call(this, { ...init, mode: "open" }); };
-document.addEventListener("copy", (event) => {
-  const target = event.target;
-  window.__copied = target && "value" in target ? target.value : String(document.getSelection());
-}, true);
-"""
-
-
-class Browser:
-    """One Chromium, a fresh context per page, external requests blocked and recorded."""
-
-    def __init__(self, playwright) -> None:
-        self.chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        self.blocked: list[str] = []
-
-    def open(self, url: str, *, color_scheme: str = "light", width: int = DESKTOP):
-        context = self.chromium.new_context(
-            color_scheme=color_scheme, viewport={"width": width, "height": 900},
-            is_mobile=width < 600, has_touch=width < 600,
-        )
-        context.add_init_script(OPEN_SHADOW_ROOTS)
-        context.route("**/*", self._route)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("requestfailed", lambda req: errors.append(f"failed: {req.url}"))
-        page.on("response", lambda res: errors.append(f"{res.status}: {res.url}") if res.status >= 400 and res.url != url else None)
-        page.goto(url, wait_until="networkidle")
-        return page, errors
-
-    def _route(self, route) -> None:
-        if urlsplit(route.request.url).hostname in ("127.0.0.1", None):
-            route.continue_()
-        else:
-            self.blocked.append(route.request.url)
-            route.abort()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = Browser(p)
-        yield b
-        b.chromium.close()
 
 
 def _pages(site: Path) -> list[str]:
@@ -430,7 +323,7 @@ def test_every_copied_block_runs(site, server, browser, tmp_path):
 @pytest.mark.parametrize(("lang", "query", "expected", "foreign"), [
     ("en", "MultiHeadAttention", "MultiHeadAttention", re.compile(r"[\u4e00-\u9fff]")),
     ("en", "diagram", "Class diagram", re.compile(r"[\u4e00-\u9fff]")),
-    ("zh", "注意力权重", "注意力权重", None),
+    ("zh", "查看注意力权重", "注意力权重", None),
 ])
 def test_search_finds_in_the_readers_language(server, browser, lang, query, expected, foreign):
     page, errors = browser.open(server + LANGUAGES[lang])

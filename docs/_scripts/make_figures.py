@@ -12,6 +12,7 @@ and docs/_snippets/performance-table.md (from benchmarks/results/*.json).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -23,15 +24,19 @@ import torch  # noqa: E402
 from mha import MultiHeadAttention  # noqa: E402
 from mha.masks import padding_mask  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "docs" / "assets" / "images"
 SNIPPETS = ROOT / "docs" / "_snippets"
 RESULTS = ROOT / "benchmarks" / "results"
-SENTENCE = ["the", "cat", "sat", "on", "the", "mat", "and", "slept"]
-PADDED = ["the", "cat", "sat", "on", "the", "mat", "<pad>", "<pad>"]
+# The untrained pictures read random vectors, not words: label positions only.
+SENTENCE = [f"x{i}" for i in range(1, 9)]
+PADDED = SENTENCE[:6] + ["<pad>", "<pad>"]
 
 
-def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path) -> None:
+def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str] | None = None) -> None:
     """One panel per head of (n_h, s_q, s_kv) weights, two panels a row.
 
     Two columns rather than one row, a 550-px-wide image and 14-pt labels:
@@ -43,7 +48,7 @@ def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path) -> None:
     fig, axes = plt.subplots(rows, 2, figsize=(5.0, 3.1 * rows), constrained_layout=True, squeeze=False)
     for head, ax in enumerate(axes.flat):
         image = ax.imshow(weights[head], vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_title(f"head {head}", fontsize=14)
+        ax.set_title(titles[head] if titles else f"head {head}", fontsize=14)
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=14)
         ax.set_yticks(range(len(tokens)), tokens if head % 2 == 0 else [], fontsize=14)
         if head >= n_h - 2:
@@ -55,11 +60,22 @@ def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def trained_figure() -> None:
+    """The digit-reversing model's weights (docs/_scripts/demo_model.py) on one input."""
+    model = demo_model.load()
+    digits = [3, 1, 4, 1, 5, 9, 2, 6]
+    with torch.no_grad():
+        _, weights = model(torch.tensor([digits]))
+    grid = torch.stack([w[0, h] for w in weights for h in range(w.shape[1])])  # (layers * heads, s, s)
+    titles = [f"layer {layer + 1}, head {h + 1}" for layer in range(len(weights)) for h in range(weights[0].shape[1])]
+    heatmaps(grid, [str(d) for d in digits], IMAGES / "attention-trained.png", titles)
+
+
 def attention_figures() -> None:
+    trained_figure()
     torch.manual_seed(0)
     m = MultiHeadAttention(32, 4).eval()
     x = torch.randn(1, len(SENTENCE), 32)
-    x[0, 4] = x[0, 0]  # the two "the" tokens get the same embedding
     with torch.no_grad():
         _, causal = m(x, is_causal=True, need_weights=True)
         pad = padding_mask(torch.tensor([6]), len(PADDED))
