@@ -90,7 +90,9 @@ class Browser:
         )
         self.blocked: list[str] = []
 
-    def open(self, url: str, *, color_scheme: str = "light", width: int = DESKTOP):
+    def open(self, url: str, *, color_scheme: str = "light", width: int = DESKTOP, wait: str = "networkidle"):
+        """A fresh context on `url`. `wait="load"` skips networkidle's half-second quiet
+        window; crawls over every page use it and wait for what they check."""
         context = self.chromium.new_context(
             color_scheme=color_scheme, viewport={"width": width, "height": 900},
             is_mobile=width < 600, has_touch=width < 600,
@@ -103,7 +105,7 @@ class Browser:
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("requestfailed", lambda req: errors.append(f"failed: {req.url}"))
         page.on("response", lambda res: errors.append(f"{res.status}: {res.url}") if res.status >= 400 and res.url != url else None)
-        page.goto(url, wait_until="networkidle")
+        page.goto(url, wait_until=wait)
         return page, errors
 
     def _route(self, route) -> None:

@@ -187,8 +187,8 @@ def test_every_page_loads_cleanly(site, bases, browser, where, width):
     pages = _pages(site)
     assert "class-diagram/" in pages and "zh/class-diagram/" in pages
     for path in pages:
-        page, errors = browser.open(bases[where] + path, width=width)
-        if page.locator(".katex").count():
+        page, errors = browser.open(bases[where] + path, width=width, wait="load")
+        if page.locator(".arithmatex").count():
             page.wait_for_function("() => !document.querySelector('.arithmatex:not(:has(.katex))')")
         assert page.title(), path
         assert not errors, f"{path}: {errors}"
@@ -297,7 +297,8 @@ def test_every_copied_block_runs(site, server, browser, tmp_path):
     for path in _pages(site):
         if "language-pycon" not in (site / path / "index.html").read_text(encoding="utf-8"):
             continue
-        page, _ = browser.open(server + path)
+        page, _ = browser.open(server + path, wait="load")
+        page.wait_for_selector("button[data-md-type=copy]", state="attached")
         copied = page.evaluate(COPY_ALL)
         page.context.close()
         assert all(isinstance(c, str) for c in copied), f"{path}: a copy button copied nothing"
