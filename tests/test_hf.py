@@ -95,7 +95,7 @@ def test_decoder_logits_and_greedy_generation_equal_sdpa(name, calls):
     assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", DECODERS)
 def test_output_attentions_are_per_head_weights_equal_to_eager(name, calls):
     reference, ours = _pair(DECODERS[name](), "eager")
     ids, mask = _batch()
