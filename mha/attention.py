@@ -225,11 +225,14 @@ class Attention(nn.Module):
                 f"n_kv={cache.num_kv_heads}, d={cache.head_dim}), this call has "
                 f"(b={b}, n_kv={n_kv}, d={self.head_dim})"
             )
-        if cache.keys.dtype != query.dtype or cache.keys.device != query.device:
+        device = query.device.type
+        # Under autocast the projections, and so attention, run in the autocast dtype.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+        if cache.keys.dtype != dtype or cache.keys.device != query.device:
             raise TypeError(
                 f"cache has dtype {cache.keys.dtype} on {cache.keys.device}, but this call "
-                f"computes in {query.dtype} on {query.device}; make it with "
-                f"new_cache(..., dtype={query.dtype}, device='{query.device}')"
+                f"computes in {dtype} on {query.device}; make it with "
+                f"new_cache(..., dtype={dtype}, device='{query.device}')"
             )
         cache.check_room(s)
 

@@ -240,3 +240,16 @@ def test_a_ragged_batch_decodes_each_sample_as_if_alone(side, rotary):
             got_prompt = first[i, width - n:] if side == "left" else first[i, :n]
             got = torch.cat([got_prompt] + [step[i] for step in later])
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_under_autocast_uses_a_cache_of_the_autocast_dtype():
+    """Under autocast attention runs in bfloat16: that is the cache's dtype, not the input's."""
+    m = MultiHeadAttention(16, 2).eval()
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = m.new_cache(1, 5, dtype=torch.bfloat16)
+        steps = torch.cat([m(x[:, :3], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in (3, 4)], 1)
+        full = m(x, is_causal=True)
+        with pytest.raises(TypeError, match=r"computes in torch.bfloat16 .* new_cache\(\.\.\., dtype=torch.bfloat16"):
+            m(x[:, :1], cache=m.new_cache(1, 5))  # a float32 cache
+    torch.testing.assert_close(steps.float(), full.float(), atol=3e-2, rtol=3e-2)
