@@ -150,6 +150,25 @@ def performance_figures() -> None:
     ]
     (SNIPPETS / "decoding-table.md").write_text("\n".join(decode_rows) + "\n")
 
+    dtypes = json.loads((RESULTS / "dtypes.json").read_text())
+    gemm = dtypes["gemm_gflops"]
+    dtype_rows = [
+        f"GEMM 2048³ in the same run: float32 {gemm['float32']:.0f} GFLOP/s, bfloat16 {gemm['bfloat16']:.0f} GFLOP/s "
+        f"({gemm['bfloat16'] / gemm['float32']:.1f}x).",
+        "",
+        "| case | dtype | mha | GFLOP/s | of the GEMM | mha / bare SDPA |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case in dtypes["cases"]:
+        bare = "–" if case["mha_over_bare"] is None else f"{case['mha_over_bare']:.2f}"
+        dtype_rows.append(
+            f"| {case['case']} | {case['way']} | {case['ms']['mha']:.2f} ms | {case['gflops']:.0f} | "
+            f"{case['fraction_of_gemm']:.0%} | {bare} |"
+        )
+    dtype_rows += ["", "| dtype | largest error against float64, relative to the output |", "|---|---|"]
+    dtype_rows += [f"| {way} | {error:.1e} |" for way, error in dtypes["error_vs_float64"].items()]
+    (SNIPPETS / "dtypes-table.md").write_text("\n".join(dtype_rows) + "\n")
+
     hf = json.loads((RESULTS / "hf_decoding.json").read_text())
     hf_rows = [
         "| dtype | filled | mha | HF DynamicCache | HF StaticCache | mha / dynamic | mha / static |",
