@@ -174,8 +174,9 @@ class KVCache:
         s = key.shape[-2]
         if token_mask is not None or self._next is not None:
             self._track_tokens(s, token_mask)
-        compiling = torch.compiler.is_compiling()
-        if not compiling and not (torch.is_grad_enabled() and (key.requires_grad or value.requires_grad)):
+        # In place is safe unless autograd records this write or saved the buffers earlier.
+        graph = torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad)
+        if not torch.compiler.is_compiling() and not graph:
             start = self._length  # eager decoding: write the slots directly
             self.keys[:, :, start : start + s] = key
             self.values[:, :, start : start + s] = value
@@ -190,7 +191,7 @@ class KVCache:
                 mask = mask & self.token_mask[:, None, None, :end]
             return self.keys[:, :, :end], self.values[:, :, :end], mask
         positions = self.position + torch.arange(s, device=self.position.device)  # slots (s,)
-        if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):
+        if graph:
             # Training through cached steps: an in-place write would overwrite
             # buffers that earlier steps saved for backward. Write out of place,
             # at the cost of a new buffer per step.

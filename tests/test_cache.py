@@ -253,3 +253,13 @@ def test_decoding_under_autocast_uses_a_cache_of_the_autocast_dtype():
         with pytest.raises(TypeError, match=r"computes in torch.bfloat16 .* new_cache\(\.\.\., dtype=torch.bfloat16"):
             m(x[:, :1], cache=m.new_cache(1, 5))  # a float32 cache
     torch.testing.assert_close(steps.float(), full.float(), atol=3e-2, rtol=3e-2)
+
+
+def test_a_write_never_modifies_buffers_an_earlier_step_saved_for_backward():
+    cache = KVCache(2, 6, num_kv_heads=3, head_dim=4)
+    key = torch.randn(2, 3, 2, 4, requires_grad=True)
+    keys, values, _ = cache.update(key, key * 2)  # the buffers are now part of a graph
+    loss = (keys * values).sum()
+    cache.update(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4))  # plain data, autograd still on
+    loss.backward()  # failed: "modified by an inplace operation"
+    torch.testing.assert_close(key.grad, 4 * key.detach())
