@@ -11,7 +11,7 @@ what runs after that trusts them. Shape letters are those of [`mha`][mha].
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import Literal, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -268,24 +268,23 @@ class Attention(nn.Module):
                     # Positions never exceed the slots written (padding counts only in slots).
                     cos, sin = self.positional.angles(positions, q.dtype, q.device, end=cache.length + s_q)
                 q, k = self.positional.rotate(q, cos, sin), self.positional.rotate(k, cos, sin)
-            k, v, seen = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice; (s_q, slots) or None
+            k, v = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice
             if mask is not None and mask.shape[-1] > k.shape[2]:
                 mask = mask[..., : k.shape[2]]  # a mask over all s_max slots, cut to the filled ones
-            if seen is None:
-                # Eager, every filled slot real: the chunk is the last s_q of them, so
-                # "causal within the chunk" is the bottom-right causal mask.
+            if cache.token_mask is None and not torch.compiler.is_compiling():
+                # Eager, every slot a filled real token: the chunk is the last s_q of
+                # them, so "causal within the chunk" is the bottom-right causal mask.
                 is_causal = s_q > 1
             else:
-                mask = masks.combine_masks(mask, seen)
-                is_causal = False  # `seen` is already causal within the chunk
+                mask = masks.combine_masks(mask, cache.visible(s_q))
+                is_causal = False  # the visible slots are already causal within the chunk
 
         dropout_p = self.dropout if self.training else 0.0
         path = path_for(need_weights, self.backend)
         context, weights = attend(q, k, v, mask, is_causal, self.scale, dropout_p, path)
         context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d)
         if need_weights:
-            assert weights is not None  # the math path returns them  # noqa: S101 (narrows a type)
-            return context, weights
+            return context, cast(Tensor, weights)  # need_weights chose the math path, which returns them
         return context
 
     def _split_heads(self, x: Tensor) -> Tensor:

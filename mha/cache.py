@@ -134,9 +134,8 @@ class KVCache:
         if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
             raise TypeError(f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}")
         self.check_room(key.shape[-2])
-        keys, values, mask = self.write(key, value, visible=True)
-        assert mask is not None  # noqa: S101 (visible=True always builds it)
-        return keys, values, mask
+        keys, values = self.write(key, value)
+        return keys, values, self.visible(key.shape[-2])
 
     def _real(self, s: int, token_mask: Tensor | None) -> Tensor:
         """`token_mask` as long `(b, s)`, all ones when it is `None`."""
@@ -159,57 +158,51 @@ class KVCache:
                 f"and cannot take {s} more; make a larger cache or reset() it"
             )
 
-    def write(
-        self, key: Tensor, value: Tensor, token_mask: Tensor | None = None, *, visible: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def write(self, key: Tensor, value: Tensor, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`update` without its checks, for callers that made them.
 
-        Returns the filled slots in eager mode (all `s_max` under
-        `torch.compile`, for fixed shapes) and a bool mask of the slots each
-        chunk token may see: `(s, slots)`, or `(b, 1, s, slots)` in a ragged
-        batch. In eager mode, with every filled slot holding a real token, that
-        mask is the bottom-right causal one, and `None` is returned for it
-        unless `visible=True`.
+        Returns the slots to attend over: the filled ones in eager mode, all
+        `s_max` under `torch.compile` (fixed shapes). [`visible`][mha.KVCache.visible]
+        says which of them each chunk token may see.
         """
         s = key.shape[-2]
         if token_mask is not None or self._next is not None:
             self._track_tokens(s, token_mask)
+        compiling = torch.compiler.is_compiling()
         # In place is safe unless autograd records this write or saved the buffers earlier.
-        graph = torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad)
-        if not torch.compiler.is_compiling() and not graph:
+        if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):
+            # Training through cached steps: out of place, at the cost of a new buffer per step.
+            positions = self.position + torch.arange(s, device=self.position.device)
+            self.keys = self.keys.index_copy(2, positions, key)
+            self.values = self.values.index_copy(2, positions, value)
+        elif compiling:
+            # The write position as data, not a constant baked into the graph.
+            positions = self.position + torch.arange(s, device=self.position.device)
+            self.keys.index_copy_(2, positions, key)
+            self.values.index_copy_(2, positions, value)
+        else:
             start = self._length  # eager decoding: write the slots directly
             self.keys[:, :, start : start + s] = key
             self.values[:, :, start : start + s] = value
-            self.position += s
-            self._length += s
-            end = self._length
-            if self.token_mask is None and not visible:
-                return self.keys[:, :, :end], self.values[:, :, :end], None
-            slots = torch.arange(end, device=key.device)
-            mask = slots <= torch.arange(end - s, end, device=key.device)[:, None]  # (s, slots)
-            if self.token_mask is not None:
-                mask = mask & self.token_mask[:, None, None, :end]
-            return self.keys[:, :, :end], self.values[:, :, :end], mask
-        positions = self.position + torch.arange(s, device=self.position.device)  # slots (s,)
-        if graph:
-            # Training through cached steps: an in-place write would overwrite
-            # buffers that earlier steps saved for backward. Write out of place,
-            # at the cost of a new buffer per step.
-            self.keys = self.keys.index_copy(2, positions, key)
-            self.values = self.values.index_copy(2, positions, value)
-        else:
-            self.keys.index_copy_(2, positions, key)
-            self.values.index_copy_(2, positions, value)
         self.position += s
         self._length += s
-        # Eager: attend over the filled slots only. Compiled: all of them, so
-        # the shapes never change and the step compiles once.
+        end = self.max_len if compiling else self._length
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def visible(self, s: int) -> Tensor:
+        """Which slots (as [`write`][mha.KVCache.write] returned them) each of the last `s` tokens may see.
+
+        Causal within the chunk, never an empty slot, never padding.
+
+        Shape:
+            output: `(s, slots)`, or `(b, 1, s, slots)` in a ragged batch.
+        """
         end = self.max_len if torch.compiler.is_compiling() else self._length
-        slots = torch.arange(end, device=positions.device)  # (slots,)
-        mask = slots <= positions[:, None]  # (s, slots): causal within the chunk
+        chunk = self.position - s + torch.arange(s, device=self.position.device)  # the chunk's slots (s,)
+        mask = torch.arange(end, device=chunk.device) <= chunk[:, None]  # (s, slots)
         if self.token_mask is not None:
             mask = mask & self.token_mask[:, None, None, :end]  # (b, 1, s, slots)
-        return self.keys[:, :, :end], self.values[:, :, :end], mask
+        return mask
 
     def _track_tokens(self, s: int, token_mask: Tensor | None) -> None:
         """Record which of the next `s` slots hold real tokens, and advance each sample's position."""
