@@ -44,6 +44,8 @@ class RotaryEmbedding(nn.Module):
         tensor([0.5403, 0.8415])
     """
 
+    _swap: Tensor  # a buffer, registered in __init__
+
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
         head_dim = _checks.positive_int("head_dim", head_dim)
@@ -57,7 +59,10 @@ class RotaryEmbedding(nn.Module):
         self._frequencies: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         # (work dtype, device) -> (cos, sin) tables, rows = positions 0..n-1, grown on demand
         self._tables: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
-        self._swap: dict[torch.device, Tensor] = {}
+        # [1, 0, 3, 2, ...]: the index that swaps each pair. A buffer follows .to(device);
+        # not persistent, so checkpoints stay as they were.
+        swap = torch.arange(head_dim).view(-1, 2).flip(-1).flatten()
+        self.register_buffer("_swap", swap, persistent=False)
 
     def frequencies(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """theta_i = base^(-2i/d), shape (d/2,).
@@ -135,17 +140,8 @@ class RotaryEmbedding(nn.Module):
         plus the pair-swapped `(o, e)` times `(-sin, +sin)`.
         """
         work = x.to(cos.dtype)
-        if torch.compiler.is_compiling():
-            swapped = work.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (o, e) for every pair
-        else:
-            swapped = work[..., self._swap_index(x.device)]
+        swapped = work[..., self._swap]  # (o, e) for every pair
         return (work * cos + swapped * sin).to(x.dtype)  # (b, n, s, d)
-
-    def _swap_index(self, device: torch.device) -> Tensor:
-        """[1, 0, 3, 2, ...]: the index that swaps each pair."""
-        if device not in self._swap:
-            self._swap[device] = torch.arange(self.head_dim, device=device).view(-1, 2).flip(-1).flatten()
-        return self._swap[device]
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, base={self.base}"
