@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import event_priority
+from site_build import nested_language_build
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "_scripts"
 TARGET = Path("assets") / "explorer" / "reverse.json"
@@ -44,8 +45,7 @@ def weights_json() -> dict:
 
 @event_priority(-200)  # once, after the last language build
 def on_post_build(config: MkDocsConfig) -> None:
-    i18n = config.plugins.get("i18n")
-    if getattr(i18n, "building", False):
+    if nested_language_build(config):
         return
     target = Path(config.site_dir) / TARGET
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -27,24 +27,19 @@ English API reference is made relative the same way.
 from __future__ import annotations
 
 from copy import deepcopy
-from urllib.parse import urlsplit
 
 from mkdocs.plugins import event_priority
 from mkdocs.structure.nav import Link
+from site_build import site_path
 
 ENGLISH_ONLY = ("api/",)
 
 
-def _site_relative(link: str, site_path: str) -> str:
+def _site_relative(link: str, prefix: str) -> str:
     """'/mha/zh/tutorial/' -> 'zh/tutorial/' for site_url path '/mha/'; the root -> './'."""
-    if link.startswith(site_path):
-        link = link[len(site_path):]
+    if link.startswith(prefix):
+        link = link[len(prefix):]
     return link.lstrip("/") or "./"
-
-
-def _site_path(config) -> str:
-    path = urlsplit(config.site_url or "/").path or "/"
-    return path if path.endswith("/") else path + "/"
 
 
 class SwitcherOnly:
@@ -69,13 +64,13 @@ def on_page_context(context, page, config, nav):
         return context
     # The plugin sets the per-page list as an attribute, which Jinja reads
     # before the mapping item, so read and write the attribute too.
-    site_path = _site_path(config)
+    prefix = site_path(config)
     per_page = deepcopy(getattr(config.extra, "alternate", None) or roots)
     relative_roots = deepcopy(roots)
     for root in relative_roots:
-        root["link"] = _site_relative(root["link"], site_path)
+        root["link"] = _site_relative(root["link"], prefix)
     for alt, root in zip(per_page, relative_roots, strict=True):
-        alt["link"] = _site_relative(alt["link"], site_path)
+        alt["link"] = _site_relative(alt["link"], prefix)
         target = alt["link"].removeprefix(f"{alt['lang']}/")
         if alt["lang"] != i18n.default_language and target.startswith(ENGLISH_ONLY):
             alt["link"] = root["link"]

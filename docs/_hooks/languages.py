@@ -23,21 +23,10 @@ from pathlib import Path
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import event_priority
+from site_build import default_language, language, nested_language_build, other_languages
 
 HTML_LANG = {"zh": "zh-Hans"}
 ZWSP = "\u200b"
-
-
-def _i18n(config: MkDocsConfig):
-    return config.plugins.get("i18n")
-
-
-def _languages(config: MkDocsConfig) -> tuple[str, list[str]]:
-    """(default language, the other built languages)."""
-    i18n = _i18n(config)
-    default = getattr(i18n, "default_language", None) or "en"
-    others = [lang for lang in getattr(i18n, "build_languages", []) if lang != default]
-    return default, others
 
 
 @event_priority(-100)  # after mkdocstrings has added its stylesheet
@@ -52,23 +41,25 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     return config
 
 
-def on_post_page(output: str, page, config: MkDocsConfig) -> str:
-    language = getattr(page.file, "locale", None)
-    default, _ = _languages(config)
-    if not language or language == default:
+def _html_lang(output: str, locale: str) -> str:
+    """`<html lang="zh"` -> `<html lang="zh-Hans"`, for the locales in HTML_LANG."""
+    if locale not in HTML_LANG:
         return output
-    if language in HTML_LANG:
-        output = output.replace(f'<html lang="{language}"', f'<html lang="{HTML_LANG[language]}"', 1)
+    return output.replace(f'<html lang="{locale}"', f'<html lang="{HTML_LANG[locale]}"', 1)
+
+
+def on_post_page(output: str, page, config: MkDocsConfig) -> str:
+    locale = getattr(page.file, "locale", None)
+    if not locale or locale == default_language(config):
+        return output
+    output = _html_lang(output, locale)
     # Search this language's index: Material resolves "search/search_index.json"
     # against this base, which needs its trailing slash ("../.." -> "../../zh/").
-    return re.sub(r'("base": ")([^"]*)(")', lambda m: f"{m[1]}{m[2]}/{language}/{m[3]}", output, count=1)
+    return re.sub(r'("base": ")([^"]*)(")', lambda m: f"{m[1]}{m[2]}/{locale}/{m[3]}", output, count=1)
 
 
 def on_post_template(output: str, template_name: str, config: MkDocsConfig) -> str:
-    language = getattr(_i18n(config), "current_language", None)
-    if template_name == "404.html" and language in HTML_LANG:
-        output = output.replace(f'<html lang="{language}"', f'<html lang="{HTML_LANG[language]}"', 1)
-    return output
+    return _html_lang(output, language(config)) if template_name == "404.html" else output
 
 
 def split_index(index: dict, languages: list[str]) -> dict[str, dict]:
@@ -85,9 +76,9 @@ def split_index(index: dict, languages: list[str]) -> dict[str, dict]:
 
 @event_priority(-200)  # after mkdocs-static-i18n (-100) has written the merged index
 def on_post_build(config: MkDocsConfig) -> None:
-    if getattr(_i18n(config), "building", False):
-        return  # a nested language build; the outer one splits the final index
-    default, others = _languages(config)
+    if nested_language_build(config):
+        return  # the outer build splits the final index
+    others = other_languages(config)
     site = Path(config.site_dir)
     merged = site / "search" / "search_index.json"
     if not merged.exists() or not others:

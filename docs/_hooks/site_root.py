@@ -24,10 +24,10 @@ import gzip
 import json
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import event_priority
+from site_build import default_language, language, nested_language_build, site_path
 
 # language -> rendered 404.html, collected as each language build renders it
 _NOT_FOUND: dict[str, str] = {}
@@ -56,28 +56,9 @@ _CONFIG_SCRIPT = """<script>(function () {
 })();</script>"""
 
 
-def _i18n(config: MkDocsConfig):
-    return config.plugins.get("i18n")
-
-
-def _language(config: MkDocsConfig) -> str:
-    i18n = _i18n(config)
-    return getattr(i18n, "current_language", None) or "en"
-
-
-def _default_language(config: MkDocsConfig) -> str:
-    return getattr(_i18n(config), "default_language", None) or "en"
-
-
-def _site_path(config: MkDocsConfig) -> str:
-    """'/mha/' for site_url https://USER.github.io/mha/; '/' at a domain root."""
-    path = urlsplit(config.site_url or "/").path or "/"
-    return path if path.endswith("/") else path + "/"
-
-
 def on_post_template(output: str, template_name: str, config: MkDocsConfig) -> str:
     if template_name == "404.html":
-        _NOT_FOUND[_language(config)] = output
+        _NOT_FOUND[language(config)] = output
     return output
 
 
@@ -119,16 +100,15 @@ def _sitemap(site_dir: Path, site_url: str) -> str:
 
 @event_priority(-200)  # after mkdocs-static-i18n (-100) has built the other languages
 def on_post_build(config: MkDocsConfig) -> None:
-    i18n = _i18n(config)
-    if getattr(i18n, "building", False):
-        return  # a nested language build: the outer build finishes the site
+    if nested_language_build(config):
+        return  # the outer build finishes the site
     site_dir = Path(config.site_dir)
-    site_path = _site_path(config)
-    default = _default_language(config)
-    for language, html in _NOT_FOUND.items():
-        folder = site_dir if language == default else site_dir / language
+    prefix = site_path(config)
+    default = default_language(config)
+    for locale, html in _NOT_FOUND.items():
+        folder = site_dir if locale == default else site_dir / locale
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "404.html").write_text(relocatable_404(html, site_path), encoding="utf-8")
+        (folder / "404.html").write_text(relocatable_404(html, prefix), encoding="utf-8")
     _NOT_FOUND.clear()
     site_url = config.site_url or "/"
     sitemap = _sitemap(site_dir, site_url if site_url.endswith("/") else site_url + "/")
