@@ -80,3 +80,23 @@ def randomize_biases(module: torch.nn.Module) -> torch.nn.Module:
             if "bias" in name:
                 p.uniform_(-0.5, 0.5)
     return module
+
+
+def require(missing: list[str], *, module_level: bool = False) -> None:
+    """Fail under CI (where .ci/setup installs everything), else skip, when anything is `missing`."""
+    import os
+
+    import pytest
+
+    if not missing:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{', '.join(missing)} missing: bash .ci/setup installs them", pytrace=False)
+    pytest.skip(f"{', '.join(missing)} not installed (run bash .ci/setup)", allow_module_level=module_level)
+
+
+def missing_modules(*names: str) -> list[str]:
+    """The importable-module names among `names` that are not installed."""
+    import importlib.util
+
+    return [name for name in names if importlib.util.find_spec(name) is None]

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from helpers import missing_modules, require
 from site_server import SiteServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,19 +28,7 @@ PHONE, DESKTOP = 390, 1280
 
 
 def _require_browser() -> None:
-    missing = [what for what, ok in (("chromium", Path(CHROMIUM).exists()), ("playwright", _has_playwright())) if not ok]
-    if missing and os.environ.get("CI"):
-        pytest.fail(f"{', '.join(missing)} missing: .ci/setup installs them")
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (run bash .ci/setup)")
-
-
-def _has_playwright() -> bool:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    require(missing_modules("playwright") + ([] if Path(CHROMIUM).exists() else ["chromium"]))
 
 
 @pytest.fixture(scope="session")

@@ -4,22 +4,12 @@ no recompiles, errors kept) are in test_attention.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 from torch.export import Dim, export
 
+from helpers import missing_modules, require
 from mha import MultiHeadAttention
-
-
-def _require(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing and os.environ.get("CI"):
-        pytest.fail(f"{missing} missing: the test extra installs them")
-    if missing:
-        pytest.skip(f"{missing} not installed")
 
 
 class SelfAttention(torch.nn.Module):
@@ -75,7 +65,7 @@ def test_export_with_dynamic_batch_and_length_matches_eager_at_other_shapes(back
     (True, 1, "math", False),   # cross-attention, multi-query, mask, math path
 ], ids=["self-gqa-causal", "cross-mqa-math"])
 def test_onnx_export_runs_in_onnxruntime_at_other_shapes(tmp_path, cross, num_kv_heads, backend, is_causal):
-    _require("onnx", "onnxscript", "onnxruntime")
+    require(missing_modules("onnx", "onnxscript", "onnxruntime"))
     import onnxruntime
 
     m = MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads, backend=backend).eval()

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
 
 import pytest
 import torch
 
-if importlib.util.find_spec("transformers") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("transformers missing: the test extra installs it")
-    pytest.skip("transformers not installed", allow_module_level=True)
+from helpers import missing_modules, require
+
+require(missing_modules("transformers"), module_level=True)
 
 from transformers import (  # noqa: E402
     AutoModel,
