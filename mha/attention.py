@@ -11,7 +11,7 @@ what runs after that trusts them. Shape letters are those of [`mha`][mha].
 
 from __future__ import annotations
 
-from typing import Literal, cast, overload
+from typing import Literal, Protocol, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,30 @@ from mha.cache import KVCache
 from mha.functional import BACKENDS, Backend, Dispatch, attend, choose_path, path_for
 from mha.rotary import RotaryEmbedding
 
-__all__ = ["Attention", "MultiHeadAttention"]
+__all__ = ["Attention", "MultiHeadAttention", "SequenceLayout"]
+
+
+class SequenceLayout(Protocol):
+    """How the sequence is split across ranks, for an `Attention` under context parallelism.
+
+    [`mha.parallel.context_parallel`][mha.parallel.context.context_parallel] sets one on
+    each `Attention` (its `context_parallel` attribute). The core only calls
+    these three methods; the layout and its communication live in `mha.parallel`.
+
+    Attributes:
+        size: the number of ranks the sequence is split over.
+    """
+
+    size: int
+
+    def check(self, s_q: int, s_kv: int, *, is_causal: bool, rotary: bool) -> None:
+        """Raise `ValueError` if these local lengths cannot be attended across ranks."""
+
+    def positions(self, length: int, device: torch.device) -> Tensor:
+        """The global positions `(s,)` of this rank's `length` tokens, for rotary embeddings."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, is_causal: bool, scale: float | None) -> Tensor:
+        """The context `(b, n_h, s_q, d)` of local queries over every rank's keys and values."""
 
 
 class Attention(nn.Module):
@@ -48,7 +71,10 @@ class Attention(nn.Module):
         num_kv_heads: `n_kv`.
         head_dim: `d = h / n_h`.
         shards: `t`, the number of tensor-parallel ranks the heads are split
-            over; 1 unless [`mha.parallel.parallelize`][mha.parallel.parallelize] set it.
+            over; 1 unless [`mha.parallel.parallelize`][mha.parallel.tensor.parallelize] set it.
+        context_parallel: the [`SequenceLayout`][mha.attention.SequenceLayout] of a
+            sequence split across ranks; `None` unless
+            [`mha.parallel.context_parallel`][mha.parallel.context.context_parallel] set it.
 
     Shape:
         query: `(b, s_q, h)`; key, value: `(b, s_kv, n_kv * d)`;
@@ -101,6 +127,7 @@ class Attention(nn.Module):
         self.positional = positional
         self.backend: Backend = _checks.one_of("backend", backend, BACKENDS)  # type: ignore[assignment]
         self.shards = 1
+        self.context_parallel: SequenceLayout | None = None
 
     def explain(self, *, need_weights: bool = False) -> Dispatch:
         """Which path `forward` takes for these arguments, and why.
@@ -193,6 +220,8 @@ class Attention(nn.Module):
         if need_weights and self.backend == "fused":
             choose_path(need_weights=True, backend="fused")  # raises, saying why
         b, s_q = query.shape[0], query.shape[1]
+        if self.context_parallel is not None:
+            self._check_context_parallel(s_q, s_kv, mask, is_causal, need_weights, cache)
         if cache is not None:
             if not isinstance(cache, KVCache):
                 raise TypeError(f"cache must be a mha.KVCache, got {type(cache).__name__}")
@@ -214,6 +243,26 @@ class Attention(nn.Module):
         if mask is not None:
             mask = _checks.mask("mask", mask, (b, self.num_heads // self.shards, s_q, s_kv), "(b, n_h, s_q, s_kv)")
             _checks.same_device("mask", mask, "query", query.device)
+
+    def _check_context_parallel(
+        self, s_q: int, s_kv: int, mask: object, is_causal: object, need_weights: object, cache: object
+    ) -> None:
+        """Refuse what ring attention cannot do exactly, rather than attend within the local shard."""
+        refused = {
+            "need_weights=True": need_weights,
+            "a mask": mask is not None,
+            "a KV cache": cache is not None,
+            f"dropout={self.dropout} in training": self.training and self.dropout > 0,
+        }
+        for what, given in refused.items():
+            if given:
+                raise ValueError(
+                    f"{what} is not supported under context parallelism: each rank holds only part "
+                    "of the sequence, and the ring computes attention without weights, masks, "
+                    "caches or dropout; use is_causal=True for causal masking, or .eval() for dropout"
+                )
+        layout = cast(SequenceLayout, self.context_parallel)
+        layout.check(s_q, s_kv, is_causal=bool(is_causal), rotary=self.positional is not None)
 
     def _check_cache_fits(self, cache: KVCache, query: Tensor) -> None:
         """Raise before the cache is written to, naming the cache as what does not fit."""
@@ -252,6 +301,8 @@ class Attention(nn.Module):
         q = self._split_heads(query)  # (b, n_h, s_q, d)
         k = self._split_heads(key)  # (b, n_kv, s_kv, d)
         v = self._split_heads(value)  # (b, n_kv, s_kv, d)
+        if self.context_parallel is not None:
+            return self._attend_across_ranks(self.context_parallel, q, k, v, is_causal)
         if cache is None:
             if self.positional is not None:
                 # Queries are the last s_q positions (negative when s_q > s_kv),
@@ -287,12 +338,22 @@ class Attention(nn.Module):
             return context, cast(Tensor, weights)  # need_weights chose the math path, which returns them
         return context
 
+    def _attend_across_ranks(self, layout: SequenceLayout, q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
+        """Context parallelism: local shards in, this rank's shard of the context out."""
+        if self.positional is not None:
+            positions = layout.positions(q.shape[2], q.device)  # global, not local, positions
+            q, k = self.positional(q, positions), self.positional(k, positions)
+        context = layout.attend(q, k, v, is_causal=is_causal, scale=self.scale)
+        return context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d)
+
     def _split_heads(self, x: Tensor) -> Tensor:
         """(b, s, n * d) -> (b, n, s, d), for however many heads `x` holds."""
         return x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
 
     def extra_repr(self) -> str:
         shards = f", shards={self.shards}" if self.shards > 1 else ""
+        if self.context_parallel is not None:
+            shards += f", context_parallel={self.context_parallel.size}"
         return (
             f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
             f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, backend={self.backend!r}{shards}"

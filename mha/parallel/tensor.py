@@ -4,7 +4,7 @@ Megatron-style sharding over a 1-D device mesh of `t` ranks: the query,
 key and value projections are split column-wise, so each rank computes
 `n_h / t` query heads and `n_kv / t` key/value heads entirely locally; the
 output projection is split row-wise, and one all-reduce sums the partial
-outputs. [`parallelize`][mha.parallel.parallelize] records the split on each
+outputs. [`parallelize`][mha.parallel.tensor.parallelize] records the split on each
 [`mha.Attention`][mha.Attention] (`shards = t`, shown in its `repr`), which then expects
 `1/t` of the widths; a module that was not parallelized rejects them.
 

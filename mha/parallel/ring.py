@@ -1,0 +1,187 @@
+"""Ring attention: exact attention over key/value blocks that travel around a ring of ranks.
+
+Each of `W` ranks holds one shard of the queries, keys and values. In `W`
+steps every rank attends from its queries to each rank's key/value block in
+turn, while the next block is already on its way (point-to-point sends on
+`torch.distributed`). The partial results are merged by their log-sum-exp,
+which the fused kernels return, so the result is softmax over all keys, not
+an average of local softmaxes. The backward pass sends the keys and values
+around once more, with their gradients travelling beside them, and reuses
+the merged output and log-sum-exp (Liu et al., 2023, "Ring Attention with
+Blockwise Transformers", [arXiv:2310.01889](https://arxiv.org/abs/2310.01889)).
+
+Which rows attend to which block, and whether causally, is the layout's
+business: the ring receives it as a `blocks(source, length, causal)` function. Shape
+letters are those of [`mha`][mha]; `s` is a rank's local length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn import functional as F
+
+from mha.functional import _repeat_kv
+
+__all__: list[str] = []  # internal: used by mha.parallel.context
+
+# (query rows, key/value rows, causal within the block) for one block of work.
+Block = tuple[slice, slice, bool]
+# (source rank, local query length, causal) -> the blocks of work with that rank's keys and values.
+Blocks = Callable[[int, int, bool], list[Block]]
+
+SUPPORTED_DEVICES = ("cpu", "cuda")
+LSE_ROWS = 32  # CUDA's memory-efficient kernel pads its log-sum-exp rows to a multiple of this
+
+
+def _block_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
+    """Attention of one block and its log-sum-exp: `(b, n_h, s_q, d)` and `(b, n_h, s_q)` float32."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out, lse
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, causal, scale=scale
+    )
+    return out, lse[..., : q.shape[2]]  # the CUDA kernel pads the rows to a multiple of its tile
+
+
+def _block_backward(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of one block, given the *merged* output and log-sum-exp of its rows.
+
+    With the final `out` and `lse`, each block's softmax is already normalised
+    over all keys, so the per-block gradients add up to the exact ones.
+    """
+    if q.device.type == "cpu":
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad, q, k, v, out, lse, 0.0, causal, scale=scale
+        )
+        return dq, dk, dv
+    no_seed = torch.zeros((), dtype=torch.int64, device=q.device)
+    rows = q.shape[2]
+    lse = F.pad(lse, (0, -rows % LSE_ROWS))  # back to the kernel's padded layout
+    dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        grad, q, k, v, None, out.contiguous(), lse.contiguous(), no_seed, no_seed, 0.0, [True, True, True, False],
+        causal, scale=scale,
+    )
+    return dq, dk, dv
+
+
+def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> None:
+    """Fold one block's result into the running `out` and `lse` (float32 or wider), in place."""
+    merged = torch.logaddexp(lse, block_lse)
+    out.mul_((lse - merged).exp().unsqueeze(-1))
+    out.add_(block_out.to(out.dtype) * (block_lse - merged).exp().unsqueeze(-1))
+    lse.copy_(merged)
+
+
+class Ring:
+    """The ranks of a process group arranged in a ring, and the two passes of ring attention.
+
+    Args:
+        group: the process group of the sequence shards.
+        blocks: for the rank whose keys and values are being visited, the
+            blocks of work this rank does with them.
+    """
+
+    def __init__(self, group: dist.ProcessGroup, blocks: Blocks) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        self.blocks = blocks
+        self._next = dist.get_global_rank(group, (self.rank + 1) % self.size)
+        self._previous = dist.get_global_rank(group, (self.rank - 1) % self.size)
+
+    def _pass_on(self, tensor: Tensor) -> tuple[list[Any], Tensor]:
+        """Start sending `tensor` to the next rank and receiving the previous rank's."""
+        if self.size == 1:
+            return [], tensor
+        received = torch.empty_like(tensor)
+        requests = dist.batch_isend_irecv([
+            dist.P2POp(dist.isend, tensor, self._next, self.group),
+            dist.P2POp(dist.irecv, received, self._previous, self.group),
+        ])
+        return requests, received
+
+    def _visits(self, kv: Tensor) -> Any:
+        """Yield `(source rank, its keys and values)` for every rank, the next one already in flight."""
+        for step in range(self.size):
+            requests, incoming = ([], kv) if step == self.size - 1 else self._pass_on(kv)
+            yield (self.rank - step) % self.size, kv
+            for request in requests:
+                request.wait()
+            kv = incoming
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
+        """`(b, n_h, s, d)` queries, `(b, n_kv, s, d)` keys and values -> output and log-sum-exp.
+
+        The log-sum-exp is float32, or float64 for float64 inputs."""
+        group = q.shape[1] // k.shape[1]
+        accumulate = torch.promote_types(q.dtype, torch.float32)  # the kernels' log-sum-exp dtype
+        out = q.new_zeros(q.shape, dtype=accumulate)
+        lse = q.new_full(q.shape[:3], float("-inf"), dtype=accumulate)
+        for source, kv in self._visits(torch.stack([k, v])):
+            for rows, cols, block_causal in self.blocks(source, q.shape[2], causal):
+                block_k, block_v = (_repeat_kv(t[:, :, cols], group) for t in kv)
+                block_out, block_lse = _block_forward(q[:, :, rows], block_k, block_v, block_causal, scale)
+                _merge(out[:, :, rows], lse[:, :, rows], block_out, block_lse)
+        return out.to(q.dtype), lse
+
+    def backward(
+        self, grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
+        scale: float | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Gradients of the queries, keys and values of this rank."""
+        group = q.shape[1] // k.shape[1]
+        grad = grad.contiguous()
+        dq = torch.zeros_like(q, dtype=lse.dtype)
+        # The key/value gradients travel one step behind their keys and values:
+        # each rank adds its share and passes the sum on; after the full round,
+        # every rank receives the gradients of its own shard.
+        requests: list[Any] = []
+        travelling: Tensor | None = None
+        for source, kv in self._visits(torch.stack([k, v])):
+            dkv = torch.zeros_like(kv, dtype=lse.dtype)
+            for rows, cols, block_causal in self.blocks(source, q.shape[2], causal):
+                block_k, block_v = (_repeat_kv(t[:, :, cols], group) for t in kv)
+                block_dq, block_dk, block_dv = _block_backward(
+                    grad[:, :, rows], q[:, :, rows], block_k, block_v, out[:, :, rows], lse[:, :, rows],
+                    block_causal, scale,
+                )
+                dq[:, :, rows] += block_dq
+                # Query heads of one group share a key/value head: sum their gradients.
+                dkv[0][:, :, cols] += block_dk.unflatten(1, (-1, group)).sum(2)
+                dkv[1][:, :, cols] += block_dv.unflatten(1, (-1, group)).sum(2)
+            for request in requests:
+                request.wait()
+            if travelling is not None:
+                dkv += travelling
+            requests, travelling = self._pass_on(dkv)
+        for request in requests:
+            request.wait()
+        dk, dv = cast(Tensor, travelling)  # the ring has at least one rank, so one step ran
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+class RingAttention(torch.autograd.Function):
+    """`Ring.forward` with `Ring.backward` as its gradient."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, ring: Ring, causal: bool, scale: float | None
+    ) -> Tensor:
+        out, lse = ring.forward(q, k, v, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.ring, ctx.causal, ctx.scale = ring, causal, scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.ring.backward(grad, q, k, v, out, lse, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None, None

@@ -1,0 +1,200 @@
+"""Context parallelism: ring attention on 2 CPU processes (gloo) against one process."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from helpers import TOLERANCE, free_port
+from mha import Attention, MultiHeadAttention, RotaryEmbedding
+from mha.parallel import context_parallel, shard_sequence, unshard_sequence
+from mha.parallel.ring import _block_backward, _block_forward, _merge
+
+WORLD_SIZE = 2
+EXACT = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _all_reduced_grads(model: nn.Module, group) -> dict[str, torch.Tensor]:
+    grads = {}
+    for name, p in model.named_parameters():
+        grad = p.grad.clone()
+        dist.all_reduce(grad, group=group)  # each rank holds its tokens' share
+        grads[name] = grad
+    return grads
+
+
+def _check_equals_single(make, mesh, s: int = 24, **call) -> None:
+    """Output, input gradients and summed parameter gradients equal one process."""
+    torch.manual_seed(0)
+    single, sharded = make(), make()
+    sharded.load_state_dict(single.state_dict())
+    context_parallel(sharded, mesh)
+    x = torch.randn(3, s, 40, dtype=torch.float64)  # the same on every rank (same seed)
+    x_single = x.clone().requires_grad_()
+    x_sharded = x.clone().requires_grad_()
+    expected = single(x_single, **call)
+    out = sharded(shard_sequence(x_sharded, mesh), **call)
+    torch.testing.assert_close(out, shard_sequence(expected, mesh), **EXACT)
+    torch.testing.assert_close(unshard_sequence(out, mesh), expected, **EXACT)
+    target = torch.randn_like(expected)  # a loss that weighs every position differently
+    (expected * target).sum().backward()
+    (out * shard_sequence(target, mesh)).sum().backward()
+    # Each rank's input gradient is exact on the positions it holds (keys and
+    # values of other ranks' queries included), zero elsewhere.
+    torch.testing.assert_close(x_sharded.grad, x_single.grad * (shard_layout(s, mesh) > 0)[:, None], **EXACT)
+    reduced = _all_reduced_grads(sharded, mesh.get_group())
+    for name, p in single.named_parameters():
+        torch.testing.assert_close(reduced[name], p.grad, **EXACT, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def shard_layout(s: int, mesh) -> torch.Tensor:
+    """1 at the positions this rank holds, 0 elsewhere."""
+    held = torch.zeros(s)
+    held[shard_sequence(torch.arange(s)[None], mesh)[0]] = 1
+    return held
+
+
+def _worker(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    _checks(init_device_mesh("cpu", (WORLD_SIZE,)))  # an assertion error reaches mp.spawn
+    dist.barrier()  # a rank that tears gloo down while the other still talks aborts both
+    dist.destroy_process_group()
+    os._exit(0)  # see test_parallel.py: gloo's threads can abort finalisation
+
+
+def _model(**options) -> nn.Module:
+    """Two layers, so gradients flow through a ring into another ring."""
+    return nn.Sequential(
+        MultiHeadAttention(40, 4, dtype=torch.float64, **options),
+        nn.GELU(),
+        MultiHeadAttention(40, 4, dtype=torch.float64, **options),
+    )
+
+
+class _Causal(nn.Module):
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.layers = _model(**options)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x, is_causal=True) if isinstance(layer, MultiHeadAttention) else layer(x)
+        return x
+
+
+def _checks(mesh) -> None:
+    """Everything checked on each rank."""
+    # Round trip of the zig-zag layout: rank r holds chunks r and 2W-1-r.
+    x = torch.arange(8)[None]
+    held = shard_sequence(x, mesh).tolist()
+    assert held == [[[0, 1, 6, 7]], [[2, 3, 4, 5]]][mesh.get_local_rank()], held
+    assert torch.equal(unshard_sequence(shard_sequence(x, mesh), mesh), x)
+
+    # Non-causal and causal, multi-head, grouped-query with rotary positions.
+    _check_equals_single(_model, mesh)
+    _check_equals_single(_Causal, mesh)
+    _check_equals_single(lambda: _Causal(num_kv_heads=2, positional=RotaryEmbedding(10)), mesh, s=32)
+    _check_equals_single(lambda: _model(num_kv_heads=1, positional=RotaryEmbedding(10)), mesh)
+
+    # Cross-attention: queries and keys are shards of two sequences of different lengths.
+    torch.manual_seed(1)
+    single = MultiHeadAttention(40, 4, num_kv_heads=2, dtype=torch.float64)
+    sharded = context_parallel(MultiHeadAttention(40, 4, num_kv_heads=2, dtype=torch.float64), mesh)
+    sharded.load_state_dict(single.state_dict())
+    q, kv = torch.randn(2, 12, 40, dtype=torch.float64), torch.randn(2, 20, 40, dtype=torch.float64)
+    out = sharded(shard_sequence(q, mesh), shard_sequence(kv, mesh))
+    torch.testing.assert_close(out, shard_sequence(single(q, kv), mesh), **EXACT)
+
+    # float32 and bfloat16 go through the same kernel the single process uses.
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(2)
+        single = Attention(64, 4, positional=RotaryEmbedding(16))
+        sharded = context_parallel(Attention(64, 4, positional=RotaryEmbedding(16)), mesh)
+        x = torch.randn(2, 64, 64, dtype=dtype)
+        torch.testing.assert_close(
+            sharded(*(shard_sequence(x, mesh),) * 3, is_causal=True),
+            shard_sequence(single(x, x, x, is_causal=True), mesh),
+            atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype],
+        )
+
+    _check_refusals(mesh)
+
+
+def _check_refusals(mesh) -> None:
+    """What cannot be exact under context parallelism raises, before anything is computed."""
+    attn = context_parallel(MultiHeadAttention(16, 2, dropout=0.1), mesh)
+    x = torch.randn(1, 4, 16)
+    assert "context_parallel=2" in repr(attn.attention)
+    for call, match in (
+        ({"need_weights": True}, "need_weights=True is not supported under context parallelism"),
+        ({"mask": torch.ones(4, 4, dtype=torch.bool)}, "a mask is not supported under context parallelism"),
+        ({"cache": attn.new_cache(1, 8)}, "a KV cache is not supported under context parallelism"),
+        ({}, r"dropout=0.1 in training is not supported under context parallelism"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            attn(x, **call)
+    attn.eval()  # dropout is off in eval: fine
+    attn(x)
+    with pytest.raises(ValueError, match=r"is_causal=True under context parallelism needs .* s_q=4 and s_kv=6"):
+        attn(x, torch.randn(1, 6, 16), is_causal=True)
+    with pytest.raises(ValueError, match=r"its length must be even, got 3"):
+        attn(x[:, :3], is_causal=True)
+    with pytest.raises(ValueError, match=r"attention has backend='math'"):
+        context_parallel(MultiHeadAttention(16, 2, backend="math"), mesh)
+    with pytest.raises(ValueError, match=r"module must be or contain a mha.Attention, got Linear"):
+        context_parallel(nn.Linear(2, 2), mesh)
+    with pytest.raises(ValueError, match=r"x.shape\[1\]=6 must divide by 2 x the mesh size = 4"):
+        shard_sequence(torch.randn(1, 6, 2), mesh)
+    with pytest.raises(ValueError, match=r"dim must be an int in \[-3, 3\) for a 3-D x, got 3"):
+        shard_sequence(torch.randn(1, 8, 2), mesh, dim=3)
+    with pytest.raises(TypeError, match=r"mesh must be a torch.distributed DeviceMesh, got ProcessGroup"):
+        shard_sequence(torch.randn(1, 8, 2), mesh.get_group())
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
+def test_context_parallel_matches_single_process():
+    mp.spawn(_worker, args=(free_port(),), nprocs=WORLD_SIZE, join=True)
+
+
+def _blocks_equal_whole(device: str, dtype: torch.dtype) -> None:
+    """Blocks of keys merged by log-sum-exp, and their gradients, equal attention over all keys."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, device=device, dtype=dtype) for n in (40, 72, 72))
+    grad = torch.randn_like(q)
+    out = torch.zeros(q.shape, device=device)
+    lse = torch.full(q.shape[:3], float("-inf"), device=device)
+    blocks = (slice(0, 40), slice(40, 72))
+    for cols in blocks:
+        _merge(out, lse, *_block_forward(q, k[:, :, cols], v[:, :, cols], False, None))
+    out = out.to(dtype)
+    q_ref, k_ref, v_ref = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    expected = torch.nn.functional.scaled_dot_product_attention(q_ref, k_ref, v_ref)
+    expected.backward(grad)
+    tolerance = {"atol": TOLERANCE[dtype], "rtol": TOLERANCE[dtype]}
+    torch.testing.assert_close(out, expected, **tolerance)
+    dq = torch.zeros_like(q)
+    for cols in blocks:
+        block_dq, block_dk, block_dv = _block_backward(grad, q, k[:, :, cols], v[:, :, cols], out, lse, False, None)
+        dq += block_dq
+        torch.testing.assert_close(block_dk, k_ref.grad[:, :, cols], **tolerance)
+        torch.testing.assert_close(block_dv, v_ref.grad[:, :, cols], **tolerance)
+    torch.testing.assert_close(dq, q_ref.grad, **tolerance)
+
+
+def test_ring_blocks_merge_exactly_cpu():
+    _blocks_equal_whole("cpu", torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ring_blocks_merge_exactly_cuda(dtype):
+    _blocks_equal_whole("cuda", dtype)
