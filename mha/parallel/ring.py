@@ -36,6 +36,7 @@ Blocks = Callable[[int, int, bool], list[Block]]
 
 SUPPORTED_DEVICES = ("cpu", "cuda")
 LSE_ROWS = 32  # CUDA's memory-efficient kernel pads its log-sum-exp rows to a multiple of this
+HEAD_DIM_ALIGNMENT = 8  # and has no kernel for float32 head dims that are not a multiple of this
 
 
 def _block_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
@@ -43,10 +44,11 @@ def _block_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float |
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
         return out, lse
+    d, scale = q.shape[-1], _scale(q, scale)
     out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-        q, k, v, None, True, 0.0, causal, scale=scale
+        *_aligned(q, k, v), None, True, 0.0, causal, scale=scale
     )
-    return out, lse[..., : q.shape[2]]  # the CUDA kernel pads the rows to a multiple of its tile
+    return out[..., :d], lse[..., : q.shape[2]]  # the CUDA kernel pads the rows to a multiple of its tile
 
 
 def _block_backward(
@@ -62,14 +64,35 @@ def _block_backward(
             grad, q, k, v, out, lse, 0.0, causal, scale=scale
         )
         return dq, dk, dv
+    if q.dtype != torch.float32:
+        # Seen on an H200 with torch 2.11: the kernel's 16-bit backward is right with
+        # its own forward's output and log-sum-exp, but wrong (by 0.7 in bfloat16)
+        # with the ones merged over several blocks; its float32 backward is exact.
+        grads = _block_backward(*(t.float() for t in (grad, q, k, v, out)), lse, causal, scale)
+        return grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype)
     no_seed = torch.zeros((), dtype=torch.int64, device=q.device)
-    rows = q.shape[2]
-    lse = F.pad(lse, (0, -rows % LSE_ROWS))  # back to the kernel's padded layout
+    d, scale = q.shape[-1], _scale(q, scale)
+    lse = F.pad(lse, (0, -q.shape[2] % LSE_ROWS))  # back to the kernel's padded layout
+    grad, q, k, v, out = _aligned(grad, q, k, v, out)
     dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        grad, q, k, v, None, out.contiguous(), lse.contiguous(), no_seed, no_seed, 0.0, [True, True, True, False],
+        grad, q, k, v, None, out, lse.contiguous(), no_seed, no_seed, 0.0, [True, True, True, False],
         causal, scale=scale,
     )
-    return dq, dk, dv
+    return dq[..., :d], dk[..., :d], dv[..., :d]
+
+
+def _scale(q: Tensor, scale: float | None) -> float:
+    return q.shape[-1] ** -0.5 if scale is None else scale  # of the true head dim, before any padding
+
+
+def _aligned(*tensors: Tensor) -> list[Tensor]:
+    """Contiguous, with the head dim zero-padded to the CUDA kernel's alignment.
+
+    Zero columns add nothing to `q kᵀ` and give zero output columns, which
+    are cut off again.
+    """
+    pad = -tensors[0].shape[-1] % HEAD_DIM_ALIGNMENT
+    return [(F.pad(t, (0, pad)) if pad else t).contiguous() for t in tensors]
 
 
 def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> None:
