@@ -68,7 +68,7 @@ def _block_backward(
         # Seen on an H200 with torch 2.11: the kernel's 16-bit backward is right with
         # its own forward's output and log-sum-exp, but wrong (by 0.7 in bfloat16)
         # with the ones merged over several blocks; its float32 backward is exact.
-        grads = _block_backward(*(t.float() for t in (grad, q, k, v, out)), lse, causal, scale)
+        grads = _block_backward(grad.float(), q.float(), k.float(), v.float(), out.float(), lse, causal, scale)
         return grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype)
     no_seed = torch.zeros((), dtype=torch.int64, device=q.device)
     d, scale = q.shape[-1], _scale(q, scale)
