@@ -8,20 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
-def test_tensor_parallel_script_under_torchrun(tmp_path):
-    """The 'Scaling out' page's command line, on 2 CPU processes."""
+def _torchrun(tmp_path: Path, script: str, *args: str) -> list[str]:
+    """Run a docs example as its page says, on 2 CPU processes; each rank's output line."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
         # one stdout file per rank: two processes on one pipe can interleave lines
         "--log-dir", str(tmp_path), "--redirects", "1",
-        str(ROOT / "docs" / "examples" / "tensor_parallel.py"),
+        str(ROOT / "docs" / "examples" / script), *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
@@ -32,12 +34,42 @@ def test_tensor_parallel_script_under_torchrun(tmp_path):
             shutil.rmtree(old)
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
+    lines = []
     for rank in (0, 1):
         (log,) = tmp_path.glob(f"**/{rank}/stdout.log")
-        line = log.read_text().strip()
-        assert line.startswith(f"rank {rank}/2: 4 of 8 query heads"), line
-        error = float(line.rsplit("=", 1)[1])
-        assert error < 1e-5
+        lines.append(log.read_text().strip())
+        assert lines[-1].startswith(f"rank {rank}/2: "), lines[-1]
+    return lines
+
+
+def _errors(line: str) -> list[float]:
+    """The numbers after each '= ' in a rank's line."""
+    return [float(part.split(",")[0]) for part in line.split("= ")[1:]]
+
+
+def test_tensor_parallel_script_under_torchrun(tmp_path):
+    """The 'Scaling out' page's command line, on 2 CPU processes."""
+    for line in _torchrun(tmp_path, "tensor_parallel.py"):
+        assert "4 of 8 query heads" in line and _errors(line)[0] < 1e-5, line
+
+
+def test_context_parallel_script_under_torchrun(tmp_path):
+    for line in _torchrun(tmp_path, "context_parallel.py"):
+        assert "128 of 256 tokens" in line, line
+        output_error, grad_error = _errors(line)
+        assert output_error < 1e-5 and grad_error < 1e-6, line
+
+
+@pytest.mark.parametrize(("tp", "mesh"), [("2", "dp=1 x tp=2"), ("1", "dp=2 x tp=1")])
+def test_fsdp_tensor_parallel_script_under_torchrun(tmp_path, tp, mesh):
+    """One training step on a 2-D mesh equals one process: loss, gradients, parameters."""
+    for line in _torchrun(tmp_path, "fsdp_tensor_parallel.py", "--tp", tp):
+        assert f"mesh {mesh}, loss " in line, line
+        loss = float(line.split("loss ")[1].split(" ")[0])
+        single = float(line.split("(one process: ")[1].split(")")[0])
+        assert abs(loss - single) < 1e-5, line
+        grad_error, param_error = _errors(line)
+        assert grad_error < 1e-6 and param_error < 1e-6, line
 
 
 def test_figures_script_redraws_every_figure(tmp_path, monkeypatch):

@@ -65,12 +65,18 @@ def _check_divisible(name: str, module: MultiHeadAttention, world_size: int) -> 
             )
 
 
-def parallelize(module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+def parallelize(
+    module: nn.Module, device_mesh: DeviceMesh, *, extra: dict[str, ParallelStyle] | None = None
+) -> nn.Module:
     """Shard a [`mha.MultiHeadAttention`][mha.MultiHeadAttention], or every one inside `module`.
 
     Args:
         module: a `MultiHeadAttention` or a model containing some; changed in place.
-        device_mesh: a 1-D `torch.distributed.device_mesh.DeviceMesh`.
+        device_mesh: a 1-D `torch.distributed.device_mesh.DeviceMesh` (on a
+            2-D mesh, its tensor-parallel dimension, e.g. `mesh["tp"]`).
+        extra: styles for the model's other layers (an MLP's `ColwiseParallel`
+            and `RowwiseParallel`, say), keyed by their dotted paths and
+            applied in the same call.
 
     Returns:
         `module`, with projection weights turned into DTensors.
@@ -90,7 +96,7 @@ def parallelize(module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
             f"module must be or contain a mha.MultiHeadAttention, got {type(module).__name__} "
             "with none inside"
         )
-    full_plan: dict[str, ParallelStyle] = {}
+    full_plan: dict[str, ParallelStyle] = dict(extra or {})
     for name, attn in targets.items():
         _check_divisible(name, attn, world_size)
         full_plan.update(plan(name))
