@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import torch
-from common import BareSDPA, interleaved_medians, print_table, write_results
+from common import BareSDPA, gemm_gflops, interleaved_medians, print_table, write_results
 from torch import nn
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
@@ -107,11 +107,14 @@ def main() -> None:
         return
 
     torch.manual_seed(0)
+    gemm = gemm_gflops(torch.float32, args.repeats)  # the limit, measured in this run
     cases = {
         "inference": ("b=1 s=2048 h=768 n_h=12, forward, ms", inference(args.repeats), 1e3),
         "training": ("b=4 s=512 h=512 n_h=8, forward+backward, ms", training(args.repeats), 1e3),
         "memory": (f"b=1 s={args.seq} h=768 n_h=12, forward peak, MiB", peak_memory(args.seq), 1.0),
     }
+    # Four projections (8 b s h²) and the two attention products (4 b s² h); backward ≈ twice the forward.
+    flops = {"inference": 8 * 2048 * 768**2 + 4 * 2048**2 * 768, "training": 3 * (8 * 4 * 512 * 512**2 + 4 * 4 * 512**2 * 512)}
     rows, results, ok = [], {}, True
     for case, (desc, values, unit) in cases.items():
         ratios = {f"mha/{ref}": values["mha"] / values[ref] for ref in values if ref != "mha"}
@@ -120,14 +123,21 @@ def main() -> None:
         }
         ok &= all(checks.values())
         results[case] = {"description": desc, "values": values, "ratios": ratios, "targets": checks}
+        fraction = "-"
+        if case in flops:
+            results[case]["gflops"] = flops[case] / values["mha"] / 1e9
+            results[case]["fraction_of_gemm"] = results[case]["gflops"] / gemm
+            fraction = f"{results[case]['gflops']:.0f} GFLOP/s = {results[case]['fraction_of_gemm']:.0%}"
         rows.append([
             case, desc,
             *(f"{values[k] * unit:.1f}" if k in values else "-" for k in ("mha", "torch", "bare")),
             ", ".join(f"{k}={v:.2f}" for k, v in ratios.items()),
+            fraction,
             "PASS" if all(checks.values()) else "FAIL",
         ])
-    print_table(["case", "setup", "mha", "torch", "bare", "ratios", "targets"], rows)
-    path = write_results("attention", {"cases": results, "all_targets_met": ok})
+    print(f"float32 GEMM 2048³ in this run: {gemm:.0f} GFLOP/s\n")
+    print_table(["case", "setup", "mha", "torch", "bare", "ratios", "mha of GEMM", "targets"], rows)
+    path = write_results("attention", {"gemm_gflops": gemm, "cases": results, "all_targets_met": ok})
     print(f"\nwrote {path}")
 
 

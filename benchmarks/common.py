@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -53,6 +54,21 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], *, repeats: int, w
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def gemm_gflops(dtype: torch.dtype, repeats: int) -> float:
+    """GFLOP/s of a 2048³ matrix product in `dtype`: the machine's limit, measured in the same run."""
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    t = interleaved_medians({"mm": lambda: a @ b}, repeats=repeats)["mm"]
+    return 2 * n**3 / t / 1e9
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_results(name: str, payload: dict[str, object]) -> Path:

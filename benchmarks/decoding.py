@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, print_table, write_results
+from common import gemm_gflops, interleaved_medians, print_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mha import MultiHeadAttention  # noqa: E402
@@ -90,6 +90,11 @@ def main() -> None:
     shrink = memory["num_kv_heads=8"] / memory["num_kv_heads=2"]
     by_max_len = step_cost_by_max_len(m)
     max_len_ratio = by_max_len[16384] / by_max_len[128]
+    gemm = gemm_gflops(torch.float32, 15)
+    # A step: four projections of one token (8 h²) and attention over 64 filled positions (4 · 65 · h).
+    step_gflops = (8 * HIDDEN**2 + 4 * 65 * HIDDEN) / by_max_len[128] / 1e9
+    # The same step reads every projection weight once: 4 h² float32 values.
+    step_weight_gbs = 4 * HIDDEN**2 * 4 / by_max_len[128] / 1e9
     targets = {
         "speedup >= 20": speedup >= 20,
         "step at max_len 16384 / at 128 <= 1.3": max_len_ratio <= 1.3,
@@ -110,6 +115,8 @@ def main() -> None:
             ["total, recompute", f"{total_recompute:.2f} s", ""],
             ["speedup", f"{speedup:.1f}x", ">= 20: " + ("PASS" if targets["speedup >= 20"] else "FAIL")],
             *[[f"step, 64 filled, max_len {n}", f"{t * 1e3:.3f} ms", ""] for n, t in by_max_len.items()],
+            ["step at max_len 128, of the GEMM", f"{step_gflops:.1f} GFLOP/s = {step_gflops / gemm:.1%} of {gemm:.0f}",
+             f"weights read at {step_weight_gbs:.1f} GB/s: bound by memory, not FLOPs"],
             ["step at max_len 16384 / 128", f"{max_len_ratio:.2f}",
              "<= 1.3: " + ("PASS" if targets["step at max_len 16384 / at 128 <= 1.3"] else "FAIL")],
             ["per-token time, last/first quarter", f"{flatness:.2f}", "PASS" if targets["last/first quarter per-token time <= 1.5"] else "FAIL"],
@@ -126,6 +133,10 @@ def main() -> None:
             "speedup": speedup,
             "step_ms_by_max_len": {str(n): t * 1e3 for n, t in by_max_len.items()},
             "max_len_ratio": max_len_ratio,
+            "gemm_gflops": gemm,
+            "step_gflops": step_gflops,
+            "step_fraction_of_gemm": step_gflops / gemm,
+            "step_weight_gb_per_s": step_weight_gbs,
             "flatness": flatness,
             "cache_bytes": memory,
             "targets": targets,

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from common import BareSDPA, interleaved_medians, print_table, write_results
+from common import BareSDPA, gemm_gflops, interleaved_medians, print_table, write_results
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,13 +33,6 @@ WAYS = {  # name -> (parameter dtype, autocast)
     "autocast bf16": (torch.float32, True),
 }
 TARGET = 1.05  # mha in bfloat16 at most this times a bare SDPA module in bfloat16
-
-
-def gemm_gflops(dtype: torch.dtype, repeats: int) -> float:
-    n = 2048
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    t = interleaved_medians({"mm": lambda: a @ b}, repeats=repeats)["mm"]
-    return 2 * n**3 / t / 1e9
 
 
 def modules(hidden: int, heads: int, dtype: torch.dtype) -> dict[str, nn.Module]:

@@ -13,7 +13,7 @@ from torch import nn
 from helpers import TOLERANCE, free_port
 from mha import Attention, MultiHeadAttention, RotaryEmbedding
 from mha.parallel import context_parallel, shard_sequence, unshard_sequence
-from mha.parallel.ring import _block_backward, _block_forward, _merge
+from mha.parallel.ring import _attend_block, _attend_block_backward, _merge
 
 WORLD_SIZE = 2
 EXACT = {"atol": 1e-5, "rtol": 1e-5}
@@ -174,7 +174,7 @@ def _cuda_worker(rank: int, port: int) -> None:
     cuda = {"atol": 1e-4, "rtol": 1e-4}  # float32 on the GPU's kernels
     for make in (
         lambda: _Causal(*_model(torch.float32, num_kv_heads=2, positional=RotaryEmbedding(10))),
-        lambda: _model(torch.float32),
+        lambda: _model(torch.float32, num_kv_heads=1),
     ):
         _check_equals_single(make, mesh, s=48, device="cuda", tolerance=cuda)
     dist.destroy_process_group()
@@ -185,31 +185,33 @@ def test_context_parallel_on_one_cuda_rank():
     mp.spawn(_cuda_worker, args=(free_port(),), nprocs=1, join=True)
 
 
-def _blocks_equal_whole(device: str, dtype: torch.dtype, head_dim: int) -> None:
+def _blocks_equal_whole(device: str, dtype: torch.dtype, head_dim: int, kv_heads: int = 3) -> None:
     """Blocks of keys merged by log-sum-exp, and their gradients, equal attention over all keys.
 
     Both the blocks and PyTorch's own kernel in `dtype` are compared with a
     float64 reference: the blocks may be no further from it than PyTorch is.
+    With fewer key/value heads, the query heads of a group are folded into one sequence.
     """
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, n, head_dim, device=device, dtype=dtype) for n in (40, 72, 72))
+    q = torch.randn(2, 3, 40, head_dim, device=device, dtype=dtype)
+    k, v = (torch.randn(2, kv_heads, 72, head_dim, device=device, dtype=dtype) for _ in range(2))
     grad = torch.randn_like(q)
     out = torch.zeros(q.shape, device=device)
     lse = torch.full(q.shape[:3], float("-inf"), device=device)
     blocks = (slice(0, 40), slice(40, 72))
     for cols in blocks:
-        _merge(out, lse, *_block_forward(q, k[:, :, cols], v[:, :, cols], False, None))
+        _merge(out, lse, *_attend_block(q, k[:, :, cols], v[:, :, cols], False, None))
     out = out.to(dtype)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for cols in blocks:
-        dq_b, dk[:, :, cols], dv[:, :, cols] = _block_backward(
+        dq_b, dk[:, :, cols], dv[:, :, cols] = _attend_block_backward(
             grad, q, k[:, :, cols], v[:, :, cols], out, lse, False, None
         )
         dq += dq_b
 
     def sdpa(*inputs):
         leaves = [t.detach().clone().requires_grad_() for t in inputs]
-        result = torch.nn.functional.scaled_dot_product_attention(*leaves)
+        result = torch.nn.functional.scaled_dot_product_attention(*leaves, enable_gqa=True)
         result.backward(grad.to(result.dtype))
         return [result] + [t.grad for t in leaves]
 
@@ -218,17 +220,19 @@ def _blocks_equal_whole(device: str, dtype: torch.dtype, head_dim: int) -> None:
     for name, ours, theirs, exact in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), pytorch, reference, strict=True):
         our_error = (ours.double() - exact).abs().max().item()
         their_error = (theirs.double() - exact).abs().max().item()
-        print(f"{device} {dtype} d={head_dim} {name}: ring {our_error:.2e}, PyTorch {their_error:.2e}")
+        print(f"{device} {dtype} d={head_dim} n_kv={kv_heads} {name}: ring {our_error:.2e}, PyTorch {their_error:.2e}")
         assert our_error <= 2 * their_error + TOLERANCE[dtype] / 10, (name, our_error, their_error)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_ring_blocks_merge_exactly_cpu(dtype):
-    _blocks_equal_whole("cpu", dtype, head_dim=16)
+@pytest.mark.parametrize("kv_heads", [3, 1])
+def test_ring_blocks_merge_exactly_cpu(dtype, kv_heads):
+    _blocks_equal_whole("cpu", dtype, head_dim=16, kv_heads=kv_heads)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [16, 10])
-def test_ring_blocks_merge_exactly_cuda(dtype, head_dim):
-    _blocks_equal_whole("cuda", dtype, head_dim)
+@pytest.mark.parametrize("kv_heads", [3, 1])
+def test_ring_blocks_merge_exactly_cuda(dtype, head_dim, kv_heads):
+    _blocks_equal_whole("cuda", dtype, head_dim, kv_heads)

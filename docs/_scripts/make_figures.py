@@ -6,7 +6,9 @@ Run from the repository root (needs the `docs` extra, for matplotlib):
 
 Writes docs/assets/images/attention-weights.png,
 docs/assets/images/attention-padding.png, docs/assets/images/performance.png
-and docs/_snippets/performance-table.md (from benchmarks/results/*.json).
+docs/assets/images/context-parallel.png and the tables in docs/_snippets
+(performance, decoding, dtypes, hf-decoding and context-parallel, from
+benchmarks/results/*.json).
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ def performance_figures() -> None:
     plt.close(fig)
 
     rows = [
-        "| case | setup | mha | nn.MultiheadAttention | bare SDPA module | mha / torch | mha / bare | targets |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | setup | mha | nn.MultiheadAttention | bare SDPA module | mha / torch | mha / bare | mha, of the GEMM | targets |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, result in cases.items():
         unit, scale = ("MiB", 1.0) if case == "memory" else ("ms", 1e3)
@@ -127,11 +129,13 @@ def performance_figures() -> None:
         ratios = [f"{result['ratios'][r]:.2f}" if r in result["ratios"] else "—" for r in ("mha/torch", "mha/bare")]
         met = "met" if all(result["targets"].values()) else "**missed**"
         targets = ", ".join(t.replace("<=", "≤") for t in result["targets"])
-        rows.append(f"| {case} | {result['description'].rsplit(',', 1)[0]} | {' | '.join(cells)} | {' | '.join(ratios)} | {targets}: {met} |")
+        of_gemm = f"{result['gflops']:.0f} GFLOP/s, {result['fraction_of_gemm']:.0%}" if "gflops" in result else "—"
+        rows.append(f"| {case} | {result['description'].rsplit(',', 1)[0]} | {' | '.join(cells)} | {' | '.join(ratios)} | {of_gemm} | {targets}: {met} |")
     rows.append("")
     rows.append(
         f"Measured on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
-        f"Python {machine['python']}: medians of interleaved repetitions, same weights."
+        f"Python {machine['python']}: medians of interleaved repetitions, same weights. "
+        f"A float32 2048³ GEMM ran at {attention['gemm_gflops']:.0f} GFLOP/s in the same run."
     )
     (SNIPPETS / "performance-table.md").write_text("\n".join(rows) + "\n")
 
@@ -144,6 +148,8 @@ def performance_figures() -> None:
         f"| speedup | {d['speedup']:.1f}x (target ≥ 20x: {'met' if d['speedup'] >= 20 else '**missed**'}) |",
         *(f"| one step, 64 positions filled, `max_len` {n} | {t:.3f} ms |" for n, t in d["step_ms_by_max_len"].items()),
         f"| step at `max_len` 16384 / at 128 | {d['max_len_ratio']:.2f} (target ≤ 1.3) |",
+        f"| one step, of the GEMM | {d['step_gflops']:.1f} GFLOP/s, {d['step_fraction_of_gemm']:.1%} of {d['gemm_gflops']:.0f}: "
+        f"a step reads every weight for a few FLOPs each ({d['step_weight_gb_per_s']:.1f} GB/s), so memory bounds it |",
         f"| per-token time, last quarter / first quarter | {d['flatness']:.2f} (flat) |",
         f"| cache memory, 8 key/value heads | {d['cache_bytes']['num_kv_heads=8'] / 2**20:.2f} MiB |",
         f"| cache memory, 2 key/value heads | {d['cache_bytes']['num_kv_heads=2'] / 2**20:.2f} MiB (4x smaller) |",
@@ -183,11 +189,50 @@ def performance_figures() -> None:
     (SNIPPETS / "hf-decoding-table.md").write_text("\n".join(hf_rows) + "\n")
 
 
+def context_parallel_figures() -> None:
+    """Step time and peak memory per rank, 1 process against 2 ranks (benchmarks/context_parallel.py)."""
+    result = json.loads((RESULTS / "context_parallel.json").read_text())
+    machine, cases = result["machine"], result["cases"]
+    lengths = sorted({c["length"] for c in cases})
+    setups = list(dict.fromkeys(c["setup"] for c in cases))
+    colors = ["#8d99ae", "#ee6c4d", "#3f51b5"]
+    by = {(c["length"], c["setup"]): c for c in cases}
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for ax, key, label in ((axes[0], "seconds", "seconds per training step"), (axes[1], "peak_mib_per_rank", "peak MiB per rank")):
+        for j, setup in enumerate(setups):
+            for i, length in enumerate(lengths):
+                value = by[(length, setup)][key]
+                x = i + (j - 1) * 0.27
+                ax.bar(x, value, 0.25, color=colors[j], label=setup if i == 0 else None)
+                ax.text(x, value, f"{value:.1f}" if key == "seconds" else f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(lengths)), [f"{n:,} tokens" for n in lengths])
+        ax.set_ylabel(label)
+    axes[0].set_title("Time per step, lower is better")
+    axes[1].set_title("Memory per rank, lower is better")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"{cases[0]['layers']} causal layers, h={result['hidden']}, {result['heads']} heads; "
+        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, float32",
+        fontsize=9,
+    )
+    fig.savefig(IMAGES / "context-parallel.png", dpi=110)
+    plt.close(fig)
+
+    rows = ["| tokens | set-up | step | speed-up | peak memory per rank |", "|---|---|---|---|---|"]
+    for c in cases:
+        rows.append(
+            f"| {c['length']:,} | {c['setup']} | {c['seconds']:.2f} s | {c['speedup']:.2f}x | {c['peak_mib_per_rank']:.0f} MiB |"
+        )
+    (SNIPPETS / "context-parallel-table.md").write_text("\n".join(rows) + "\n")
+
+
 def main() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     SNIPPETS.mkdir(parents=True, exist_ok=True)
     attention_figures()
     performance_figures()
+    context_parallel_figures()
     print(f"wrote figures to {IMAGES} and tables to {SNIPPETS}")
 
 

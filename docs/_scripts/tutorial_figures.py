@@ -4,7 +4,7 @@ Run from the repository root:
 
     python docs/_scripts/tutorial_figures.py
 
-Writes docs/_snippets/figures/{flow,heads,masks}.{en,zh}.html: a <figure>
+Writes docs/_snippets/figures/{flow,heads,masks,parallelism}.{en,zh}.html: a <figure>
 holding an inline SVG. The pages include them with pymdownx.snippets, so
 the drawings take their colours from the site's stylesheet
 (docs/assets/stylesheets/extra.css, classes `fig-*`) and follow the light
@@ -43,6 +43,23 @@ TEXT = {
         "causal": "causal",
         "combined": "combined",
         "rows": "query ↓  key →",
+        "parallelism_title": "Who holds what on 2 ranks: data, tensor and context parallelism",
+        "parallelism_caption": "Two ranks (colours). <b>Data parallel</b>: each rank takes whole sequences of the batch. <b>Tensor parallel</b>: each rank computes some heads of every token. <b>Context parallel</b>: each rank holds zig-zag chunks of one sequence; in the causal score matrix below, a cell is coloured by the rank whose query it is, and both ranks compute 18 of the 36 cells.",
+        "rank": "rank",
+        "dp": "data parallel: the batch",
+        "dp_0": "rank 0: sequences 0–1",
+        "dp_1": "rank 1: sequences 2–3",
+        "dp_w": "weights: all on each",
+        "tp": "tensor parallel: the heads",
+        "tp_0": "rank 0: heads 0–1",
+        "tp_1": "rank 1: heads 2–3",
+        "tp_w": "weights: split by head",
+        "cp": "context parallel: the sequence",
+        "cp_0": "rank 0: tokens 0–1, 6–7",
+        "cp_1": "rank 1: tokens 2–5",
+        "cp_w": "weights: all on each",
+        "cp_scores": "causal scores: 18 cells each",
+        "tokens": "tokens →",
     },
     "zh": {
         "flow_title": "一次 MultiHeadAttention 调用，标出每个张量的形状",
@@ -65,6 +82,23 @@ TEXT = {
         "causal": "因果",
         "combined": "组合",
         "rows": "查询 ↓  键 →",
+        "parallelism_title": "两个 rank 上谁持有什么：数据并行、张量并行和上下文并行",
+        "parallelism_caption": "两个 rank（两种颜色）。<b>数据并行</b>：每个 rank 拿批次中的整条序列。<b>张量并行</b>：每个 rank 为每个词元计算一部分注意力头。<b>上下文并行</b>：每个 rank 持有同一条序列的锯齿形（zig-zag）分块；下方的因果分数矩阵里，格子的颜色表示这一行查询属于哪个 rank，两个 rank 各算 36 个格子中的 18 个。",
+        "rank": "rank",
+        "dp": "数据并行：切分批次",
+        "dp_0": "rank 0：序列 0–1",
+        "dp_1": "rank 1：序列 2–3",
+        "dp_w": "权重：每个 rank 一整份",
+        "tp": "张量并行：切分注意力头",
+        "tp_0": "rank 0：头 0–1",
+        "tp_1": "rank 1：头 2–3",
+        "tp_w": "权重：按头切分",
+        "cp": "上下文并行：切分序列",
+        "cp_0": "rank 0：词元 0–1、6–7",
+        "cp_1": "rank 1：词元 2–5",
+        "cp_w": "权重：每个 rank 一整份",
+        "cp_scores": "因果分数：各算 18 格",
+        "tokens": "词元 →",
     },
 }
 
@@ -193,7 +227,48 @@ def masks(t: dict[str, str]) -> str:
     return _svg(32 + n * cell + 34, t["masks_title"], body)
 
 
-FIGURES = {"flow": flow, "heads": heads, "masks": masks}
+def parallelism(t: dict[str, str]) -> str:
+    """Figure (d): what each of 2 ranks holds under data, tensor and context parallelism."""
+    cell, x0, tx = 20, 12, 190  # 8 columns of tokens, then the labels
+    ranks = ("fig-h0", "fig-h1")
+    body = []
+
+    def grid(y: float, rows: int, owner) -> None:
+        for i in range(rows):
+            for j in range(8):
+                rank = owner(i, j)
+                cls = "fig-cell fig-blocked" if rank is None else f"fig-cell {ranks[rank]}"
+                body.append(f'<rect class="{cls}" x="{x0 + j * cell:g}" y="{y + i * cell:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>')
+
+    def labels(y: float, keys: tuple[str, ...]) -> None:
+        for n, key in enumerate(keys):
+            cls = "fig-text" if n < 2 else "fig-shape"
+            if n < 2:
+                body.append(f'<rect class="fig-cell {ranks[n]}" x="{tx:g}" y="{y + n * 20 - 11:g}" width="12" height="12" rx="2"/>')
+            body.append(_text(tx + (18 if n < 2 else 0), y + n * 20, t[key], cls, "start"))
+
+    zigzag = (0, 1, 1, 0)  # chunk -> rank: rank r holds chunks r and 2W-1-r
+    y = 22
+    body.append(_text(x0, y, t["dp"], "fig-text", "start"))
+    grid(y + 10, 4, lambda i, j: i // 2)
+    labels(y + 30, ("dp_0", "dp_1", "dp_w"))
+    y += 112
+    body.append(_text(x0, y, t["tp"], "fig-text", "start"))
+    grid(y + 10, 4, lambda i, j: i // 2)
+    labels(y + 30, ("tp_0", "tp_1", "tp_w"))
+    y += 112
+    body.append(_text(x0, y, t["cp"], "fig-text", "start"))
+    grid(y + 10, 1, lambda i, j: zigzag[j // 2])
+    labels(y + 24, ("cp_0", "cp_1", "cp_w"))
+    body.append(_text(x0 + 4 * cell, y + 50, t["tokens"], "fig-shape"))
+    y += 66
+    grid(y, 8, lambda i, j: zigzag[i // 2] if j <= i else None)
+    body.append(_text(tx, y + 90, t["cp_scores"], "fig-shape", "start"))
+    body.append(_text(tx, y + 112, t["rows"], "fig-shape", "start"))
+    return _svg(y + 8 * cell + 10, t["parallelism_title"], body)
+
+
+FIGURES = {"flow": flow, "heads": heads, "masks": masks, "parallelism": parallelism}
 
 
 def render() -> dict[str, str]:

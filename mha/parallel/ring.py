@@ -95,6 +95,43 @@ def _aligned(*tensors: Tensor) -> list[Tensor]:
     return [(F.pad(t, (0, pad)) if pad else t).contiguous() for t in tensors]
 
 
+def _fold(x: Tensor, group: int) -> Tensor:
+    """`(b, n_kv * g, s, ...)` -> `(b, n_kv, g * s, ...)`: a key/value head's query heads as one longer sequence."""
+    return x.reshape(x.shape[0], x.shape[1] // group, group * x.shape[2], *x.shape[3:])
+
+
+def _attend_block(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
+    """`_block_forward` for `n_h` query heads over `n_kv` key/value heads.
+
+    Without a mask, the query heads that share a key/value head are folded
+    into one longer sequence, so the keys and values are never copied per
+    head. A causal block needs each head's own positions: there they are repeated.
+    """
+    group = q.shape[1] // k.shape[1]
+    if group == 1:
+        return _block_forward(q, k, v, causal, scale)
+    if causal:
+        return _block_forward(q, _repeat_kv(k, group), _repeat_kv(v, group), True, scale)
+    out, lse = _block_forward(_fold(q, group), k, v, False, scale)
+    return out.reshape(q.shape), lse.reshape(q.shape[:3])
+
+
+def _attend_block_backward(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`_block_backward` for grouped heads, as in `_attend_block`; key/value gradients per key/value head."""
+    group = q.shape[1] // k.shape[1]
+    if group == 1:
+        return _block_backward(grad, q, k, v, out, lse, causal, scale)
+    if causal:
+        dq, dk, dv = _block_backward(grad, q, _repeat_kv(k, group), _repeat_kv(v, group), out, lse, True, scale)
+        # The query heads of a group share a key/value head: sum their gradients.
+        return dq, dk.unflatten(1, (-1, group)).sum(2), dv.unflatten(1, (-1, group)).sum(2)
+    grad, folded_q, out, lse = (_fold(t, group) for t in (grad, q, out, lse))
+    dq, dk, dv = _block_backward(grad, folded_q, k, v, out, lse, False, scale)
+    return dq.reshape(q.shape), dk, dv
+
+
 def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> None:
     """Fold one block's result into the running `out` and `lse` (float32 or wider), in place."""
     merged = torch.logaddexp(lse, block_lse)
@@ -144,14 +181,13 @@ class Ring:
         """`(b, n_h, s, d)` queries, `(b, n_kv, s, d)` keys and values -> output and log-sum-exp.
 
         The log-sum-exp is float32, or float64 for float64 inputs."""
-        group = q.shape[1] // k.shape[1]
         accumulate = torch.promote_types(q.dtype, torch.float32)  # the kernels' log-sum-exp dtype
         out = q.new_zeros(q.shape, dtype=accumulate)
         lse = q.new_full(q.shape[:3], float("-inf"), dtype=accumulate)
         for source, kv in self._visits(torch.stack([k, v])):
             for rows, cols, block_causal in self.blocks(source, q.shape[2], causal):
-                block_k, block_v = (_repeat_kv(t[:, :, cols], group) for t in kv)
-                block_out, block_lse = _block_forward(q[:, :, rows], block_k, block_v, block_causal, scale)
+                block_k, block_v = kv[0][:, :, cols], kv[1][:, :, cols]
+                block_out, block_lse = _attend_block(q[:, :, rows], block_k, block_v, block_causal, scale)
                 _merge(out[:, :, rows], lse[:, :, rows], block_out, block_lse)
         return out.to(q.dtype), lse
 
@@ -160,7 +196,6 @@ class Ring:
         scale: float | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Gradients of the queries, keys and values of this rank."""
-        group = q.shape[1] // k.shape[1]
         grad = grad.contiguous()
         dq = torch.zeros_like(q, dtype=lse.dtype)
         # The key/value gradients travel one step behind their keys and values:
@@ -171,15 +206,13 @@ class Ring:
         for source, kv in self._visits(torch.stack([k, v])):
             dkv = torch.zeros_like(kv, dtype=lse.dtype)
             for rows, cols, block_causal in self.blocks(source, q.shape[2], causal):
-                block_k, block_v = (_repeat_kv(t[:, :, cols], group) for t in kv)
-                block_dq, block_dk, block_dv = _block_backward(
-                    grad[:, :, rows], q[:, :, rows], block_k, block_v, out[:, :, rows], lse[:, :, rows],
-                    block_causal, scale,
+                block_dq, block_dk, block_dv = _attend_block_backward(
+                    grad[:, :, rows], q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], out[:, :, rows],
+                    lse[:, :, rows], block_causal, scale,
                 )
                 dq[:, :, rows] += block_dq
-                # Query heads of one group share a key/value head: sum their gradients.
-                dkv[0][:, :, cols] += block_dk.unflatten(1, (-1, group)).sum(2)
-                dkv[1][:, :, cols] += block_dv.unflatten(1, (-1, group)).sum(2)
+                dkv[0][:, :, cols] += block_dk
+                dkv[1][:, :, cols] += block_dv
             for request in requests:
                 request.wait()
             if travelling is not None:
