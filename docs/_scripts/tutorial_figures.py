@@ -58,7 +58,8 @@ TEXT = {
         "cp_0": "rank 0: tokens 0–1, 6–7",
         "cp_1": "rank 1: tokens 2–5",
         "cp_w": "weights: all on each",
-        "cp_scores": "causal scores: 18 cells each",
+        "cp_scores": "causal scores:",
+        "cp_scores_2": "18 cells each",
         "tokens": "tokens →",
     },
     "zh": {
@@ -97,7 +98,8 @@ TEXT = {
         "cp_0": "rank 0：词元 0–1、6–7",
         "cp_1": "rank 1：词元 2–5",
         "cp_w": "权重：每个 rank 一整份",
-        "cp_scores": "因果分数：各算 18 格",
+        "cp_scores": "因果分数：",
+        "cp_scores_2": "每个 rank 18 格",
         "tokens": "词元 →",
     },
 }
@@ -229,7 +231,7 @@ def masks(t: dict[str, str]) -> str:
 
 def parallelism(t: dict[str, str]) -> str:
     """Figure (d): what each of 2 ranks holds under data, tensor and context parallelism."""
-    cell, x0, tx = 20, 12, 190  # 8 columns of tokens, then the labels
+    cell, x0, tx = 20, 8, 180  # 8 columns of tokens, then the labels
     ranks = ("fig-h0", "fig-h1")
     body = []
 
@@ -242,10 +244,9 @@ def parallelism(t: dict[str, str]) -> str:
 
     def labels(y: float, keys: tuple[str, ...]) -> None:
         for n, key in enumerate(keys):
-            cls = "fig-text" if n < 2 else "fig-shape"
-            if n < 2:
+            if n < 2:  # a rank: its colour, then what it holds
                 body.append(f'<rect class="fig-cell {ranks[n]}" x="{tx:g}" y="{y + n * 20 - 11:g}" width="12" height="12" rx="2"/>')
-            body.append(_text(tx + (18 if n < 2 else 0), y + n * 20, t[key], cls, "start"))
+            body.append(_text(tx + (18 if n < 2 else 0), y + n * 20, t[key], "fig-text", "start"))
 
     zigzag = (0, 1, 1, 0)  # chunk -> rank: rank r holds chunks r and 2W-1-r
     y = 22
@@ -263,8 +264,9 @@ def parallelism(t: dict[str, str]) -> str:
     body.append(_text(x0 + 4 * cell, y + 50, t["tokens"], "fig-shape"))
     y += 66
     grid(y, 8, lambda i, j: zigzag[i // 2] if j <= i else None)
-    body.append(_text(tx, y + 90, t["cp_scores"], "fig-shape", "start"))
-    body.append(_text(tx, y + 112, t["rows"], "fig-shape", "start"))
+    body.append(_text(tx, y + 70, t["cp_scores"], "fig-text", "start"))
+    body.append(_text(tx, y + 90, t["cp_scores_2"], "fig-text", "start"))
+    body.append(_text(tx, y + 116, t["rows"], "fig-shape", "start"))
     return _svg(y + 8 * cell + 10, t["parallelism_title"], body)
 
 
