@@ -248,16 +248,17 @@ class Attention(nn.Module):
         self, s_q: int, s_kv: int, mask: object, is_causal: object, need_weights: object, cache: object
     ) -> None:
         """Refuse what ring attention cannot do exactly, rather than attend within the local shard."""
-        refused = {
-            "need_weights=True": need_weights,
-            "a mask": mask is not None,
-            "a KV cache": cache is not None,
-            f"dropout={self.dropout} in training": self.training and self.dropout > 0,
-        }
-        for what, given in refused.items():
+        refused = (
+            ("need_weights=True", need_weights),
+            ("a mask", mask is not None),
+            ("a KV cache", cache is not None),
+            ("dropout in training", self.training and self.dropout > 0),
+        )
+        for what, given in refused:
             if given:
+                detail = f" (dropout={self.dropout})" if what.startswith("dropout") else ""
                 raise ValueError(
-                    f"{what} is not supported under context parallelism: each rank holds only part "
+                    f"{what}{detail} is not supported under context parallelism: each rank holds only part "
                     "of the sequence, and the ring computes attention without weights, masks, "
                     "caches or dropout; use is_causal=True for causal masking, or .eval() for dropout"
                 )

@@ -136,7 +136,7 @@ def _check_refusals(mesh) -> None:
         ({"need_weights": True}, "need_weights=True is not supported under context parallelism"),
         ({"mask": torch.ones(4, 4, dtype=torch.bool)}, "a mask is not supported under context parallelism"),
         ({"cache": attn.new_cache(1, 8)}, "a KV cache is not supported under context parallelism"),
-        ({}, r"dropout=0.1 in training is not supported under context parallelism"),
+        ({}, r"dropout in training \(dropout=0.1\) is not supported under context parallelism"),
     ):
         with pytest.raises(ValueError, match=match):
             attn(x, **call)

@@ -221,6 +221,31 @@ def context_parallel(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
     Raises:
         ValueError: if the mesh is not 1-D, `module` holds no `Attention`, or
             one of them has `backend="math"`.
+
+    Examples:
+        One process here, so the mesh has one rank; under `torchrun` every
+        rank runs the same lines (see the scaling-out guide's script).
+
+        >>> import torch, torch.distributed as dist
+        >>> from torch.distributed.device_mesh import init_device_mesh
+        >>> from mha import MultiHeadAttention
+        >>> from mha.parallel import context_parallel, shard_sequence, unshard_sequence
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> mesh = init_device_mesh("cpu", (1,))
+        >>> _ = torch.manual_seed(0)
+        >>> plain = MultiHeadAttention(32, 4, num_kv_heads=2)
+        >>> sharded = context_parallel(MultiHeadAttention(32, 4, num_kv_heads=2), mesh)
+        >>> sharded.load_state_dict(plain.state_dict())
+        <All keys matched successfully>
+        >>> x = torch.randn(2, 16, 32)
+        >>> out = unshard_sequence(sharded(shard_sequence(x, mesh), is_causal=True), mesh)
+        >>> torch.allclose(out, plain(x, is_causal=True), atol=1e-6)
+        True
+        >>> sharded(x, need_weights=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: need_weights=True is not supported under context parallelism: ...
+        >>> dist.destroy_process_group()
     """
     targets = {name: m for name, m in module.named_modules() if isinstance(m, Attention)}
     if not targets:
