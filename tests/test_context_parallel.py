@@ -52,6 +52,10 @@ def _check_equals_single(make, mesh, s: int = 24, device: str = "cpu", tolerance
     reduced = _all_reduced_grads(sharded, mesh.get_group())
     for name, p in single.named_parameters():
         torch.testing.assert_close(reduced[name], p.grad, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
+    # The same loss on the gathered sequence on every rank, divided by W, gives the same input gradients.
+    x_gathered = x.clone().requires_grad_()
+    (unshard_sequence(sharded(shard_sequence(x_gathered, mesh), **call), mesh) * target).sum().div(mesh.size()).backward()
+    torch.testing.assert_close(x_gathered.grad, x_single.grad * held, **tolerance)
 
 
 def shard_layout(s: int, mesh) -> torch.Tensor:

@@ -87,6 +87,9 @@ def unshard_sequence(y: Tensor, mesh: DeviceMesh, *, dim: int = 1) -> Tensor:
 
     The inverse of [`shard_sequence`][mha.parallel.context.shard_sequence]:
     `unshard_sequence(shard_sequence(x, mesh), mesh)` equals `x` on every rank.
+    Its gradient sums what every rank sends back, as an all-gather's does: if
+    every rank computes the same loss on the full sequence, divide it by `W`
+    (or compute the loss on the local shard, as training usually does).
 
     Shape:
         y: `(b, s / W, h)` with `dim=1`; returns `(b, s, h)`.
