@@ -1,7 +1,7 @@
 """Context parallelism on this machine: one long causal sequence, 1 process against 2 ranks.
 
 A training step (forward, backward, and the gradient all-reduce context
-parallelism needs) of `--layers` causal self-attention layers (hidden 512,
+parallelism needs) of a stack of causal self-attention layers (hidden 512,
 8 query and 2 key/value heads, rotary positions, float32) on one sequence,
 in three set-ups that use the same two cores:
 
@@ -17,7 +17,7 @@ system at once and resident memory follows the tensors alive (by default,
 freed blocks under 32 MiB stay in the heap and inflate the peak). The set-ups take turns, round
 after round, and each reports the median step time of all its rounds.
 
-    python benchmarks/context_parallel.py            # 8,192 and 32,768 tokens, 2 layers
+    python benchmarks/context_parallel.py    # 8,192 and 32,768 tokens with 2 layers, 8,192 with 8
 """
 
 from __future__ import annotations
@@ -112,14 +112,14 @@ def run(ranks: int, threads: int, length: int, layers: int, steps: int) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768])
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--cases", nargs="+", default=["8192x2", "32768x2", "8192x8"], help="TOKENSxLAYERS")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")  # read by each spawned process's allocator
 
     cases = []
-    for length in args.lengths:
+    for case in args.cases:
+        length, layers = (int(n) for n in case.split("x"))
         times: dict[str, list[float]] = {name: [] for name in SETUPS}
         memory: dict[str, float] = {}
         for _ in range(args.rounds):
@@ -127,20 +127,20 @@ def main() -> None:
                 # The first step of a fresh process allocates; at short lengths it is
                 # dropped, at long ones it is a small share of a step and kept.
                 warm = length < 16384
-                step_times, memory[name] = run(ranks, threads, length, args.layers, 1 + warm)
+                step_times, memory[name] = run(ranks, threads, length, layers, 1 + warm)
                 times[name] += step_times[warm:]
         base = statistics.median(times["1 process, 1 thread"])
         for name in SETUPS:
             seconds = statistics.median(times[name])
             cases.append({
-                "length": length, "layers": args.layers, "setup": name, "seconds": seconds,
+                "length": length, "layers": layers, "setup": name, "seconds": seconds,
                 "speedup": base / seconds, "peak_mib_per_rank": memory[name],
             })
     rows = [
-        [c["length"], c["setup"], f"{c['seconds']:.2f}", f"{c['speedup']:.2f}x", f"{c['peak_mib_per_rank']:.0f}"]
+        [c["length"], c["layers"], c["setup"], f"{c['seconds']:.2f}", f"{c['speedup']:.2f}x", f"{c['peak_mib_per_rank']:.0f}"]
         for c in cases
     ]
-    print_table(["tokens", "set-up", "step (s)", "speed-up", "peak MiB per rank"], rows)
+    print_table(["tokens", "layers", "set-up", "step (s)", "speed-up", "peak MiB per rank"], rows)
     path = write_results(
         "context_parallel",
         {"hidden": HIDDEN, "heads": HEADS, "kv_heads": KV_HEADS, "rounds": args.rounds, "cases": cases},

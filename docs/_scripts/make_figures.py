@@ -193,36 +193,37 @@ def context_parallel_figures() -> None:
     """Step time and peak memory per rank, 1 process against 2 ranks (benchmarks/context_parallel.py)."""
     result = json.loads((RESULTS / "context_parallel.json").read_text())
     machine, cases = result["machine"], result["cases"]
-    lengths = sorted({c["length"] for c in cases})
+    shapes = list(dict.fromkeys((c["length"], c["layers"]) for c in cases))  # in the benchmark's order
     setups = list(dict.fromkeys(c["setup"] for c in cases))
     colors = ["#8d99ae", "#ee6c4d", "#3f51b5"]
-    by = {(c["length"], c["setup"]): c for c in cases}
+    by = {(c["length"], c["layers"], c["setup"]): c for c in cases}
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     for ax, key, label in ((axes[0], "seconds", "seconds per training step"), (axes[1], "peak_mib_per_rank", "peak MiB per rank")):
         for j, setup in enumerate(setups):
-            for i, length in enumerate(lengths):
-                value = by[(length, setup)][key]
+            for i, (length, layers) in enumerate(shapes):
+                value = by[(length, layers, setup)][key]
                 x = i + (j - 1) * 0.27
                 ax.bar(x, value, 0.25, color=colors[j], label=setup if i == 0 else None)
                 ax.text(x, value, f"{value:.1f}" if key == "seconds" else f"{value:.0f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(lengths)), [f"{n:,} tokens" for n in lengths])
+        ax.set_xticks(range(len(shapes)), [f"{n:,} tokens\n{layers} layers" for n, layers in shapes])
         ax.set_ylabel(label)
     axes[0].set_title("Time per step, lower is better")
     axes[1].set_title("Memory per rank, lower is better")
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        f"{cases[0]['layers']} causal layers, h={result['hidden']}, {result['heads']} heads; "
+        f"causal self-attention layers, h={result['hidden']}, {result['heads']} heads, {result['kv_heads']} key/value heads; "
         f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, float32",
         fontsize=9,
     )
     fig.savefig(IMAGES / "context-parallel.png", dpi=110)
     plt.close(fig)
 
-    rows = ["| tokens | set-up | step | speed-up | peak memory per rank |", "|---|---|---|---|---|"]
+    rows = ["| tokens | layers | set-up | step | speed-up | peak memory per rank |", "|---|---|---|---|---|---|"]
     for c in cases:
         rows.append(
-            f"| {c['length']:,} | {c['setup']} | {c['seconds']:.2f} s | {c['speedup']:.2f}x | {c['peak_mib_per_rank']:.0f} MiB |"
+            f"| {c['length']:,} | {c['layers']} | {c['setup']} | {c['seconds']:.2f} s | {c['speedup']:.2f}x | "
+            f"{c['peak_mib_per_rank']:.0f} MiB |"
         )
     (SNIPPETS / "context-parallel-table.md").write_text("\n".join(rows) + "\n")
 
