@@ -1,6 +1,6 @@
 """Per-token decoding latency: mha against Hugging Face Transformers' Llama attention layer.
 
-Run: ``python benchmarks/hf_decoding.py`` (about a minute on 2 cores; needs
+Run: ``python benchmarks/hf_decoding.py`` (about half a minute on 2 cores; needs
 ``pip install "mha[bench]"``). Prints a table and writes
 ``benchmarks/results/hf_decoding.json``.
 
@@ -124,7 +124,7 @@ class Contenders:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     rows, results, ok = [], [], True
     with torch.inference_mode():

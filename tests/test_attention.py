@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import TOLERANCE, assert_close, merge, randomize_biases, reference_attention, split
-from mha import Attention, MultiHeadAttention, from_torch, to_torch
+from mha import Attention, MultiHeadAttention, from_torch, functional, to_torch
 from mha.masks import causal_mask, padding_mask
 
 B, S_Q, S_KV, H, N_H = 2, 5, 7, 24, 3  # distinct sizes: a swapped axis cannot pass
@@ -217,6 +217,22 @@ def test_grouped_query_equals_mha_with_repeated_heads(num_kv_heads):
     wa = gqa(x, need_weights=True)[1]
     wb = full(x, need_weights=True)[1]
     torch.testing.assert_close(wa, wb, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mask_shape", [None, (3, 1, 1, 9), (9,)])
+@pytest.mark.parametrize("num_kv_heads", [1, 2])
+def test_grouped_single_query_matches_the_reference(num_kv_heads, mask_shape):
+    """One query per head (decoding) takes the folded path: the group's heads as one head's queries."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 4, 1, 8)
+    k, v = torch.randn(3, num_kv_heads, 9, 8), torch.randn(3, num_kv_heads, 9, 8)
+    mask = None if mask_shape is None else torch.rand(mask_shape) > 0.4
+    if mask is not None and mask.ndim == 4:
+        mask[1] = False  # a sample that may attend to nothing: zero context
+    context, _ = functional.attention(q, k, v, mask=mask)
+    allowed = None if mask is None else mask.expand(3, 4, 1, 9)
+    expected, _ = reference_attention(q, k, v, allowed)
+    assert_close(context, expected.float())
 
 
 # --- rows with nothing to attend to -----------------------------------------
