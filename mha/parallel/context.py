@@ -244,10 +244,11 @@ def context_parallel(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
         >>> out = unshard_sequence(sharded(shard_sequence(x, mesh), is_causal=True), mesh)
         >>> torch.allclose(out, plain(x, is_causal=True), atol=1e-6)
         True
-        >>> sharded(x, need_weights=True)
-        Traceback (most recent call last):
-        ...
-        ValueError: need_weights=True is not supported under context parallelism: ...
+        >>> try:
+        ...     sharded(x, need_weights=True)
+        ... except ValueError as error:
+        ...     print(str(error).split(":")[0])
+        need_weights=True is not supported under context parallelism
         >>> dist.destroy_process_group()
     """
     targets = {name: m for name, m in module.named_modules() if isinstance(m, Attention)}
