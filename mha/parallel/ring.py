@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import functional as F
 
-from mha.functional import _repeat_kv
+from mha.functional import _fold_groups, _repeat_kv
 
 __all__: list[str] = []  # internal: used by mha.parallel.context
 
@@ -95,11 +95,6 @@ def _aligned(*tensors: Tensor) -> list[Tensor]:
     return [(F.pad(t, (0, pad)) if pad else t).contiguous() for t in tensors]
 
 
-def _fold(x: Tensor, group: int) -> Tensor:
-    """`(b, n_kv * g, s, ...)` -> `(b, n_kv, g * s, ...)`: a key/value head's query heads as one longer sequence."""
-    return x.reshape(x.shape[0], x.shape[1] // group, group * x.shape[2], *x.shape[3:])
-
-
 def _attend_block(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
     """`_block_forward` for `n_h` query heads over `n_kv` key/value heads.
 
@@ -112,7 +107,7 @@ def _attend_block(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | 
         return _block_forward(q, k, v, causal, scale)
     if causal:
         return _block_forward(q, _repeat_kv(k, group), _repeat_kv(v, group), True, scale)
-    out, lse = _block_forward(_fold(q, group), k, v, False, scale)
+    out, lse = _block_forward(_fold_groups(q, group), k, v, False, scale)
     return out.reshape(q.shape), lse.reshape(q.shape[:3])
 
 
@@ -127,7 +122,7 @@ def _attend_block_backward(
         dq, dk, dv = _block_backward(grad, q, _repeat_kv(k, group), _repeat_kv(v, group), out, lse, True, scale)
         # The query heads of a group share a key/value head: sum their gradients.
         return dq, dk.unflatten(1, (-1, group)).sum(2), dv.unflatten(1, (-1, group)).sum(2)
-    grad, folded_q, out, lse = (_fold(t, group) for t in (grad, q, out, lse))
+    grad, folded_q, out, lse = (_fold_groups(t, group) for t in (grad, q, out, lse))
     dq, dk, dv = _block_backward(grad, folded_q, k, v, out, lse, False, scale)
     return dq.reshape(q.shape), dk, dv
 
@@ -177,25 +172,24 @@ class Ring:
                 request.wait()
             kv = incoming
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
-        """`(b, n_h, s, d)` queries, `(b, n_kv, s, d)` keys and values -> output and log-sum-exp.
+    def forward(self, q: Tensor, kv: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
+        """`(b, n_h, s, d)` queries, `(2, b, n_kv, s, d)` stacked keys and values -> output and log-sum-exp.
 
         The log-sum-exp is float32, or float64 for float64 inputs."""
         accumulate = torch.promote_types(q.dtype, torch.float32)  # the kernels' log-sum-exp dtype
         out = q.new_zeros(q.shape, dtype=accumulate)
         lse = q.new_full(q.shape[:3], float("-inf"), dtype=accumulate)
-        for source, kv in self._visits(torch.stack([k, v])):
+        for source, visiting in self._visits(kv):
             for rows, cols, block_causal in self.blocks(source, q.shape[2], causal):
-                block_k, block_v = kv[0][:, :, cols], kv[1][:, :, cols]
+                block_k, block_v = visiting[0][:, :, cols], visiting[1][:, :, cols]
                 block_out, block_lse = _attend_block(q[:, :, rows], block_k, block_v, block_causal, scale)
                 _merge(out[:, :, rows], lse[:, :, rows], block_out, block_lse)
         return out.to(q.dtype), lse
 
     def backward(
-        self, grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
-        scale: float | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Gradients of the queries, keys and values of this rank."""
+        self, grad: Tensor, q: Tensor, kv: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float | None
+    ) -> tuple[Tensor, Tensor]:
+        """Gradients of this rank's queries and of its stacked keys and values."""
         grad = grad.contiguous()
         dq = torch.zeros_like(q, dtype=lse.dtype)
         # The key/value gradients travel one step behind their keys and values:
@@ -203,11 +197,11 @@ class Ring:
         # every rank receives the gradients of its own shard.
         requests: list[Any] = []
         travelling: Tensor | None = None
-        for source, kv in self._visits(torch.stack([k, v])):
-            dkv = torch.zeros_like(kv, dtype=lse.dtype)
+        for source, visiting in self._visits(kv):
+            dkv = torch.zeros_like(visiting, dtype=lse.dtype)
             for rows, cols, block_causal in self.blocks(source, q.shape[2], causal):
                 block_dq, block_dk, block_dv = _attend_block_backward(
-                    grad[:, :, rows], q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], out[:, :, rows],
+                    grad[:, :, rows], q[:, :, rows], visiting[0][:, :, cols], visiting[1][:, :, cols], out[:, :, rows],
                     lse[:, :, rows], block_causal, scale,
                 )
                 dq[:, :, rows] += block_dq
@@ -220,8 +214,8 @@ class Ring:
             requests, travelling = self._pass_on(dkv)
         for request in requests:
             request.wait()
-        dk, dv = cast(Tensor, travelling)  # the ring has at least one rank, so one step ran
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+        dkv = cast(Tensor, travelling)  # the ring has at least one rank, so one step ran
+        return dq.to(q.dtype), dkv.to(kv.dtype)
 
 
 class RingAttention(torch.autograd.Function):
@@ -231,13 +225,14 @@ class RingAttention(torch.autograd.Function):
     def forward(
         ctx: Any, q: Tensor, k: Tensor, v: Tensor, ring: Ring, causal: bool, scale: float | None
     ) -> Tensor:
-        out, lse = ring.forward(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
+        kv = torch.stack([k, v])  # one tensor to send around the ring, in both passes
+        out, lse = ring.forward(q, kv, causal, scale)
+        ctx.save_for_backward(q, kv, out, lse)
         ctx.ring, ctx.causal, ctx.scale = ring, causal, scale
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.ring.backward(grad, q, k, v, out, lse, ctx.causal, ctx.scale)
-        return dq, dk, dv, None, None, None
+        q, kv, out, lse = ctx.saved_tensors
+        dq, dkv = ctx.ring.backward(grad, q, kv, out, lse, ctx.causal, ctx.scale)
+        return dq, dkv[0], dkv[1], None, None, None
