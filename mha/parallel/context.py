@@ -173,13 +173,15 @@ class ContextParallel:
         """Raise if the local lengths cannot be zig-zag shards of one sequence."""
         if s_q == 0 or s_kv == 0:
             raise ValueError(f"context parallelism needs tokens on every rank, got s_q={s_q}, s_kv={s_kv}")
-        if (is_causal or rotary) and s_q != s_kv:
+        if not (is_causal or rotary):
+            return  # any lengths: every query attends to every rank's keys
+        if s_q != s_kv:
             what = "is_causal=True" if is_causal else "rotary positions"
             raise ValueError(
                 f"{what} under context parallelism needs the queries and keys to be shards of one "
                 f"sequence (s_q == s_kv), got s_q={s_q} and s_kv={s_kv}"
             )
-        if (is_causal or rotary) and s_q % 2:
+        if s_q % 2:
             raise ValueError(
                 f"a zig-zag shard holds two equal chunks, so its length must be even, got {s_q}; "
                 "split inputs with mha.parallel.shard_sequence"
