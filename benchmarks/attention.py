@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import torch
-from common import BareSDPA, gemm_gflops, interleaved_medians, print_table, write_results
+from common import BareSDPA, gemm_gflops, interleaved_medians, print_table, self_attention_flops, write_results
 from torch import nn
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
@@ -113,8 +113,7 @@ def main() -> None:
         "training": ("b=4 s=512 h=512 n_h=8, forward+backward, ms", training(args.repeats), 1e3),
         "memory": (f"b=1 s={args.seq} h=768 n_h=12, forward peak, MiB", peak_memory(args.seq), 1.0),
     }
-    # Four projections (8 b s h²) and the two attention products (4 b s² h); backward ≈ twice the forward.
-    flops = {"inference": 8 * 2048 * 768**2 + 4 * 2048**2 * 768, "training": 3 * (8 * 4 * 512 * 512**2 + 4 * 4 * 512**2 * 512)}
+    flops = {"inference": self_attention_flops(1, 2048, 768), "training": 3 * self_attention_flops(4, 512, 512)}
     rows, results, ok = [], {}, True
     for case, (desc, values, unit) in cases.items():
         ratios = {f"mha/{ref}": values["mha"] / values[ref] for ref in values if ref != "mha"}

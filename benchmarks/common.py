@@ -64,6 +64,14 @@ def gemm_gflops(dtype: torch.dtype, repeats: int) -> float:
     return 2 * n**3 / t / 1e9
 
 
+def self_attention_flops(b: int, s: int, h: int) -> int:
+    """FLOPs of one self-attention forward: four projections (8 b s h²) and q kᵀ and weights v (4 b s² h).
+
+    A backward pass costs about twice the forward, so a training step is 3x this.
+    """
+    return 8 * b * s * h * h + 4 * b * s * s * h
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now, for a process group."""
     with socket.socket() as s:

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from common import BareSDPA, gemm_gflops, interleaved_medians, print_table, write_results
+from common import BareSDPA, gemm_gflops, interleaved_medians, print_table, self_attention_flops, write_results
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,7 +52,7 @@ def forward_case(way: str, repeats: int) -> tuple[dict[str, float], float]:
     x = torch.randn(b, s, h, dtype=dtype)
     with torch.inference_mode(), context(autocast):
         times = interleaved_medians({k: (lambda m=m: m(x)) for k, m in mods.items()}, repeats=repeats)
-    return times, 8 * b * s * h * h + 4 * b * s * s * h  # four projections; q kᵀ and weights v
+    return times, self_attention_flops(b, s, h)
 
 
 def training_case(way: str, repeats: int) -> tuple[dict[str, float], float]:
@@ -68,7 +68,7 @@ def training_case(way: str, repeats: int) -> tuple[dict[str, float], float]:
         out.float().sum().backward()
 
     times = interleaved_medians({k: (lambda m=m: step(m)) for k, m in mods.items()}, repeats=repeats)
-    return times, 3 * (8 * b * s * h * h + 4 * b * s * s * h)  # backward ~ twice the forward
+    return times, 3 * self_attention_flops(b, s, h)
 
 
 def decoding_case(way: str, repeats: int) -> tuple[dict[str, float], float]:
