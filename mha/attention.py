@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from mha import _checks, masks
 from mha.cache import KVCache
-from mha.functional import BACKENDS, Backend, Dispatch, attend, choose_path, path_for
-from mha.rotary import RotaryEmbedding
+from mha.functional import BACKENDS, Backend, Dispatch, attend, attend_token, choose_path, path_for
+from mha.rotary import Angles, RotaryEmbedding
 
 __all__ = ["Attention", "MultiHeadAttention", "SequenceLayout"]
 
@@ -314,12 +314,12 @@ class Attention(nn.Module):
             if self.positional is not None:
                 if token_mask is None and cache.token_mask is None and not torch.compiler.is_compiling():
                     # Eager, every slot a real token: positions are the slots themselves.
-                    cos, sin = self.positional.angles_at(cache.length, s_q, q.dtype, q.device)
+                    angles: Angles = self.positional.angles_at(cache.length, s_q, q.dtype, q.device)
                 else:
                     positions = cache.positions(s_q, token_mask)  # (s_q,), or (b, s_q) in a ragged batch
                     # Positions never exceed the slots written (padding counts only in slots).
-                    cos, sin = self.positional.angles(positions, q.dtype, q.device, end=cache.length + s_q)
-                q, k = self.positional.rotate(q, cos, sin), self.positional.rotate(k, cos, sin)
+                    angles = self.positional.angles(positions, q.dtype, q.device, end=cache.length + s_q)
+                q, k = self.positional.rotate(q, angles), self.positional.rotate(k, angles)
             k, v = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice
             if mask is not None and mask.shape[-1] > k.shape[2]:
                 mask = mask[..., : k.shape[2]]  # a mask over all s_max slots, cut to the filled ones
@@ -339,6 +339,24 @@ class Attention(nn.Module):
             return context, cast(Tensor, weights)  # need_weights chose the math path, which returns them
         return context
 
+    def _attend_token(self, query: Tensor, key: Tensor, value: Tensor, cache: KVCache) -> Tensor:
+        """[`_attend`][mha.Attention._attend] for one token per sample through a cache, in eager mode.
+
+        What `_attend` does for this call, with nothing left to decide: one
+        position needs no mask, and a table row holds its rotary angles.
+        The caller checked everything (see `MultiHeadAttention._is_token_step`).
+
+        Shape:
+            query: `(b, 1, n_h * d)`; key, value: `(b, 1, n_kv * d)`; output: `(b, 1, n_h * d)`.
+        """
+        b, d = query.shape[0], self.head_dim
+        q, k = query.reshape(b, -1, d), key.reshape(b, -1, d)  # (b, n_h, d), (b, n_kv, d)
+        if self.positional is not None:
+            angles = self.positional.angles_at(cache.length, 1, q.dtype, q.device)  # (1, d/2)
+            q, k = self.positional.rotate(q, angles), self.positional.rotate(k, angles)
+        keys, values = cache.write_token(k, value.reshape(b, -1, d))
+        return attend_token(q, keys, values, self.scale).view(b, 1, -1)
+
     def _attend_across_ranks(self, layout: SequenceLayout, q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
         """Context parallelism: local shards in, this rank's shard of the context out."""
         if self.positional is not None:
@@ -349,7 +367,8 @@ class Attention(nn.Module):
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """(b, s, n * d) -> (b, n, s, d), for however many heads `x` holds."""
-        return x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
+        b, s, width = x.shape
+        return x.reshape(b, s, width // self.head_dim, self.head_dim).transpose(1, 2)  # -1 fails when s = 0
 
     def extra_repr(self) -> str:
         shards = f", shards={self.shards}" if self.shards > 1 else ""
@@ -528,6 +547,10 @@ class MultiHeadAttention(nn.Module):
                 parameters', a mask of the wrong dtype, a non-bool flag, or a
                 cache of another dtype.
         """
+        if self._is_token_step(query, key, value, mask, is_causal, need_weights, cache, token_mask):
+            token_step = self.attention._attend_token
+            context = token_step(self.q_proj(query), self.k_proj(query), self.v_proj(query), cast(KVCache, cache))
+            return self.out_proj(context)
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)
@@ -539,6 +562,38 @@ class MultiHeadAttention(nn.Module):
             context, weights = result
             return self.out_proj(context), weights
         return self.out_proj(result)
+
+    def _is_token_step(
+        self, query: object, key: object, value: object, mask: object, is_causal: object, need_weights: object,
+        cache: object, token_mask: object,
+    ) -> bool:
+        """Whether this call is one eager decoding step that every check of the full path would pass.
+
+        Decoding calls the module once per token, and with so few numbers per
+        call the Python around the kernels is much of its cost (see the
+        performance guide). These tests are few and cheap, and together they
+        imply the full checks; a call that fails any of them, bad input
+        included, takes the full path, which raises its usual errors.
+        """
+        if torch.compiler.is_compiling():
+            return False  # compiled steps attend over all max_len slots; Dynamo would also guard on every test below
+        if not (
+            key is None and value is None and mask is None and token_mask is None and need_weights is False
+            and (is_causal is False or is_causal is True) and type(cache) is KVCache and type(query) is Tensor
+        ):
+            return False
+        attention, keys, weight = self.attention, cache.keys, self.q_proj.weight
+        return (
+            query.dim() == 3 and query.shape[1] == 1 and query.shape[0] == cache.batch_size
+            and query.shape[2] == attention.hidden_size
+            and query.dtype == weight.dtype == keys.dtype and query.device == weight.device == keys.device
+            and cache.length < cache.max_len and cache.token_mask is None
+            and cache.num_kv_heads * attention.shards == attention.num_kv_heads
+            and cache.head_dim == attention.head_dim
+            and attention.context_parallel is None and attention.backend != "math"
+            and (not attention.training or attention.dropout == 0.0)
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled(query.device.type)
+        )
 
     def _check_inputs(self, query: object, key: object, value: object) -> None:
         h, kdim, vdim = self.hidden_size, self.kdim, self.vdim

@@ -189,6 +189,22 @@ class KVCache:
         end = self.max_len if compiling else self._length
         return self.keys[:, :, :end], self.values[:, :, :end]
 
+    def write_token(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """[`write`][mha.KVCache.write] for one token per sample, in eager mode and without autograd.
+
+        The decoding step, with nothing left to decide: the caller made sure
+        there is room, no ragged batch and no graph to record.
+
+        Shape:
+            key, value: `(b, n_kv, d)`; returns the filled slots `(b, n_kv, slots, d)` twice.
+        """
+        start = self._length
+        self.keys[:, :, start] = key
+        self.values[:, :, start] = value
+        self.position += 1
+        self._length = end = start + 1
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
     def visible(self, s: int) -> Tensor:
         """Which slots (as [`write`][mha.KVCache.write] returned them) each of the last `s` tokens may see.
 

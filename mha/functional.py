@@ -309,6 +309,23 @@ def attention(
     return context, (weights if need_weights else None)
 
 
+def attend_token(query: Tensor, key: Tensor, value: Tensor, scale: float | None) -> Tensor:
+    """[`attend`][mha.functional.attend] for one query per head, without mask or dropout: a decoding step.
+
+    The `g` query heads that share a key/value head are given to the kernel
+    as `g` queries of that one head, so it reads each key once (as
+    `attend` does for this case); and there is nothing else to decide.
+
+    Shape:
+        query: `(b, n_h, d)`; key, value: `(b, n_kv, s_kv, d)` with `s_kv >= 1`;
+        output: `(b, n_h, d)`.
+    """
+    b, n_h, d = query.shape
+    n_kv = key.shape[1]
+    context = F.scaled_dot_product_attention(query.view(b, n_kv, n_h // n_kv, d), key, value, scale=scale)
+    return context.view(b, n_h, value.shape[-1])
+
+
 def attend(
     query: Tensor,
     key: Tensor,

@@ -17,7 +17,10 @@ from torch import Tensor, nn
 
 from mha import _checks
 
-__all__ = ["RotaryEmbedding"]
+__all__ = ["Angles", "RotaryEmbedding"]
+
+Angles = Tensor | tuple[Tensor, Tensor]
+"""Rotation angles: complex `cos + i sin` per pair in eager mode, `(cos, sin)` per feature when compiling."""
 
 
 class RotaryEmbedding(nn.Module):
@@ -57,8 +60,8 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.base = base
         self._frequencies: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-        # (work dtype, device) -> (cos, sin) tables, rows = positions 0..n-1, grown on demand
-        self._tables: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        # (input dtype, device) -> complex angles, rows = positions 0..n-1, grown on demand
+        self._tables: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         # [1, 0, 3, 2, ...]: the index that swaps each pair. A buffer follows .to(device);
         # not persistent, so checkpoints stay as they were.
         swap = torch.arange(head_dim).view(-1, 2).flip(-1).flatten()
@@ -85,37 +88,46 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(
                 f"x must have last dimension d={self.head_dim}, got shape {tuple(x.shape)}"
             )
-        return self.rotate(x, *self.angles(positions, x.dtype, x.device))
+        return self.rotate(x, self.angles(positions, x.dtype, x.device))
 
     def angles(
         self, positions: Tensor, dtype: torch.dtype, device: torch.device, *, end: int | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """`(cos, sin)` of the rotation angles, to rotate several tensors at the same positions.
+    ) -> Angles:
+        """The rotation angles of `positions`, to rotate several tensors at the same positions.
 
-        Both are per feature: `cos` repeats each pair's cosine twice, and `sin`
-        holds `(-sin, +sin)` for each pair, ready for [`rotate`][mha.RotaryEmbedding.rotate].
+        In eager mode they are one complex number `cos + i sin` per pair, and
+        [`rotate`][mha.RotaryEmbedding.rotate] is one complex multiplication.
+        Under `torch.compile` and `torch.export` (whose graphs and ONNX have no
+        complex numbers) they are `(cos, sin)` per feature: `cos` repeats each
+        pair's cosine twice, and `sin` holds `(-sin, +sin)` for each pair.
         Given `end`, a bound on the positions (every position `< end`), they
         are read from a table kept for the next calls: a decoding step then
-        costs two lookups instead of computing the angles again.
+        costs a lookup instead of computing the angles again.
 
         Shape:
-            positions: `(s,)` or `(b, s)`; cos, sin: `(s, d)` or `(b, 1, s, d)`.
+            positions: `(s,)` or `(b, s)`; complex angles: `(s, d/2)` or
+            `(b, 1, s, d/2)`; cos, sin: `(s, d)` or `(b, 1, s, d)`.
         """
         # Rotate in at least float32: half-precision angles lose whole positions.
         work = torch.promote_types(dtype, torch.float32)
-        if end is not None and not torch.compiler.is_compiling():
-            cos_table, sin_table = self._table(end, work, device)
-            cos, sin = cos_table[positions], sin_table[positions]  # (s, d) | (b, s, d)
+        if torch.compiler.is_compiling():
+            angles: Angles = self._per_feature(positions.to(work)[..., None] * self.frequencies(work, device))
+        elif end is not None:
+            angles = self._table(end, dtype, device)[positions]  # (s, d/2) | (b, s, d/2)
         else:
-            cos, sin = self._per_feature(positions.to(work)[..., None] * self.frequencies(work, device))
-        if cos.ndim == 3:
-            cos, sin = cos[:, None], sin[:, None]  # (b, 1, s, d): one angle for every head
-        return cos, sin
+            angles = self._unit(positions.to(work)[..., None] * self.frequencies(work, device))
+        if isinstance(angles, tuple):
+            return tuple(a[:, None] if a.ndim == 3 else a for a in angles)  # type: ignore[return-value]
+        return angles[:, None] if angles.ndim == 3 else angles  # (b, 1, s, ...): one angle for every head
 
-    def angles_at(self, start: int, s: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        """[`angles`][mha.RotaryEmbedding.angles] for positions `start, ..., start + s - 1`, as views of the table."""
-        cos_table, sin_table = self._table(start + s, torch.promote_types(dtype, torch.float32), device)
-        return cos_table[start : start + s], sin_table[start : start + s]
+    def angles_at(self, start: int, s: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Eager [`angles`][mha.RotaryEmbedding.angles] of positions `start, ..., start + s - 1`, from the table."""
+        return self._table(start + s, dtype, device)[start : start + s]
+
+    @staticmethod
+    def _unit(angles: Tensor) -> Tensor:
+        """Pair angles `(..., d/2)` -> the complex numbers `cos + i sin`."""
+        return torch.polar(torch.ones_like(angles), angles)
 
     @staticmethod
     def _per_feature(angles: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,25 +135,42 @@ class RotaryEmbedding(nn.Module):
         cos, sin = angles.cos(), angles.sin()
         return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
-    def _table(self, end: int, work: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        key = (work, device)
+    def _table(self, end: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Complex angles of positions `0, 1, ...` for inputs of `dtype`, at least `end` rows `(rows, d/2)`."""
+        key = (dtype, device)  # the input's dtype: a decoding step need not promote it first
         table = self._tables.get(key)
-        if table is None or table[0].shape[0] < end:
-            rows = max(end, 2 * (0 if table is None else table[0].shape[0]), 64)  # grow by doubling
+        if table is None or table.shape[0] < end:
+            rows = max(end, 2 * (0 if table is None else table.shape[0]), 64)  # grow by doubling
+            work = torch.promote_types(dtype, torch.float32)
             positions = torch.arange(rows, dtype=work, device=device)[:, None]
-            table = self._per_feature(positions * self.frequencies(work, device))
+            table = self._unit(positions * self.frequencies(work, device))
             self._tables[key] = table
         return table
 
-    def rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def rotate(self, x: Tensor, angles: Angles) -> Tensor:
         """Rotate `x` by angles from [`angles`][mha.RotaryEmbedding.angles].
 
-        Each pair `(e, o)` becomes `(e cos - o sin, o cos + e sin)`: `x * cos`
-        plus the pair-swapped `(o, e)` times `(-sin, +sin)`.
+        Each pair `(e, o)` becomes `(e cos - o sin, o cos + e sin)`: the
+        complex number `e + i o` times `cos + i sin`, or, with `(cos, sin)`
+        per feature, `x * cos` plus the pair-swapped `(o, e)` times `(-sin, +sin)`.
         """
-        work = x.to(cos.dtype)
-        swapped = work[..., self._swap]  # (o, e) for every pair
-        return (work * cos + swapped * sin).to(x.dtype)  # (b, n, s, d)
+        if isinstance(angles, tuple):
+            cos, sin = angles
+            work = x.to(cos.dtype)
+            swapped = work[..., self._swap]  # (o, e) for every pair
+            return (work * cos + swapped * sin).to(x.dtype)  # (b, n, s, d)
+        # Plain tensor methods only, and no conversion that is not needed: a
+        # decoding step rotates a few hundred numbers, so the calls are the cost.
+        real = torch.float64 if angles.dtype == torch.complex128 else torch.float32
+        pairs = x.reshape(x.shape[:-1] + (-1, 2))  # (..., d/2, 2)
+        if pairs.dtype != real:
+            pairs = pairs.to(real)
+        try:
+            numbers = torch.view_as_complex(pairs)
+        except RuntimeError:  # a view with odd strides or offset
+            numbers = torch.view_as_complex(pairs.contiguous())
+        out = torch.view_as_real(numbers * angles).flatten(-2)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, base={self.base}"

@@ -199,8 +199,10 @@ def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
     import mha.attention
 
     seen = []
-    attend = mha.attention.attend
-    monkeypatch.setattr(mha.attention, "attend", lambda q, k, *args: seen.append(k.shape[2]) or attend(q, k, *args))
+    for name in ("attend", "attend_token"):  # the full path, and the one-token step's
+        function = getattr(mha.attention, name)
+        spy = lambda q, k, *args, function=function: seen.append(k.shape[2]) or function(q, k, *args)  # noqa: E731
+        monkeypatch.setattr(mha.attention, name, spy)
     m = MultiHeadAttention(16, 2).eval()
     cache = m.new_cache(1, 4096)
     with torch.no_grad():
@@ -263,3 +265,66 @@ def test_a_write_never_modifies_buffers_an_earlier_step_saved_for_backward():
     cache.update(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4))  # plain data, autograd still on
     loss.backward()  # failed: "modified by an inplace operation"
     torch.testing.assert_close(key.grad, 4 * key.detach())
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_one_token_steps_take_the_short_path_and_compute_what_the_full_path_does(
+    monkeypatch, num_kv_heads, rotary, dtype
+):
+    import mha.attention
+
+    m = MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads, positional=RotaryEmbedding(8) if rotary else None)
+    m = m.eval().to(dtype)
+    x = torch.randn(3, 9, 32, dtype=dtype)
+    steps = []
+    attend_token = mha.attention.attend_token
+    monkeypatch.setattr(mha.attention, "attend_token", lambda *args: steps.append(1) or attend_token(*args))
+    with torch.inference_mode():
+        short_cache = m.new_cache(3, 11)
+        short = decode(m, x, 2, short_cache)
+        assert len(steps) == 7  # every one-token step
+        monkeypatch.setattr(MultiHeadAttention, "_is_token_step", lambda *args: False)
+        full_cache = m.new_cache(3, 11)
+        full = decode(m, x, 2, full_cache)
+    assert len(steps) == 7
+    exact = {"atol": 1e-12, "rtol": 1e-12} if dtype == torch.float64 else {"atol": 1e-2, "rtol": 1e-2}
+    torch.testing.assert_close(short, full, **exact)
+    torch.testing.assert_close(short_cache.keys, full_cache.keys, **exact)
+    torch.testing.assert_close(short_cache.values, full_cache.values, **exact)
+    assert short_cache.length == full_cache.length == 9 and int(short_cache.position) == 9
+    if dtype == torch.float64:
+        torch.testing.assert_close(short, m(x, is_causal=True), atol=1e-12, rtol=1e-12)
+
+
+def test_one_token_steps_with_bad_input_get_the_full_paths_errors_and_change_nothing():
+    m = MultiHeadAttention(16, 2, num_kv_heads=1).eval()
+    token = torch.randn(1, 1, 16)
+    with torch.inference_mode():
+        cache = m.new_cache(1, 2)
+        m(token, cache=cache)
+        keys = cache.keys.clone()
+        refusals = [
+            (ValueError, r"cache does not fit this call: it holds \(b=1, n_kv=1, d=8\), this call has \(b=2",
+             lambda: m(torch.randn(2, 1, 16), cache=cache)),
+            (TypeError, r"query must have the parameters' dtype torch.float32, got torch.float64",
+             lambda: m(token.double(), cache=cache)),
+            (ValueError, r"query must have shape \(b, s_q, h=16\), got \(1, 1, 12\)",
+             lambda: m(torch.randn(1, 1, 12), cache=cache)),
+            (TypeError, r"cache has dtype torch.float16 on cpu, but this call computes in torch.float32",
+             lambda: m(token, cache=m.new_cache(1, 2, dtype=torch.float16))),
+            (TypeError, r"is_causal must be a bool, got int", lambda: m(token, cache=cache, is_causal=1)),
+            (ValueError, r"cache does not fit this call: it holds \(b=1, n_kv=2, d=8\)",
+             lambda: m(token, cache=KVCache(1, 2, num_kv_heads=2, head_dim=8))),
+        ]
+        for error, message, call in refusals:
+            with pytest.raises(error, match=message):
+                call()
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match=r"computes in torch.bfloat16"):
+            m(token, cache=cache)
+        assert cache.length == 1 and int(cache.position) == 1
+        torch.testing.assert_close(cache.keys, keys, atol=0, rtol=0)
+        m(token, cache=cache)
+        with pytest.raises(ValueError, match=r"KVCache overflow: it holds 2 of max_len=2 positions and cannot take 1"):
+            m(token, cache=cache)

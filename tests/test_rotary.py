@@ -118,4 +118,26 @@ def test_the_angle_table_gives_the_computed_angles():
         tabled = rope.angles(positions, torch.float32, torch.device("cpu"), end=end)
         torch.testing.assert_close(tabled, direct)
     x = torch.randn(2, 3, 5, 8)
-    torch.testing.assert_close(rope.rotate(x, *direct), rope(x, positions))
+    torch.testing.assert_close(rope.rotate(x, direct), rope(x, positions))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_compiled_form_of_the_angles_rotates_like_the_eager_one(dtype):
+    """Eager rotation multiplies complex numbers; compiled graphs (and ONNX) get (cos, sin) per feature."""
+    rope = RotaryEmbedding(8)
+    positions = torch.tensor([0, 3, 64, 1000])
+    x = torch.randn(2, 3, 4, 8, dtype=dtype)
+    work = torch.promote_types(dtype, torch.float32)
+    per_feature = rope._per_feature(positions.to(work)[:, None] * rope.frequencies(work, x.device))
+    expected = roformer_reference(x, positions)
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(rope.rotate(x, per_feature).double(), expected, **tolerance)
+    torch.testing.assert_close(rope(x, positions).double(), expected, **tolerance)
+    torch.testing.assert_close(rope.rotate(x, per_feature), rope(x, positions))  # the same up to rounding
+
+
+def test_a_view_with_odd_strides_is_rotated_like_a_contiguous_tensor():
+    rope = RotaryEmbedding(4)
+    base = torch.randn(1, 2, 3, 5)
+    x = base[..., 1:]  # odd offset: no complex view of it exists
+    torch.testing.assert_close(rope(x, torch.arange(3)), rope(x.contiguous(), torch.arange(3)))
