@@ -353,7 +353,10 @@ class Attention(nn.Module):
         q, k = query.reshape(b, -1, d), key.reshape(b, -1, d)  # (b, n_h, d), (b, n_kv, d)
         if self.positional is not None:
             angles = self.positional.angles_at(cache.length, 1, q.dtype, q.device)  # (1, d/2)
-            q, k = self.positional.rotate(q, angles), self.positional.rotate(k, angles)
+            n_h = q.shape[1]
+            # One rotation of both: in 16 bits each rotation also converts to float32 and back.
+            qk = self.positional.rotate(torch.cat((q, k), dim=1), angles)
+            q, k = qk[:, :n_h], qk[:, n_h:]
         keys, values = cache.write_token(k, value.reshape(b, -1, d))
         return attend_token(q, keys, values, self.scale).view(b, 1, -1)
 
@@ -548,9 +551,11 @@ class MultiHeadAttention(nn.Module):
                 cache of another dtype.
         """
         if self._is_token_step(query, key, value, mask, is_causal, need_weights, cache, token_mask):
-            token_step = self.attention._attend_token
-            context = token_step(self.q_proj(query), self.k_proj(query), self.v_proj(query), cast(KVCache, cache))
-            return self.out_proj(context)
+            # Submodules straight from _modules: nn.Module.__getattr__ is a Python call per lookup.
+            modules = cast(dict[str, nn.Module], self._modules)
+            q, k, v = modules["q_proj"](query), modules["k_proj"](query), modules["v_proj"](query)
+            context = cast(Attention, modules["attention"])._attend_token(q, k, v, cast(KVCache, cache))
+            return modules["out_proj"](context)
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)
@@ -582,7 +587,8 @@ class MultiHeadAttention(nn.Module):
             and (is_causal is False or is_causal is True) and type(cache) is KVCache and type(query) is Tensor
         ):
             return False
-        attention, keys, weight = self.attention, cache.keys, self.q_proj.weight
+        attention, keys = cast(Attention, self._modules["attention"]), cache.keys
+        weight = cast(nn.Linear, self._modules["q_proj"]).weight
         return (
             query.dim() == 3 and query.shape[1] == 1 and query.shape[0] == cache.batch_size
             and query.shape[2] == attention.hidden_size

@@ -199,11 +199,12 @@ class KVCache:
             key, value: `(b, n_kv, d)`; returns the filled slots `(b, n_kv, slots, d)` twice.
         """
         start = self._length
-        self.keys[:, :, start] = key
-        self.values[:, :, start] = value
+        keys, values = self.keys, self.values
+        keys.select(2, start).copy_(key)  # methods rather than indexing, which parses its slices at every call
+        values.select(2, start).copy_(value)
         self.position += 1
         self._length = end = start + 1
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def visible(self, s: int) -> Tensor:
         """Which slots (as [`write`][mha.KVCache.write] returned them) each of the last `s` tokens may see.
