@@ -15,6 +15,7 @@ from typing import Literal, Protocol, cast, overload
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 
 from mha import _checks, masks
 from mha.cache import KVCache
@@ -383,6 +384,37 @@ class Attention(nn.Module):
         )
 
 
+def _is_bare_linear(module: nn.Module) -> bool:
+    """Whether calling `module` is exactly `F.linear` on its weight and bias.
+
+    True for a plain `nn.Linear` without hooks of its own and without a
+    compiled forward: a decoding step then skips `nn.Module.__call__`, whose
+    Python costs as much as the kernel at one token (`nn.MultiheadAttention`
+    never calls its projections as modules at all).
+    """
+    return type(module) is nn.Linear and module._compiled_call_impl is None and not (
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
+def _global_hooks() -> bool:
+    """Whether hooks registered for every module exist (`nn.modules.module.register_module_forward_hook`...)."""
+    return bool(
+        module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+        or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks
+    )
+
+
+def _linear(module: nn.Module, x: Tensor) -> Tensor:
+    """A bare `nn.Linear`'s output (see `_is_bare_linear`), read from its parameters."""
+    parameters = module._parameters
+    return nn.functional.linear(x, parameters["weight"], parameters["bias"])  # type: ignore[arg-type]
+
+
+def _call(module: nn.Module, x: Tensor) -> Tensor:
+    return module(x)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: projections around an [`Attention`][mha.Attention].
 
@@ -553,9 +585,11 @@ class MultiHeadAttention(nn.Module):
         if self._is_token_step(query, key, value, mask, is_causal, need_weights, cache, token_mask):
             # Submodules straight from _modules: nn.Module.__getattr__ is a Python call per lookup.
             modules = cast(dict[str, nn.Module], self._modules)
-            q, k, v = modules["q_proj"](query), modules["k_proj"](query), modules["v_proj"](query)
+            projections = modules["q_proj"], modules["k_proj"], modules["v_proj"], modules["out_proj"]
+            project = _linear if all(map(_is_bare_linear, projections)) and not _global_hooks() else _call
+            q, k, v = project(projections[0], query), project(projections[1], query), project(projections[2], query)
             context = cast(Attention, modules["attention"])._attend_token(q, k, v, cast(KVCache, cache))
-            return modules["out_proj"](context)
+            return project(projections[3], context)
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)

@@ -328,3 +328,26 @@ def test_one_token_steps_with_bad_input_get_the_full_paths_errors_and_change_not
         m(token, cache=cache)
         with pytest.raises(ValueError, match=r"KVCache overflow: it holds 2 of max_len=2 positions and cannot take 1"):
             m(token, cache=cache)
+
+
+def test_one_token_steps_run_the_hooks_of_the_projections():
+    """The step calls the projections' kernels directly only when no hook would notice."""
+    m = MultiHeadAttention(16, 2).eval()
+    x = torch.randn(1, 4, 16)
+    calls = []
+    with torch.inference_mode():
+        plain = decode(m, x, 2, m.new_cache(1, 4))
+        handle = m.k_proj.register_forward_hook(lambda module, args, out: calls.append("k") or out * 2)
+        hooked = decode(m, x, 2, m.new_cache(1, 4))
+        handle.remove()
+        assert calls == ["k"] * 3  # the prompt and both one-token steps
+        from torch.nn.modules.module import register_module_forward_hook
+
+        handle = register_module_forward_hook(lambda module, args, out: calls.append(type(module).__name__))
+        again = decode(m, x, 2, m.new_cache(1, 4))
+        handle.remove()
+    assert calls.count("Linear") == 3 * 4  # four projections, three calls
+    assert not torch.allclose(hooked, plain)  # doubled keys change the weights
+    torch.testing.assert_close(again, plain, atol=0, rtol=0)
+    m.k_proj.register_forward_hook(lambda module, args, out: out * 2)
+    torch.testing.assert_close(hooked, m(x, is_causal=True), atol=1e-6, rtol=1e-6)
