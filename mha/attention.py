@@ -624,15 +624,16 @@ class MultiHeadAttention(nn.Module):
         attention, keys = cast(Attention, self._modules["attention"]), cache.keys
         weight = cast(nn.Linear, self._modules["q_proj"]).weight
         return (
-            query.dim() == 3 and query.shape[1] == 1 and query.shape[0] == cache.batch_size
-            and query.shape[2] == attention.hidden_size
+            query.shape == (cache.batch_size, 1, attention.hidden_size)
             and query.dtype == weight.dtype == keys.dtype and query.device == weight.device == keys.device
             and cache.length < cache.max_len and cache.token_mask is None
             and cache.num_kv_heads * attention.shards == attention.num_kv_heads
             and cache.head_dim == attention.head_dim
             and attention.context_parallel is None and attention.backend != "math"
             and (not attention.training or attention.dropout == 0.0)
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled(query.device.type)
+            # Autocast on any device sends the call to the full path: one C call, where
+            # torch.is_autocast_enabled(device_type) would parse a string and cost 3x more.
+            and not torch.is_grad_enabled() and not torch._C._is_any_autocast_enabled()
         )
 
     def _check_inputs(self, query: object, key: object, value: object) -> None:
