@@ -1,6 +1,6 @@
 """Per-token decoding latency: mha against Hugging Face Transformers' Llama attention layer.
 
-Run: ``python benchmarks/hf_decoding.py`` (about half a minute on 2 cores; needs
+Run: ``python benchmarks/hf_decoding.py`` (about 20 seconds on 2 cores; needs
 ``pip install "mha[bench]"``). Prints a table and writes
 ``benchmarks/results/hf_decoding.json``.
 
@@ -17,13 +17,19 @@ A fourth contender, ``bare kernels``, is the floor for an eager step: the
 kernels mha's one-token step runs (three projections, one complex multiply for
 the rotary positions, two cache writes, one attention kernel, the output
 projection), called straight, with no module, no checks and no Python around
-them. Against it, ``mha / bare`` is what the library adds; ``bare / dynamic``
-is the best that any implementation with these kernels could reach.
+them (on copies of mha's weights, so that it does not warm mha's caches). Against
+it, ``mha / bare`` is what the library adds; ``bare / dynamic`` is the best that
+any implementation with these kernels could reach. Taking turns, every
+contender finds both its weights and its code cold.
+
+A second table times stacks of ``--layers`` (8) layers of mha and of
+Transformers (``DynamicCache``), one token through each stack in turn: as in a
+deep model, the code stays warm from layer to layer while the weights do not.
 
 They hold the same weights: Transformers rotates the two halves of each head
 (``rotate_half``), mha rotates interleaved pairs (the RoFormer paper's form), so
 the query and key rows are permuted within each head to map one onto the
-other. The script checks that all three compute the same outputs before timing.
+other. The script checks that all four compute the same outputs before timing.
 """
 
 from __future__ import annotations
