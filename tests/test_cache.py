@@ -298,6 +298,19 @@ def test_one_token_steps_take_the_short_path_and_compute_what_the_full_path_does
         torch.testing.assert_close(short, m(x, is_causal=True), atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_token_steps_on_cuda_decode_like_the_cpu_reference(dtype):
+    m = MultiHeadAttention(64, 8, num_kv_heads=2, positional=RotaryEmbedding(8)).eval()
+    x = torch.randn(2, 9, 64)
+    with torch.inference_mode():
+        expected = m.double()(x.double(), is_causal=True)
+        gpu = m.to("cuda", dtype)
+        out = decode(gpu, x.to("cuda", dtype), 3, gpu.new_cache(2, 12))
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+    torch.testing.assert_close(out.double().cpu(), expected, **tolerance)
+
+
 def test_one_token_steps_with_bad_input_get_the_full_paths_errors_and_change_nothing():
     m = MultiHeadAttention(16, 2, num_kv_heads=1).eval()
     token = torch.randn(1, 1, 16)
