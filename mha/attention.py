@@ -609,8 +609,8 @@ class MultiHeadAttention(nn.Module):
         """Whether this call is one eager decoding step that every check of the full path would pass.
 
         Decoding calls the module once per token, and with so few numbers per
-        call the Python around the kernels is much of its cost (see the
-        performance guide). These tests are few and cheap, and together they
+        call the Python around the kernels is much of its cost (see "Speed" in
+        the decoding guide). These tests are few and cheap, and together they
         imply the full checks; a call that fails any of them, bad input
         included, takes the full path, which raises its usual errors.
         """
