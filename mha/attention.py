@@ -411,10 +411,6 @@ def _linear(module: nn.Module, x: Tensor) -> Tensor:
     return nn.functional.linear(x, parameters["weight"], parameters["bias"])  # type: ignore[arg-type]
 
 
-def _call(module: nn.Module, x: Tensor) -> Tensor:
-    return module(x)
-
-
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: projections around an [`Attention`][mha.Attention].
 
@@ -586,7 +582,8 @@ class MultiHeadAttention(nn.Module):
             # Submodules straight from _modules: nn.Module.__getattr__ is a Python call per lookup.
             modules = cast(dict[str, nn.Module], self._modules)
             projections = modules["q_proj"], modules["k_proj"], modules["v_proj"], modules["out_proj"]
-            project = _linear if all(map(_is_bare_linear, projections)) and not _global_hooks() else _call
+            bare = all(map(_is_bare_linear, projections)) and not _global_hooks()
+            project = _linear if bare else nn.Module.__call__
             q, k, v = project(projections[0], query), project(projections[1], query), project(projections[2], query)
             context = cast(Attention, modules["attention"])._attend_token(q, k, v, cast(KVCache, cache))
             return project(projections[3], context)
