@@ -108,7 +108,7 @@ class BareKernels:
 
 
 class Contenders:
-    """The three decoders, each with its own cache, filled with the same prompt."""
+    """The four decoders, each with its own cache (bare kernels keep theirs), filled with the same prompt."""
 
     def __init__(self, dtype: torch.dtype, filled: int) -> None:
         from transformers import DynamicCache, StaticCache
@@ -120,7 +120,7 @@ class Contenders:
             "mha": self.ours.new_cache(1, MAX_LEN),
             "hf dynamic": DynamicCache(config=self.config),
             "hf static": StaticCache(config=self.config, max_cache_len=MAX_LEN),
-            "bare kernels": None,  # keeps its own buffers
+            "bare kernels": None,  # keeps its own buffers; the keys name the contenders
         }
         self.position = 0
         prompt = torch.randn(1, filled, HIDDEN, dtype=dtype)
@@ -190,8 +190,9 @@ def deep_step_times(dtype: torch.dtype, filled: int, layers: int, steps: int) ->
 
     def hf_step(x: torch.Tensor, position: int) -> None:
         cos, sin = rope(x, torch.arange(position, position + x.shape[1])[None])
+        angles = cos.to(dtype), sin.to(dtype)  # once per token, as a model does, not once per layer
         for _, hf, _, _ in stack:
-            hf(x, position_embeddings=(cos.to(dtype), sin.to(dtype)), attention_mask=None, cache=hf_cache)
+            hf(x, position_embeddings=angles, attention_mask=None, cache=hf_cache)
 
     def ours_step(x: torch.Tensor, position: int) -> None:  # the cache knows the position
         for (*_, ours), cache in zip(stack, ours_caches, strict=True):
