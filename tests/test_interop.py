@@ -46,7 +46,7 @@ def test_refusals_name_what_is_unsupported():
         from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
     with pytest.raises(ValueError, match=r"add_zero_attn=True"):
         from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
-    with pytest.raises(TypeError, match=r"module must be a torch.nn.MultiheadAttention, got Linear"):
+    with pytest.raises(TypeError, match=r"module must be a torch.nn.MultiheadAttention or a TorchMultiheadAttention, got Linear"):
         from_torch(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"no equivalent of num_kv_heads=1 \(expected num_kv_heads=2\)"):
         to_torch(MultiHeadAttention(8, 2, num_kv_heads=1))
@@ -119,7 +119,7 @@ def test_replace_torch_attention_in_transformer(mode):
     # The swapped modules really run: changing their weights changes the output.
     with torch.no_grad():
         for m in swapped:
-            m.inner.v_proj.weight.mul_(2)
+            m.in_proj_weight.chunk(3)[2].mul_(2)  # the value projection
     assert not torch.allclose(model(src, tgt, **kwargs), expected, atol=1e-3)
 
 
@@ -168,7 +168,7 @@ def test_stock_checkpoints_load_into_the_replaced_model_and_back():
 @pytest.mark.parametrize("bias", [True, False])
 def test_separate_kdim_vdim_checkpoints_load_both_ways(bias):
     stock = randomize_biases(nn.MultiheadAttention(12, 3, bias=bias, kdim=7, vdim=9, batch_first=True)).eval()
-    ours = TorchMultiheadAttention(MultiHeadAttention(12, 3, bias=bias, kdim=7, vdim=9), batch_first=True).eval()
+    ours = TorchMultiheadAttention(12, 3, bias=bias, kdim=7, vdim=9, batch_first=True).eval()
     assert sorted(ours.state_dict()) == sorted(stock.state_dict())
     ours.load_state_dict(stock.state_dict())
     q, k, v = torch.randn(2, 5, 12), torch.randn(2, 6, 7), torch.randn(2, 6, 9)
@@ -224,7 +224,7 @@ def test_replacing_keeps_the_hooks():
 
 
 def test_nested_inputs_with_weights_get_a_clear_error():
-    ours = TorchMultiheadAttention(MultiHeadAttention(12, 3), batch_first=True).eval()
+    ours = TorchMultiheadAttention(12, 3, batch_first=True).eval()
     x = torch.nested.nested_tensor([torch.randn(3, 12), torch.randn(5, 12)], layout=torch.jagged)
     with pytest.raises(ValueError, match=r"nested \(jagged\) inputs cannot return attention weights"):
         ours(x, x, x)
@@ -233,7 +233,7 @@ def test_nested_inputs_with_weights_get_a_clear_error():
 
 def test_a_fully_masked_query_outputs_the_output_bias():
     """What the docstring promises: a zero context, so the output is out_proj.bias."""
-    ours = randomize_biases(TorchMultiheadAttention(MultiHeadAttention(12, 3), batch_first=True)).eval()
+    ours = randomize_biases(TorchMultiheadAttention(12, 3, batch_first=True)).eval()
     x = torch.randn(2, 5, 12)
     blocked = torch.zeros(5, 5, dtype=torch.bool)
     blocked[1] = True  # query 1 may attend to nothing
