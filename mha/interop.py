@@ -86,7 +86,7 @@ def from_torch(module: nn.MultiheadAttention | TorchMultiheadAttention) -> Multi
     if module.in_proj_weight is not None:  # (the drop-in's _qkv_same_embed_dim is always False)
         wq, wk, wv = module.in_proj_weight.chunk(3)  # (E, E) each
     else:
-        wq, wk, wv = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
+        wq, wk, wv = (cast(Tensor, w) for w in (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight))
     with torch.no_grad():
         for proj, w in zip((ours.q_proj, ours.k_proj, ours.v_proj), (wq, wk, wv), strict=True):
             proj.weight.copy_(w)
@@ -252,13 +252,11 @@ class TorchMultiheadAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         # Positional like nn.MultiheadAttention's, on purpose: the drop-in takes the calls written for it.
-        if isinstance(embed_dim, MultiHeadAttention):
-            raise TypeError(
-                "embed_dim must be an int, got a mha.MultiHeadAttention; "
-                "use TorchMultiheadAttention.from_mha(module) to wrap one"
-            )
         super().__init__()
-        attention = Attention(embed_dim, num_heads, dropout=dropout)  # checks the three
+        _checks.positive_int("embed_dim", embed_dim)
+        _checks.positive_int("num_heads", num_heads)
+        _checks.divisible("embed_dim", embed_dim, "num_heads", num_heads)
+        attention = Attention(embed_dim, num_heads, dropout=dropout)
         self.kdim = embed_dim if kdim is None else _checks.positive_int("kdim", kdim)
         self.vdim = embed_dim if vdim is None else _checks.positive_int("vdim", vdim)
         for name, value in (("bias", bias), ("add_bias_kv", add_bias_kv), ("add_zero_attn", add_zero_attn)):
@@ -278,7 +276,7 @@ class TorchMultiheadAttention(nn.Module):
         self.register_parameter("v_proj_weight", None if packed else parameter(e, self.vdim))
         self.register_parameter("in_proj_weight", parameter(3 * e, e) if packed else None)
         self.register_parameter("in_proj_bias", parameter(3 * e) if bias else None)
-        self.out_proj = nn.Linear(e, e, bias, **factory)  # type: ignore[arg-type]
+        self.out_proj = nn.Linear(e, e, bias, **factory)
         self.register_parameter("bias_k", parameter(1, 1, e) if add_bias_kv else None)
         self.register_parameter("bias_v", parameter(1, 1, e) if add_bias_kv else None)
         self.attention = attention
@@ -349,7 +347,7 @@ class TorchMultiheadAttention(nn.Module):
     def dropout(self, value: float) -> None:
         self.attention.dropout = _checks.probability("dropout", value)
 
-    def __setattr__(self, name: str, value: object) -> None:
+    def __setattr__(self, name: str, value: Tensor | nn.Module) -> None:
         if name in _TORCH_WEIGHTS and isinstance(value, Tensor) and name in self._parameters:
             _check_replacement(self, name, value)
         super().__setattr__(name, value)
@@ -453,7 +451,7 @@ class TorchMultiheadAttention(nn.Module):
     def _append_extra_keys(
         self, k: Tensor, v: Tensor, attn_mask: Tensor | None, key_padding_mask: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """`add_bias_kv`'s learned key/value, then `add_zero_attn`'s zero one, after the last; masks let every query see them."""
+        """Append `add_bias_kv`'s learned key/value, then `add_zero_attn`'s zero one; every query may see them."""
         b, e = k.shape[0], self.embed_dim
         extra_k, extra_v = [], []
         if self.bias_k is not None and self.bias_v is not None:
@@ -525,9 +523,9 @@ def _check_torch_inputs(
 
         legend = "(b, s_kv, {})" if module.batch_first else "(s_kv, b, {})"
         key = _checks.shape("key", key, expected(None, kdim), lambda: legend.format(f"kdim={kdim}") + f" with b={b}")
-        s_kv = None if key.is_nested else key.shape[1 - batch]
-        _checks.shape("value", value, expected(s_kv, vdim),
-                      lambda: legend.format(f"vdim={vdim}") + f" with b={b}, s_kv={s_kv}, like key")
+        length = None if key.is_nested else key.shape[1 - batch]
+        _checks.shape("value", value, expected(length, vdim),
+                      lambda: legend.format(f"vdim={vdim}") + f" with b={b}, s_kv={length}, like key")
     _checks.floating("query", query)
     weight = module.out_proj.weight
     if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):

@@ -246,3 +246,132 @@ def test_torchscript_is_refused_with_a_clear_error():
     model = replace_torch_attention(nn.TransformerEncoderLayer(12, 3, dim_feedforward=20, batch_first=True))
     with pytest.raises(TypeError, match=r"cannot be compiled with TorchScript .* use torch.compile or torch.export"):
         torch.jit.script(model)
+
+
+# Every constructor combination nn.MultiheadAttention takes (dtype and device aside, tested below).
+_COMBINATIONS = [
+    {"bias": bias, "add_bias_kv": bias_kv, "add_zero_attn": zero_attn, "kdim": kdim, "vdim": vdim,
+     "batch_first": batch_first}
+    for bias in (True, False)
+    for bias_kv in (False, True)
+    for zero_attn in (False, True)
+    for kdim, vdim in ((None, None), (7, 9), (12, 5))
+    for batch_first in (False, True)
+]
+
+
+def _layout(module):
+    return [(name, tuple(p.shape), p.dtype, p.device) for name, p in module.named_parameters()]
+
+
+@pytest.mark.parametrize("kwargs", _COMBINATIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_parameters_are_pytorchs_names_shapes_and_order(kwargs):
+    torch.manual_seed(3)
+    theirs = nn.MultiheadAttention(12, 3, **kwargs)
+    torch.manual_seed(3)
+    ours = TorchMultiheadAttention(12, 3, **kwargs)
+    assert _layout(ours) == _layout(theirs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    # Same initialisation, in the same order: the same seed gives the same weights.
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_parameters_take_dtype_and_device(dtype):
+    for kdim in (None, 7):
+        theirs = nn.MultiheadAttention(12, 3, kdim=kdim, device="cpu", dtype=dtype)
+        ours = TorchMultiheadAttention(12, 3, kdim=kdim, device="cpu", dtype=dtype)
+        assert _layout(ours) == _layout(theirs)
+
+
+@pytest.mark.parametrize("kwargs", [kw for kw in _COMBINATIONS if kw["bias"]],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items() if k != "bias"))
+def test_every_combination_computes_what_pytorch_computes(kwargs):
+    """Masks of both kinds, weights per head; add_bias_kv and add_zero_attn included."""
+    theirs = nn.MultiheadAttention(12, 3, **kwargs).double().eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()  # biases and bias_k/bias_v too, which PyTorch initialises to zero / small
+    ours = TorchMultiheadAttention.from_torch(theirs)
+    b, s_q, s_kv = 2, 5, 6
+    lay = (lambda *s: s) if kwargs["batch_first"] else (lambda b, s, e: (s, b, e))
+    q = torch.randn(*lay(b, s_q, 12), dtype=torch.float64)
+    k = torch.randn(*lay(b, s_kv, kwargs["kdim"] or 12), dtype=torch.float64)
+    v = torch.randn(*lay(b, s_kv, kwargs["vdim"] or 12), dtype=torch.float64)
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    blocked = torch.rand(b * 3, s_q, s_kv) < 0.3
+    blocked[..., 0] = False  # every query sees a key: PyTorch gives NaN otherwise
+    for masks in ({}, {"key_padding_mask": pad}, {"attn_mask": blocked, "key_padding_mask": pad}):
+        expected, expected_w = theirs(q, k, v, average_attn_weights=False, **masks)
+        out, weights = ours(q, k, v, average_attn_weights=False, **masks)
+        torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(weights, expected_w, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kdim", [None, 7])
+def test_initialising_and_optimising_by_iterating_parameters_is_as_with_pytorch(kdim):
+    """What PyTorch's own tests and user code do: set every parameter in turn, then train on parameters()."""
+    theirs = nn.MultiheadAttention(12, 3, kdim=kdim, vdim=kdim, add_bias_kv=True, batch_first=True)
+    ours = TorchMultiheadAttention(12, 3, kdim=kdim, vdim=kdim, add_bias_kv=True, batch_first=True)
+    for module in (theirs, ours):
+        torch.manual_seed(5)
+        for p in module.parameters():
+            nn.init.uniform_(p, -0.5, 0.5)
+    q, kv = torch.randn(2, 5, 12), torch.randn(2, 7, kdim or 12)
+    pad = torch.tensor([[False] * 7, [False] * 3 + [True] * 4])
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (theirs, ours)]
+    for step in range(2):  # the second step runs on the weights the first one updated
+        results = []
+        for module, optimizer in zip((theirs, ours), optimizers, strict=True):
+            optimizer.zero_grad()
+            x = q if kdim else kv[:, :5]
+            out, _ = module(x, x if kdim is None else kv, x if kdim is None else kv,
+                            key_padding_mask=None if kdim is None else pad)
+            out.square().sum().backward()
+            results.append((out, [p.grad.clone() for p in module.parameters()]))
+            optimizer.step()
+        (out_t, grads_t), (out_o, grads_o) = results
+        torch.testing.assert_close(out_o, out_t, atol=1e-5, rtol=1e-5, msg=f"step {step}")
+        for (name, _), g_o, g_t in zip(ours.named_parameters(), grads_o, grads_t, strict=True):
+            torch.testing.assert_close(g_o, g_t, atol=1e-4, rtol=1e-4, msg=f"step {step}: {name}.grad")
+
+
+def test_the_drop_in_converts_to_and_from_multi_head_attention_exactly():
+    stock = randomize_biases(nn.MultiheadAttention(12, 3, batch_first=True)).eval()
+    drop_in = TorchMultiheadAttention.from_torch(stock)
+    ours = from_torch(drop_in)  # the drop-in has PyTorch's parameters, so from_torch takes it too
+    for name, p in to_torch(ours).state_dict().items():
+        torch.testing.assert_close(p, stock.state_dict()[name], atol=0, rtol=0)
+    wrapped = TorchMultiheadAttention.from_mha(ours, batch_first=True).eval()
+    x = torch.randn(2, 5, 12)
+    torch.testing.assert_close(wrapped(x, x, x)[0], ours(x), atol=1e-6, rtol=1e-6)
+    with pytest.raises(TypeError, match=r"embed_dim must be an int, got MultiHeadAttention"):
+        TorchMultiheadAttention(ours, 3)  # from_mha wraps one
+    with pytest.raises(ValueError, match=r"embed_dim=12 must be divisible by num_heads=5"):
+        TorchMultiheadAttention(12, 5)
+    with pytest.raises(ValueError, match=r"add_bias_kv=True"):
+        from_torch(TorchMultiheadAttention(12, 3, add_bias_kv=True))
+
+
+def test_causal_without_a_mask_also_sees_the_appended_keys():
+    """is_causal=True without attn_mask (PyTorch raises) equals PyTorch given the causal mask."""
+    stock = randomize_biases(nn.MultiheadAttention(12, 3, add_bias_kv=True, add_zero_attn=True, batch_first=True))
+    ours = TorchMultiheadAttention.from_torch(stock.eval())
+    x = torch.randn(2, 5, 12)
+    causal = nn.Transformer.generate_square_subsequent_mask(5)
+    expected, _ = stock(x, x, x, attn_mask=causal)
+    torch.testing.assert_close(ours(x, x, x, is_causal=True)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_drop_in_input_errors_name_the_argument():
+    ours = TorchMultiheadAttention(12, 3, kdim=7, vdim=9)  # batch_first=False: (s, b, E)
+    q, k, v = torch.randn(5, 2, 12), torch.randn(6, 2, 7), torch.randn(6, 2, 9)
+    with pytest.raises(ValueError, match=r"query must have shape \(s_q, b, E\) with E=12, got \(5, 2, 11\)"):
+        ours(q[..., :11], k, v)
+    with pytest.raises(ValueError, match=r"key must have shape \(s_kv, b, kdim=7\) with b=2, got \(6, 3, 7\)"):
+        ours(q, torch.randn(6, 3, 7), v)
+    with pytest.raises(ValueError, match=r"value must have shape \(s_kv, b, vdim=9\) with b=2, s_kv=6, like key, got \(4, 2, 9\)"):
+        ours(q, k, v[:4])
+    with pytest.raises(TypeError, match=r"query must have the parameters' dtype torch.float32, got torch.float64"):
+        ours(q.double(), k.double(), v.double())
