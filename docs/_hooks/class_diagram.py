@@ -4,8 +4,8 @@ The class-diagram pages hold the marker `<!-- mha:class-diagram -->`; this
 hook replaces it with a mermaid `classDiagram` read off the classes
 themselves, so the picture cannot drift from the code:
 
-* attributes: what an instance holds (plain attributes, submodules,
-  properties, dataclass fields), with the type of the value it holds;
+* attributes: what an instance holds (plain attributes, parameters,
+  submodules, properties, dataclass fields), with the type of the value it holds;
 * methods: public methods and class methods (`$`) defined on the class, with
   their parameter names and return annotation;
 * relations: `*--` where a class holds another diagrammed class it always
@@ -49,7 +49,7 @@ def samples() -> dict[type, object]:
         mha.KVCache: inner.new_cache(1, 2),
         mha.RotaryEmbedding: inner.attention.positional,
         Dispatch: inner.explain(),
-        mha.TorchMultiheadAttention: mha.TorchMultiheadAttention(mha.MultiHeadAttention(8, 2)),
+        mha.TorchMultiheadAttention: mha.TorchMultiheadAttention(8, 2, add_bias_kv=True),
     }
 
 
@@ -75,7 +75,7 @@ def attributes(obj: object) -> dict[str, object]:
         names += [f.name for f in dataclasses.fields(obj)]
     names += [n for n in vars(obj) if not n.startswith("_") and n != "training"]
     if isinstance(obj, torch.nn.Module):
-        names += list(obj._modules)
+        names += list(obj._parameters) + list(obj._modules)  # parameters it holds itself (the drop-in's)
     for klass in reversed(cls.__mro__):
         if klass.__module__.startswith("mha"):
             names += [
@@ -135,7 +135,10 @@ def generate() -> str:
         lines.append(f"    class {cls.__name__} {{")
         declared = cls.__init__.__annotations__
         for attr, value in attributes(obj).items():
-            kind = type(value).__name__ if value is not None else _type_name(str(declared.get(attr, "None")))
+            if value is None and attr in getattr(obj, "_parameters", {}):
+                kind = "Parameter"  # a parameter this configuration lacks, as on nn.MultiheadAttention
+            else:
+                kind = type(value).__name__ if value is not None else _type_name(str(declared.get(attr, "None")))
             lines.append(f"        +{kind} {attr}")
         for method, value in public_methods(cls).items():
             lines.append(f"        {_method_line(method, value)}")
