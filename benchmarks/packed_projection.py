@@ -1,6 +1,6 @@
 """One packed matrix product for q, k and v against three separate ones.
 
-Run: ``python benchmarks/packed_projection.py`` (under a minute on 2 cores).
+Run: ``python benchmarks/packed_projection.py`` (one to three minutes on 2 busy cores).
 Prints a table and writes ``benchmarks/results/packed_projection.json``.
 
 Self-attention projects one input three times. ``nn.MultiheadAttention``
@@ -27,7 +27,7 @@ CASES = {  # name -> (b, s, h)
     "forward": (2, 512, 512),
     "one token": (1, 1, 512),
 }
-REPEATS = {"forward": 60, "one token": 3000}
+REPEATS = {"forward": 20, "one token": 1000}
 
 
 def contenders(x: Tensor, weight: Tensor, bias: Tensor) -> dict[str, object]:
