@@ -141,3 +141,62 @@ def test_a_view_with_odd_strides_is_rotated_like_a_contiguous_tensor():
     base = torch.randn(1, 2, 3, 5)
     x = base[..., 1:]  # odd offset: no complex view of it exists
     torch.testing.assert_close(rope(x, torch.arange(3)), rope(x.contiguous(), torch.arange(3)))
+
+
+def halves_reference(x, positions, base=10000.0, rotary_dim=None):
+    """Transformers' rotate_half layout in float64: feature i pairs with i + r/2; features past r pass."""
+    r = x.shape[-1] if rotary_dim is None else rotary_dim
+    half = torch.arange(r // 2)
+    order = torch.stack([half, half + r // 2], dim=1).flatten()  # halves -> neighbouring pairs
+    rotated = roformer_reference(x[..., :r][..., order], positions, base)[..., order.argsort()]
+    return torch.cat([rotated, x[..., r:].double()], dim=-1)
+
+
+@pytest.mark.parametrize("rotary_dim", [None, 4])
+def test_halves_layout_pairs_feature_i_with_i_plus_half(rotary_dim):
+    rope = RotaryEmbedding(10 if rotary_dim is None else 7, interleaved=False, rotary_dim=rotary_dim)
+    x = torch.randn(2, 3, 5, rope.head_dim)
+    positions = torch.tensor([0, 1, 4, 9, 1300])
+    torch.testing.assert_close(rope(x, positions).double(), halves_reference(x, positions, rotary_dim=rotary_dim),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_partial_rotary_interleaved_rotates_the_first_features_only():
+    rope = RotaryEmbedding(7, rotary_dim=4)  # GPT-J's layout: neighbouring pairs within the first rotary_dim
+    x = torch.randn(2, 3, 5, 7)
+    positions = torch.tensor([0, 2, 3, 30, 700])
+    expected = torch.cat([roformer_reference(x[..., :4], positions), x[..., 4:].double()], dim=-1)
+    torch.testing.assert_close(rope(x, positions).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("interleaved", "rotary_dim"), [(False, None), (False, 6), (True, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_path_rotates_alike_in_each_layout(interleaved, rotary_dim, dtype):
+    """Full pass, cached prefill and one-token steps, and the compiled (cos, sin) form, on one module."""
+    rope = RotaryEmbedding(10, interleaved=interleaved, rotary_dim=rotary_dim)
+    m = MultiHeadAttention(30, 3, num_kv_heads=1, positional=rope).eval().to(dtype)
+    x = torch.randn(2, 6, 30, dtype=dtype)
+    full = m(x, is_causal=True)
+    cache = m.new_cache(2, 8)
+    with torch.no_grad():
+        steps = [m(x[:, :3], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(3, 6)]
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **tolerance)
+    if dtype == torch.float32 and rotary_dim is not None and not interleaved:  # one compile: they are slow
+        compiled = torch.compile(m, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x, is_causal=True), full, **tolerance)
+    xh = torch.randn(2, 3, 6, 10, dtype=dtype)
+    positions = torch.arange(6)
+    expected = halves_reference(xh, positions, rotary_dim=rotary_dim) if not interleaved else torch.cat(
+        [roformer_reference(xh[..., :6], positions), xh[..., 6:].double()], dim=-1)
+    torch.testing.assert_close(rope(xh, positions).double(), expected, **tolerance)
+
+
+def test_layout_and_partial_errors():
+    with pytest.raises(ValueError, match=r"rotary_dim must be even \(features rotate in pairs\) and at most head_dim=6, got 8"):
+        RotaryEmbedding(6, rotary_dim=8)
+    with pytest.raises(ValueError, match=r"rotary_dim must be even .* got 3"):
+        RotaryEmbedding(6, rotary_dim=3)
+    with pytest.raises(TypeError, match=r"interleaved must be a bool, got str"):
+        RotaryEmbedding(6, interleaved="no")
+    assert "interleaved=False, rotary_dim=4" in repr(RotaryEmbedding(5, interleaved=False, rotary_dim=4))
