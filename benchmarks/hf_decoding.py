@@ -14,9 +14,9 @@ tokens, in float32 and bfloat16. Contenders, timed round-robin in one process:
 * ``hf static``: ``LlamaAttention`` (sdpa) with a ``StaticCache`` of 8,192 positions.
 
 A fourth contender, ``bare kernels``, is the floor for an eager step: the
-kernels mha's one-token step runs (three projections, one complex multiply for
-the rotary positions, two cache writes, one attention kernel, the output
-projection), called straight, with no module, no checks and no Python around
+kernels mha's one-token step runs (three projections, for the rotary
+positions one complex multiply of the two halves paired up, two cache writes,
+one attention kernel, the output projection), called straight, with no module, no checks and no Python around
 them (on copies of mha's weights, so that it does not warm mha's caches). Against
 it, ``mha / bare`` is what the library adds; ``bare / dynamic`` is the best that
 any implementation with these kernels could reach. Taking turns, every
@@ -26,10 +26,10 @@ A second table times stacks of ``--layers`` (8) layers of mha and of
 Transformers (``DynamicCache``), one token through each stack in turn: as in a
 deep model, the code stays warm from layer to layer while the weights do not.
 
-They hold the same weights: Transformers rotates the two halves of each head
-(``rotate_half``), mha rotates interleaved pairs (the RoFormer paper's form), so
-the query and key rows are permuted within each head to map one onto the
-other. The script checks that all four compute the same outputs before timing.
+They hold the same weights, copied as they are: mha's ``RotaryEmbedding`` with
+``interleaved=False`` rotates the two halves of each head, as Transformers'
+``rotate_half`` does. The script checks that all four compute the same outputs
+before timing.
 """
 
 from __future__ import annotations
@@ -63,18 +63,12 @@ def build(dtype: torch.dtype):
     torch.manual_seed(0)
     hf = LlamaAttention(config, layer_idx=0).eval()
     rope = LlamaRotaryEmbedding(config)
-    base = float(rope.inv_freq[1]) ** (-HEAD_DIM / 2)  # inv_freq[i] = base^(-2i/d)
-    ours = MultiHeadAttention(HIDDEN, HEADS, num_kv_heads=KV_HEADS, bias=False,
-                              positional=RotaryEmbedding(HEAD_DIM, base=base)).eval()
-    # Head-local permutation: Transformers pairs feature i with i + d/2, mha pairs 2i with 2i + 1.
-    half = torch.arange(HEAD_DIM // 2)
-    within = torch.stack([half, half + HEAD_DIM // 2], dim=1).flatten()  # [0, 32, 1, 33, ...]
+    positional = RotaryEmbedding(HEAD_DIM, base=config.rope_parameters["rope_theta"], interleaved=False)
+    ours = MultiHeadAttention(HIDDEN, HEADS, num_kv_heads=KV_HEADS, bias=False, positional=positional).eval()
     with torch.no_grad():
-        for ours_proj, theirs_proj, heads in ((ours.q_proj, hf.q_proj, HEADS), (ours.k_proj, hf.k_proj, KV_HEADS)):
-            rows = (torch.arange(heads)[:, None] * HEAD_DIM + within).flatten()
-            ours_proj.weight.copy_(theirs_proj.weight[rows])
-        ours.v_proj.weight.copy_(hf.v_proj.weight)
-        ours.out_proj.weight.copy_(hf.o_proj.weight)
+        for ours_proj, theirs_proj in ((ours.q_proj, hf.q_proj), (ours.k_proj, hf.k_proj),
+                                       (ours.v_proj, hf.v_proj), (ours.out_proj, hf.o_proj)):
+            ours_proj.weight.copy_(theirs_proj.weight)
     return config, hf.to(dtype), rope, ours.to(dtype)
 
 
@@ -93,8 +87,10 @@ class BareKernels:
         wq, wk, wv, wo = self.weights
         start, s = self.length, x.shape[1]
         q, k = F.linear(x, wq).view(1, s, HEADS, HEAD_DIM), F.linear(x, wk).view(1, s, KV_HEADS, HEAD_DIM)
-        qk = torch.view_as_complex(torch.cat((q, k), dim=2).float().view(1, s, HEADS + KV_HEADS, -1, 2))
-        qk = torch.view_as_real(qk * self.angles[start : start + s, None]).flatten(-2).to(x.dtype)
+        halves = torch.cat((q, k), dim=2).unflatten(-1, (2, -1)).transpose(-1, -2)  # (..., d/2, 2)
+        qk = torch.view_as_complex(halves.float().contiguous())  # float32 in: .float() returns the view
+        qk = torch.view_as_real(qk * self.angles[start : start + s, None]).transpose(-1, -2)
+        qk = qk.to(x.dtype).contiguous().flatten(-2)
         self.keys[:, :, start : start + s] = qk[:, :, HEADS:].transpose(1, 2)
         self.values[:, :, start : start + s] = F.linear(x, wv).view(1, s, KV_HEADS, HEAD_DIM).transpose(1, 2)
         self.length = end = start + s
