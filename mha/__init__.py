@@ -21,6 +21,7 @@ Boolean masks are True where a query **may attend** to a key.
 from mha import functional, masks
 from mha.attention import Attention, MultiHeadAttention
 from mha.cache import KVCache
+from mha.convert_hf import from_hf, to_hf
 from mha.functional import Dispatch
 from mha.interop import TorchMultiheadAttention, from_torch, replace_torch_attention, to_torch
 from mha.rotary import RotaryEmbedding
@@ -35,6 +36,8 @@ __all__ = [
     "from_torch",
     "to_torch",
     "replace_torch_attention",
+    "from_hf",
+    "to_hf",
     "functional",
     "masks",
 ]
