@@ -112,11 +112,16 @@ def test_to_hf_restores_the_layer(name):
     theirs, restored = layer.state_dict(), other.state_dict()
     assert theirs.keys() == restored.keys()
     for key in theirs:
-        assert torch.equal(theirs[key], restored[key]), key
+        if name == "gemma3" and key.endswith("norm.weight"):
+            # mha holds Gemma's 1 + w, rounded once: w comes back within one rounding of 1.
+            torch.testing.assert_close(restored[key], theirs[key], atol=2**-24, rtol=0)
+        else:
+            assert torch.equal(theirs[key], restored[key]), key
     x = torch.randn(1, 5, config.hidden_size)
     with torch.no_grad():
+        exact = {"atol": 1e-6, "rtol": 1e-6} if name == "gemma3" else {"atol": 0, "rtol": 0}
         torch.testing.assert_close(transformers_forward(other, rope, layer_type, x, 0),
-                                   transformers_forward(layer, rope, layer_type, x, 0), atol=0, rtol=0)
+                                   transformers_forward(layer, rope, layer_type, x, 0), **exact)
 
 
 def test_a_sliding_window_layer_is_refused():
