@@ -159,6 +159,11 @@ class RotaryEmbedding(nn.Module):
             swap = torch.arange(rotary_dim).roll(rotary_dim // 2)
         self.register_buffer("_swap", swap, persistent=False)
 
+    @property
+    def dynamic(self) -> bool:
+        """Whether the frequencies depend on the sequence lengths seen (`scaling` of rope_type `"dynamic"`)."""
+        return self._dynamic_length is not None
+
     def frequencies(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """theta_i = base^(-2i/r), shape (r/2,), scaled as `scaling` says.
 

@@ -240,3 +240,17 @@ def test_ring_blocks_merge_exactly_cpu(dtype, kv_heads):
 @pytest.mark.parametrize("kv_heads", [3, 1])
 def test_ring_blocks_merge_exactly_cuda(dtype, head_dim, kv_heads):
     _blocks_equal_whole("cuda", dtype, head_dim, kv_heads)
+
+
+def test_dynamic_rotary_scaling_is_refused():
+    """Each rank would grow the rotary base from its own shard's positions, not the sequence's."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        rope = RotaryEmbedding(8, scaling={"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 8})
+        with pytest.raises(ValueError, match=r"attention has rotary scaling rope_type 'dynamic', whose frequencies depend on the longest"):
+            context_parallel(MultiHeadAttention(16, 2, positional=rope), mesh)
+    finally:
+        dist.destroy_process_group()

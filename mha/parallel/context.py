@@ -225,7 +225,7 @@ def context_parallel(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
 
     Raises:
         ValueError: if the mesh is not 1-D, `module` holds no `Attention`, or
-            one of them has `backend="math"`.
+            one of them has `backend="math"` or dynamic rotary scaling.
 
     Examples:
         One process here, so the mesh has one rank; under `torchrun` every
@@ -263,6 +263,13 @@ def context_parallel(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
             raise ValueError(
                 f"{name or 'module'} has backend='math', which computes full score matrices; "
                 "context parallelism needs the fused kernel (backend='auto' or 'fused')"
+            )
+        rope = attention.positional
+        if rope is not None and rope.dynamic:
+            # Each rank would grow the base from the positions it holds, not the whole sequence's.
+            raise ValueError(
+                f"{name or 'module'} has rotary scaling rope_type 'dynamic', whose frequencies depend on the "
+                "longest sequence seen; under context parallelism each rank sees only its shard"
             )
     layout = ContextParallel(mesh)
     for attention in targets.values():
