@@ -305,6 +305,7 @@ class Attention(nn.Module):
         v = self._split_heads(value)  # (b, n_kv, s_kv, d)
         if self.context_parallel is not None:
             return self._attend_across_ranks(self.context_parallel, q, k, v, is_causal)
+        guard = True
         if cache is None:
             if self.positional is not None:
                 # Queries are the last s_q positions (negative when s_q > s_kv),
@@ -322,6 +323,9 @@ class Attention(nn.Module):
                     angles = self.positional.angles(positions, q.dtype, q.device, end=cache.length + s_q)
                 q, k = self.positional.rotate(q, angles), self.positional.rotate(k, angles)
             k, v = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice
+            # The slots the cache itself blocks (empty, padding) hold zeros, so only
+            # a caller's mask can block a non-finite number: guard only then.
+            guard = mask is not None
             if mask is not None and mask.shape[-1] > k.shape[2]:
                 mask = mask[..., : k.shape[2]]  # a mask over all s_max slots, cut to the filled ones
             if cache.token_mask is None and not torch.compiler.is_compiling():
@@ -334,7 +338,7 @@ class Attention(nn.Module):
 
         dropout_p = self.dropout if self.training else 0.0
         path = path_for(need_weights, self.backend)
-        context, weights = attend(q, k, v, mask, is_causal, self.scale, dropout_p, path)
+        context, weights = attend(q, k, v, mask, is_causal, self.scale, dropout_p, path, guard=guard)
         context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d)
         if need_weights:
             return context, cast(Tensor, weights)  # need_weights chose the math path, which returns them

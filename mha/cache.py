@@ -40,7 +40,8 @@ class KVCache:
         device: of the buffers.
 
     Attributes:
-        keys: `(b, n_kv, s_max, d)`, keys after any rotary embedding.
+        keys: `(b, n_kv, s_max, d)`, keys after any rotary embedding; empty
+            and padding slots hold zeros.
         values: `(b, n_kv, s_max, d)`.
         position: a 0-d long tensor, the next free slot.
         token_mask: `(b, s_max)` bool, True at slots that hold real tokens,
@@ -168,6 +169,12 @@ class KVCache:
         s = key.shape[-2]
         if token_mask is not None or self._next is not None:
             self._track_tokens(s, token_mask)
+        if token_mask is not None:
+            # Padding slots hold zeros, not the padding's keys and values: no query
+            # ever sees them, and an inf or NaN there could still reach the
+            # result through the kernels (inf - inf, 0 * inf).
+            real = token_mask[:, None, :, None]  # (b, 1, s, 1)
+            key, value = key.masked_fill(~real, 0.0), value.masked_fill(~real, 0.0)
         compiling = torch.compiler.is_compiling()
         # In place is safe unless autograd records this write or saved the buffers earlier.
         if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):

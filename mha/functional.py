@@ -25,7 +25,7 @@ Shape letters are those of [`mha`][mha].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -158,34 +158,85 @@ def _fit_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return torch.where(torch.isneginf(mask), mask, mask.clamp(min=info.min, max=info.max))
 
 
+class _Mask(NamedTuple):
+    """A call's mask, ready for either path (see `_prepare_mask`)."""
+
+    mask: Tensor | None
+    kernel_causal: bool
+    keep: Tensor | None
+    blocked: Tensor | None
+
+
 def _prepare_mask(
-    mask: Tensor | None, is_causal: bool, s_q: int, s_kv: int, device: torch.device
-) -> tuple[Tensor | None, bool, Tensor | None]:
-    """Fold `is_causal` into the mask and guard rows that may attend to nothing.
+    mask: Tensor | None,
+    is_causal: bool,
+    *,
+    s_q: int,
+    s_kv: int,
+    scale: float | None,
+    guard: bool,
+    n_kv: int,
+    device: torch.device,
+) -> _Mask:
+    """Fold `is_causal` into the mask, guard rows that may attend to nothing and positions no query sees.
+
+    Args:
+        guard: find the key/value positions the mask blocks for every query
+            (only where the caller cannot vouch that they hold finite numbers).
 
     Returns:
-        `(mask, kernel_causal, keep)`. `kernel_causal` is True when the
-        fused kernel's own (top-left aligned) causal flag is exact, so no mask
-        needs to be built. `keep` is `(..., s_q, 1)`, 1 for rows with at
-        least one allowed key and 0 for the rest, or `None` if every row has one.
+        `mask`: 4-D `(b|1, n_h|1, s_q|1, s_kv)` or `None`. `kernel_causal`:
+        True when the fused kernel's own (top-left aligned) causal flag is
+        exact, so no mask needs to be built. `keep`: `(..., s_q, 1)`, True for
+        rows with at least one allowed key, or `None` if every row has one.
+        `blocked`: `(b|1, n_kv|1, s_kv, 1)`, True at key/value positions that
+        no query may see, or `None` (no mask, or `guard=False`).
     """
-    if mask is not None and mask.ndim < 4:
-        # (s_kv,), (s_q, s_kv), ... broadcast like a (b, n_h, s_q, s_kv) mask; the
-        # fused kernel and the row guard below need all four dimensions.
-        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-    if is_causal and mask is None and s_q == s_kv:
-        return None, True, None
+    if is_causal and mask is None and s_q == s_kv and (scale is None or scale > 0):
+        # The kernel's causal flag multiplies its -inf by the scale: NaN at
+        # scale 0, +inf (the future wins) for a negative scale. Those get a mask.
+        return _Mask(None, True, None, None)
+    # A causal mask alone lets the last query see every key: nothing to guard.
+    guard = guard and mask is not None
     if is_causal:
         mask = masks.combine_masks(mask, masks.causal(s_q, s_kv, device))
     if mask is None:
-        return None, False, None
+        return _Mask(None, False, None, None)
+    if mask.ndim < 4:
+        # (s_kv,), (s_q, s_kv), ... broadcast like a (b, n_h, s_q, s_kv) mask; the
+        # fused kernel, the one-query grouped path and the row guard need all four.
+        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    blocked = _blocked_columns(mask, n_kv) if guard else None
     if mask.dtype == torch.bool:
         keep = mask.any(dim=-1, keepdim=True)
         # A row that blocks everything is opened fully, so the softmax stays
         # finite in forward and backward; `keep` zeroes that row afterwards.
-        return mask | ~keep, False, keep
+        return _Mask(mask | ~keep, False, keep, blocked)
     keep = ~torch.isneginf(mask).all(dim=-1, keepdim=True)
-    return mask.masked_fill(~keep, 0.0), False, keep
+    return _Mask(mask.masked_fill(~keep, 0.0), False, keep, blocked)
+
+
+def _blocked_columns(mask: Tensor, n_kv: int) -> Tensor:
+    """Key/value positions that `mask` blocks for every query: `(b|1, n_kv|1, s_kv, 1)` bool.
+
+    `mask` is 4-D, before fully blocked rows are opened. A key/value head's
+    position counts as blocked when every query of every query head that
+    shares it is blocked from it.
+    """
+    allowed = mask if mask.dtype == torch.bool else ~torch.isneginf(mask)
+    seen = allowed.any(dim=-2)  # (b|1, n_h|1, s_kv)
+    if seen.shape[1] != 1 and seen.shape[1] != n_kv:
+        seen = seen.unflatten(1, (n_kv, -1)).any(dim=2)  # (b|1, n_kv, s_kv): the heads of a group
+    return ~seen.unsqueeze(-1)
+
+
+def _zero_blocked(x: Tensor, blocked: Tensor | None) -> Tensor:
+    """`x` `(b, n_kv, s_kv, d)` with zeros at `blocked` positions, so inf or NaN there cannot leak.
+
+    Blocked keys get no weight, but the kernels still compute `q . k` (inf
+    plus the mask's -inf is NaN) and `0 * v` (NaN for an infinite value).
+    """
+    return x if blocked is None else x.masked_fill(blocked, 0.0)
 
 
 def attention_weights(
@@ -229,16 +280,18 @@ def attention_weights(
     _checks.flag("is_causal", is_causal)
     if scale is not None:
         _checks.finite_number("scale", scale)
-    return _weights(query, key, mask, is_causal, scale)
+    prepared = _prepare_mask(
+        mask, is_causal, s_q=query.shape[-2], s_kv=key.shape[-2], scale=scale, guard=True,
+        n_kv=key.shape[-3], device=query.device,
+    )
+    return _weights(query, _zero_blocked(key, prepared.blocked), prepared, scale)
 
 
-def _weights(query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None) -> Tensor:
-    """`attention_weights` without argument checks."""
-    s_q, s_kv = query.shape[-2], key.shape[-2]
-    mask, kernel_causal, keep = _prepare_mask(mask, is_causal, s_q, s_kv, query.device)
-    mask = _fit_mask(mask, query.dtype)
-    if kernel_causal:
-        mask = masks.causal(s_q, s_kv, query.device)
+def _weights(query: Tensor, key: Tensor, prepared: _Mask, scale: float | None) -> Tensor:
+    """`attention_weights` without argument checks, for a prepared mask."""
+    mask, keep = _fit_mask(prepared.mask, query.dtype), prepared.keep
+    if prepared.kernel_causal:
+        mask = masks.causal(query.shape[-2], key.shape[-2], query.device)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     acc = _accumulation_dtype(query.dtype)
     key = _repeat_kv(key, query.shape[-3] // key.shape[-3])
@@ -250,7 +303,7 @@ def _weights(query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, s
             scores = scores + mask.to(acc)
     weights = torch.softmax(scores, dim=-1)
     if keep is not None:
-        weights = weights * keep
+        weights = weights.masked_fill(~keep, 0.0)
     return weights.to(query.dtype)
 
 
@@ -335,11 +388,16 @@ def attend(
     scale: float | None,
     dropout_p: float,
     path: str,
+    *,
+    guard: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """[`attention`][mha.functional.attention] without argument checks, on a chosen path.
 
     For the package's modules, which check their arguments once where a call
     enters. Returns `(context, weights)`; `weights` is `None` on the fused path.
+    `guard=False` skips zeroing the key/value positions the mask blocks for
+    every query, for a caller that knows they hold finite numbers (the KV
+    cache's empty and padding slots hold zeros).
     """
     b, n_h, s_q = query.shape[:3]
     s_kv = key.shape[-2]
@@ -347,14 +405,20 @@ def attend(
         # Empty in, empty out; with no keys, every query attends to nothing: zeros.
         context = query.new_zeros(b, n_h, s_q, value.shape[-1])
         return context, (query.new_zeros(b, n_h, s_q, s_kv) if path == "math" else None)
+    prepared = _prepare_mask(
+        mask, is_causal, s_q=s_q, s_kv=s_kv, scale=scale, guard=guard, n_kv=key.shape[-3], device=query.device
+    )
+    if prepared.blocked is not None:
+        key, value = _zero_blocked(key, prepared.blocked), _zero_blocked(value, prepared.blocked)
+    mask, kernel_causal, keep = prepared.mask, prepared.kernel_causal, prepared.keep
     if path == "math":
-        weights = _weights(query, key, mask, is_causal, scale)
+        weights = _weights(query, key, prepared, scale)
         if dropout_p > 0.0:
             weights = F.dropout(weights, p=dropout_p)
-        value = _repeat_kv(value, query.shape[-3] // value.shape[-3])
-        return weights @ value, weights
+        context = weights @ _repeat_kv(value, query.shape[-3] // value.shape[-3])
+        # A row with nothing to attend to is zero even next to an inf value (0 * inf).
+        return (context if keep is None else context.masked_fill(~keep, 0.0)), weights
 
-    mask, kernel_causal, keep = _prepare_mask(mask, is_causal, s_q, s_kv, query.device)
     # Head counts may be symbolic under torch.compile(dynamic=True); the kernel
     # wants a plain bool, which a Python branch gives (Dynamo guards on it).
     enable_gqa = True if query.shape[-3] != key.shape[-3] else False  # noqa: SIM210
@@ -387,5 +451,5 @@ def attend(
             enable_gqa=enable_gqa,
         )
     if keep is not None:
-        context = context * keep.to(context.dtype)
+        context = context.masked_fill(~keep, 0.0)  # where, not a product: 0 * NaN would stay NaN
     return context, None

@@ -202,7 +202,7 @@ def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
     seen = []
     for name in ("attend", "attend_token"):  # the full path, and the one-token step's
         function = getattr(mha.attention, name)
-        spy = lambda q, k, *args, function=function: seen.append(k.shape[2]) or function(q, k, *args)  # noqa: E731
+        spy = lambda q, k, *args, function=function, **kwargs: seen.append(k.shape[2]) or function(q, k, *args, **kwargs)  # noqa: E731
         monkeypatch.setattr(mha.attention, name, spy)
     m = MultiHeadAttention(16, 2).eval()
     cache = m.new_cache(1, 4096)
