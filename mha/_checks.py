@@ -80,9 +80,21 @@ def tensor(name: str, value: object) -> Tensor:
     return value
 
 
-def sizes(value: Tensor) -> tuple[int, ...]:
-    """The shape as plain ints, for a message: under torch.compile a size may be symbolic."""
-    return tuple(int(d) for d in value.shape)
+def sizes(value: Tensor | Sequence[int]) -> str:
+    """A tensor's shape (or a sequence of sizes) as text, `(2, 3)`, for a message.
+
+    Under `torch.compile` a size may be symbolic: Dynamo writes a tuple of them
+    by their symbols, `(s37, s25)`, but one at a time, through `int`, by their
+    values. Called only to raise, so the values it reads pin nothing.
+    """
+    dims = [f"{int(d)}" for d in (value.shape if isinstance(value, Tensor) else value)]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def number(value: int) -> str:
+    """An int for a message, `int(value)`: under `torch.compile` an int attribute that
+    changed between calls becomes symbolic, and Dynamo cannot format it as it is."""
+    return f"{int(value)}"
 
 
 def fits(shape: Sequence[int], expected: Sequence[int | None]) -> bool:
@@ -141,7 +153,7 @@ def mask(name: str, value: object, target: Sequence[int], legend: str) -> Tensor
     pairs = zip(reversed(got), reversed(target), strict=False)  # matched from the right
     if len(got) > len(target) or not all(g == 1 or g == t for g, t in pairs):
         raise ValueError(
-            f"{name} must be broadcastable to {legend} = {tuple(int(t) for t in target)}, got shape {sizes(value)}"
+            f"{name} must be broadcastable to {legend} = {sizes(target)}, got shape {sizes(value)}"
         )
     return value
 

@@ -131,7 +131,7 @@ class KVCache:
         """
         b, n_kv, d = self.batch_size, self.num_kv_heads, self.head_dim
         key = _checks.shape("key", key, (b, n_kv, None, d), lambda: f"(b={b}, n_kv={n_kv}, s, d={d})")
-        _checks.shape("value", value, key.shape, lambda: f"like key {tuple(key.shape)}")
+        _checks.shape("value", value, key.shape, lambda: f"like key {_checks.sizes(key)}")
         if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
             raise TypeError(f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}")
         self.check_room(key.shape[-2])
@@ -147,16 +147,10 @@ class KVCache:
     def check_room(self, s: int) -> None:
         """Raise `ValueError` if `s` more positions do not fit."""
         if self._length + s > self.max_len:
-            if torch.compiler.is_compiling():
-                # Dynamo cannot format symbolic sizes (the message was lost to
-                # "BUILD_STRING type error"); a constant one survives, and
-                # without fullgraph Dynamo re-runs this in eager, with the numbers.
-                raise ValueError(
-                    "KVCache overflow: the chunk does not fit in max_len; make a larger cache or reset() it"
-                )
+            # Every number through _checks: under torch.compile they may be symbolic.
             raise ValueError(
-                f"KVCache overflow: it holds {self._length} of max_len={self.max_len} positions "
-                f"and cannot take {s} more; make a larger cache or reset() it"
+                f"KVCache overflow: it holds {_checks.number(self._length)} of max_len={_checks.number(self.max_len)} "
+                f"positions and cannot take {_checks.number(s)} more; make a larger cache or reset() it"
             )
 
     def write(self, key: Tensor, value: Tensor, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -98,7 +98,7 @@ def _check_heads(query: object, key: object, value: object | None, mask: object 
     """Shapes of split heads: q (b, n_h, s_q, d), k (b, n_kv, s_kv, d), v (b, n_kv, s_kv, d_v)."""
     query = _checks.floating("query", _checks.tensor("query", query))
     if query.ndim != 4:
-        raise ValueError(f"query must have shape (b, n_h, s_q, d), got {tuple(query.shape)}")
+        raise ValueError(f"query must have shape (b, n_h, s_q, d), got {_checks.sizes(query)}")
     b, n_h, s_q, d = query.shape
     key = _checks.shape("key", key, (b, None, None, d), lambda: f"(b={b}, n_kv, s_kv, d={d})")
     _checks.same_dtype("key", key, "query", query)

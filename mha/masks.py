@@ -90,7 +90,7 @@ def padding_mask(lengths: Tensor, s_kv: int | None = None) -> Tensor:
     if lengths.ndim != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
         raise ValueError(
             f"lengths must be a 1-D integer tensor of shape (b,), got shape "
-            f"{tuple(lengths.shape)} and dtype {lengths.dtype}"
+            f"{_checks.sizes(lengths)} and dtype {lengths.dtype}"
         )
     if s_kv is None:
         s_kv = int(lengths.max())
@@ -193,18 +193,18 @@ def from_torch_masks(
             if num_heads is None:
                 raise ValueError(
                     "num_heads is required to convert a 3-D attn_mask of shape "
-                    f"(b * n_h, s_q, s_kv), got attn_mask of shape {tuple(attn_mask.shape)}"
+                    f"(b * n_h, s_q, s_kv), got attn_mask of shape {_checks.sizes(attn_mask)}"
                 )
             if attn_mask.shape[0] % num_heads:
                 raise ValueError(
                     f"attn_mask's first dimension must be b * num_heads (num_heads="
-                    f"{num_heads}), got shape {tuple(attn_mask.shape)}"
+                    f"{num_heads}), got shape {_checks.sizes(attn_mask)}"
                 )
             attn_mask = attn_mask.view(-1, num_heads, *attn_mask.shape[1:])
         elif attn_mask.ndim != 2:
             raise ValueError(
                 "attn_mask must have shape (s_q, s_kv) or (b * n_h, s_q, s_kv), "
-                f"got {tuple(attn_mask.shape)}"
+                f"got {_checks.sizes(attn_mask)}"
             )
         converted.append(~attn_mask if attn_mask.dtype == torch.bool else attn_mask)
     if key_padding_mask is not None:
@@ -212,7 +212,7 @@ def from_torch_masks(
         if key_padding_mask.ndim != 2:
             raise ValueError(
                 "key_padding_mask must have shape (b, s_kv), "
-                f"got {tuple(key_padding_mask.shape)}"
+                f"got {_checks.sizes(key_padding_mask)}"
             )
         kpm = key_padding_mask[:, None, None, :]  # (b, 1, 1, s_kv)
         converted.append(~kpm if kpm.dtype == torch.bool else kpm)

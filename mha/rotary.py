@@ -209,7 +209,7 @@ class RotaryEmbedding(nn.Module):
         """Rotate `x` by `positions`; see the class docstring for shapes."""
         if x.shape[-1] != self.head_dim:
             raise ValueError(
-                f"x must have last dimension d={self.head_dim}, got shape {tuple(x.shape)}"
+                f"x must have last dimension d={self.head_dim}, got shape {_checks.sizes(x)}"
             )
         return self.rotate(x, self.angles(positions, x.dtype, x.device))
 

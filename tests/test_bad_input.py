@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import TOLERANCE
+from helpers import TOLERANCE, under_fullgraph
 from mha import KVCache, MultiHeadAttention
 
 B, S_Q, S_KV, H, N_H = 2, 5, 7, 12, 3  # distinct sizes
@@ -114,3 +114,40 @@ def test_a_cache_that_does_not_fit_is_refused_before_it_changes(batch, heads, he
             m(x, cache=cache)
     assert cache.length == filled and int(cache.position) == filled
     assert torch.equal(cache.keys, keys)
+
+
+def _functional_attention(q, k, v):
+    from mha.functional import attention
+
+    return attention(q, k, v)[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "call", "good", "bad", "message"),
+    [
+        ("key's batch", lambda m, q, k: m(q, k, k), ((2, 3, 12), (2, 5, 12)), ((3, 3, 12), (2, 5, 12)),
+         r"key must have shape \(b=3, s_kv, kdim=12\), got \(2, 5, 12\)"),
+        ("mask", lambda m, q, mask: m(q, mask=mask), ((2, 3, 12), (3, 3)), ((2, 5, 12), (4, 5)),
+         r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 3, 5, 5\), got shape \(4, 5\)"),
+        ("value", lambda m, q, k, v: _functional_attention(q, k, v), ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 4)),
+         ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 6, 4)),
+         r"value must have shape \(b=2, n_kv=3, s_kv=7, d_v\), got \(2, 3, 6, 4\)"),
+    ],
+    ids=["key batch", "mask", "value"],
+)
+def test_errors_under_compile_name_the_sizes(name, call, good, bad, message):
+    """Dynamo formats a tuple of symbolic sizes by their symbols, `(s37, s25, 12)`;
+    the messages print each size on its own, and so by its value."""
+    from torch._dynamo.exc import Unsupported
+
+    torch._dynamo.reset()
+    m = MultiHeadAttention(H, N_H).eval()
+    compiled = torch.compile(lambda *xs: call(m, *xs), backend="eager", fullgraph=True, dynamic=True)
+
+    def tensors(shapes):
+        return [torch.ones(s, dtype=torch.bool) if len(s) == 2 else torch.randn(s) for s in shapes]
+
+    with torch.no_grad():
+        compiled(*tensors(good))
+        with pytest.raises(Unsupported, match=under_fullgraph(message)):
+            compiled(*tensors(bad))

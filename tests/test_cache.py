@@ -163,22 +163,30 @@ def test_shallow_copy_is_refused_and_deepcopy_is_independent():
     assert not torch.equal(cache.keys, twin.keys)
 
 
-def test_overflow_keeps_its_message_under_compile():
-    """It was lost to `Unsupported: BUILD_STRING type error`. Under fullgraph=True Dynamo
-    reports an exception raised in the graph as Unsupported, with the message in its text."""
+@pytest.mark.parametrize("dynamic", [True, None])
+def test_overflow_keeps_its_message_and_numbers_under_compile(dynamic):
+    """It was lost to `Unsupported: BUILD_STRING type error`, then kept without its numbers.
+    Under fullgraph=True Dynamo reports an exception raised in the graph as Unsupported,
+    with the message in its text. With dynamic=None the cache's length becomes symbolic
+    after the first recompile (one-token steps until the overflow)."""
     from torch._dynamo.exc import Unsupported
 
+    torch._dynamo.reset()
     m = MultiHeadAttention(16, 2).eval()
     cache = m.new_cache(1, 3)
-    step = torch.compile(lambda x: m(x, cache=cache), backend="eager", fullgraph=True, dynamic=True)
+    step = torch.compile(lambda x: m(x, cache=cache), backend="eager", fullgraph=True, dynamic=dynamic)
+    chunk = 2 if dynamic else 1
     with torch.no_grad():
-        step(torch.randn(1, 2, 16))
-        with pytest.raises(Unsupported, match=under_fullgraph(r"KVCache overflow: the chunk does not fit in max_len")):
+        for _ in range(3 // chunk):
+            step(torch.randn(1, chunk, 16))
+        held = 3 // chunk * chunk
+        message = f"KVCache overflow: it holds {held} of max_len=3 positions and cannot take 2 more"
+        with pytest.raises(Unsupported, match=under_fullgraph(message)):
             step(torch.randn(1, 2, 16))
         without_fullgraph = torch.compile(lambda x: m(x, cache=cache), backend="eager", dynamic=True)
-        with pytest.raises(ValueError, match=r"KVCache overflow: it holds 2 of max_len=3 positions and cannot take 2 more"):
+        with pytest.raises(ValueError, match=message):
             without_fullgraph(torch.randn(1, 2, 16))
-    assert cache.length == 2
+    assert cache.length == held
 
 
 def test_a_512_step_compiled_decode_loop_makes_at_most_3_graphs():
