@@ -83,7 +83,7 @@ class RotaryEmbedding(nn.Module):
     `torch.compile` or `torch.export` (raises).
 
     Shape:
-        x: `(b, n, s, d)` for any number of heads `n`;
+        x: `(b, n_h, s, d)`, or `(b, n_kv, s, d)` for keys: any number of heads;
         positions: `(s,)` or `(b, s)`; output: like `x`.
 
     Raises:

@@ -1,64 +1,100 @@
-"""Train the digit-reversing transformer of the attention-weights guide and the explorer.
+"""Train the small transformers of the site: the digit reverser and the explorer's look-up model.
 
-Run from the repository root (under two minutes on 2 CPU cores):
+Run from the repository root (each under a minute on 2 CPU cores):
 
-    python docs/_scripts/train_demo.py
+    python docs/_scripts/train_demo.py            # both
+    python docs/_scripts/train_demo.py lookup     # docs/_data/lookup.pt, for the explorer
+    python docs/_scripts/train_demo.py reverse    # docs/_data/reverse.pt, for the attention-weights guide
 
-Seeded: the same machine gives the same weights. Writes docs/_data/reverse.pt;
-the last line printed is the exact-match accuracy on held-out sequences,
-which never appear in training.
+Seeded and run on one thread: the same torch build gives the same weights.
+The last line printed per model is its exact-match accuracy on held-out
+inputs, which never appear in training; for the look-up model also what each
+head does (lookup_model.head_scores) and what silencing it costs.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import demo_model
+import lookup_model
 import torch
-from demo_model import WEIGHTS, Reverser, accuracy, batch
-from torch import nn
-
-STEPS, BATCH, LR = 1500, 256, 3e-3
+from torch import Tensor, nn
 
 
-def progress(step: int, loss: float, start: float) -> None:
-    done = (step + 1) / STEPS
+@dataclass(frozen=True)
+class Task:
+    name: str
+    model: Callable[[], nn.Module]
+    batch: Callable[..., Tensor]
+    answers: Callable[[Tensor], Tensor]
+    steps: int
+    size: int  # sequences per step
+    lr: float
+
+
+TASKS = {
+    "reverse": Task("reverse", demo_model.Reverser, demo_model.batch, lambda d: d.flip(-1), 1500, 256, 3e-3),
+    "lookup": Task("lookup", lookup_model.Lookup, lookup_model.batch, lookup_model.answers, 600, 128, 1e-2),
+}
+
+
+def progress(step: int, steps: int, loss: float, start: float) -> None:
+    done = (step + 1) / steps
     bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
-    sys.stderr.write(f"\r[{bar}] step {step + 1}/{STEPS}  loss {loss:.4f}  {time.perf_counter() - start:.0f}s")
-    if step + 1 == STEPS:
+    sys.stderr.write(f"\r[{bar}] step {step + 1}/{steps}  loss {loss:.4f}  {time.perf_counter() - start:.0f}s")
+    if step + 1 == steps:
         sys.stderr.write("\n")
 
 
-def train() -> Reverser:
+def train(task: Task) -> nn.Module:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    model = Reverser()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=STEPS, pct_start=0.1)
+    model = task.model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=task.lr, total_steps=task.steps, pct_start=0.1)
     loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
-    for step in range(STEPS):
-        digits = batch(BATCH, generator, training=True)
+    for step in range(task.steps):
+        digits = task.batch(task.size, generator, training=True)
         logits, _ = model(digits)
-        loss = loss_fn(logits.flatten(0, 1), digits.flip(-1).flatten())
+        loss = loss_fn(logits.flatten(0, 1), task.answers(digits).flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step % 50 == 0 or step + 1 == STEPS:
-            progress(step, loss.item(), start)
+        if step % 50 == 0 or step + 1 == task.steps:
+            progress(step, task.steps, loss.item(), start)
     return model.eval()
 
 
-def main() -> None:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    model = train()
-    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), WEIGHTS)
-    held_out = batch(4000, torch.Generator().manual_seed(1), training=False)
-    print(f"wrote {WEIGHTS}")
-    print(f"held-out exact-match accuracy: {accuracy(model, held_out):.4f}")
+def report_lookup(model: lookup_model.Lookup, held_out: Tensor) -> None:
+    for (layer, head), scores in lookup_model.head_scores(model, held_out).items():
+        silenced = lookup_model.ablated(model, layer, head)
+        print(
+            f"layer {layer + 1} head {head + 1}: "
+            + ", ".join(f"{name} {value:.2f}" for name, value in scores.items())
+            + f"; silenced: list {lookup_model.accuracy(silenced, held_out, slice(0, 4)):.4f},"
+            f" queries {lookup_model.accuracy(silenced, held_out, slice(4, 8)):.4f}"
+        )
+
+
+def main(names: list[str]) -> None:
+    torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and the sums are always the same
+    for name in names or list(TASKS):
+        module = demo_model if name == "reverse" else lookup_model
+        model = train(TASKS[name])
+        module.WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), module.WEIGHTS)
+        held_out = module.batch(4000, torch.Generator().manual_seed(1), training=False)
+        print(f"wrote {module.WEIGHTS}")
+        if name == "lookup":
+            report_lookup(model, held_out)
+        print(f"{name}: held-out exact-match accuracy {module.accuracy(model, held_out):.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,19 +1,39 @@
-// The attention explorer: the digit-reversing transformer of
-// docs/_scripts/demo_model.py, run in the page in plain JavaScript, with its
-// weights from assets/explorer/reverse.json (written at build time by
+// The attention explorer: the look-up transformer of
+// docs/_scripts/lookup_model.py, run in the page in plain JavaScript, with its
+// weights from assets/explorer/lookup.json (written at build time by
 // docs/_hooks/explorer_weights.py). Nothing is fetched from another host.
 //
 // Testing hooks: each token of the input is an element with
 // data-token="<index>"; while a token is selected, every token element also
 // carries data-weight="<value>": the weight with which the selected token
-// attends to it, for the chosen layer and head.
+// attends to it, for the chosen layer and head. The root's data-ready holds
+// the eight digits shown.
 (function () {
   // Resolve the weights next to this script, whatever the site's base URL.
   const script = document.currentScript;
-  const weightsUrl = new URL("../explorer/reverse.json", script ? script.src : location.href);
+  const weightsUrl = new URL("../explorer/lookup.json", script ? script.src : location.href);
   let modelPromise = null;
 
-  // --- the model: the same arithmetic as demo_model.Reverser ---------------
+  // --- the task: lookup_model.answers and lookup_model.valid ---------------
+
+  const LIST = 4;
+
+  // "3 1 4 5, 4 3 5 1" or "31454351" -> [3, 1, 4, 5, 4, 3, 5, 1]; null if not 8 digits.
+  function parse(text) {
+    const compact = text.replace(/[\s,;]+/g, "");
+    return /^[0-9]{8}$/.test(compact) ? [...compact].map(Number) : null;
+  }
+
+  // A puzzle: four different digits, then four of those digits.
+  function valid(digits) {
+    const list = digits.slice(0, LIST);
+    return new Set(list).size === LIST && digits.slice(LIST).every((t) => list.includes(t));
+  }
+
+  // Every position answers with the digit after its own in the list (wrapping round).
+  const answers = (digits) => digits.map((t) => digits[(digits.indexOf(t) + 1) % LIST]);
+
+  // --- the model: the same arithmetic as lookup_model.Lookup ---------------
 
   const linear = (x, w, b) => w.map((row, o) => row.reduce((s, wi, i) => s + wi * x[i], b ? b[o] : 0));
 
@@ -89,16 +109,22 @@
 
   // --- the page --------------------------------------------------------------
 
+  // One colour scale for one quantity: a digit's background and a heatmap
+  // cell both show a weight through --weight (extra.css); dark text turns
+  // light where the colour is strong.
+  function paint(el, weight) {
+    el.style.setProperty("--weight", weight.toFixed(4));
+    el.classList.toggle("strong", weight > 0.5);
+  }
+
   function mount(root) {
-    const examples = root.querySelector("[data-explorer=examples]");
-    const typed = root.querySelector("[data-explorer=input]");
-    const problem = root.querySelector("[data-explorer=problem]");
-    const tokens = root.querySelector("[data-explorer=tokens]");
-    const output = root.querySelector("[data-explorer=output]");
-    const heatmap = root.querySelector("[data-explorer=heatmap]");
-    const layerSelect = root.querySelector("[data-explorer=layer]");
-    const headSelect = root.querySelector("[data-explorer=head]");
+    const $ = (name) => root.querySelector(`[data-explorer=${name}]`);
+    const examples = $("examples"), typed = $("input"), problem = $("problem");
+    const tokens = $("tokens"), output = $("output"), expected = $("expected");
+    const heatmap = $("heatmap"), layerSelect = $("layer"), headSelect = $("head");
+    const typedOption = examples.querySelector("option[value='']");
     const state = { result: null, digits: [], selected: null };
+    const label = (i) => `${i + 1}: ${state.digits[i]}`; // position (1-based) and digit
 
     function paintSelection() {
       const { result, selected } = state;
@@ -108,10 +134,10 @@
         el.setAttribute("aria-pressed", String(j === selected));
         if (selected === null || !w) {
           el.removeAttribute("data-weight");
-          el.style.removeProperty("--weight");
+          paint(el, 0);
         } else {
           el.dataset.weight = w[selected][j].toFixed(6);
-          el.style.setProperty("--weight", w[selected][j].toFixed(4));
+          paint(el, w[selected][j]);
         }
       }
       for (const row of heatmap.querySelectorAll("tr[data-row]")) {
@@ -121,9 +147,8 @@
 
     function drawHeatmap() {
       const w = state.result.weights[+layerSelect.value][+headSelect.value];
-      const d = state.digits;
-      const head = `<tr><th scope="col"></th>${d.map((t) => `<th scope="col">${t}</th>`).join("")}</tr>`;
-      const rows = w.map((row, i) => `<tr data-row="${i}"><th scope="row">${d[i]}</th>${row
+      const head = `<tr><th scope="col"></th>${w.map((_, j) => `<th scope="col">${label(j)}</th>`).join("")}</tr>`;
+      const rows = w.map((row, i) => `<tr data-row="${i}"><th scope="row">${label(i)}</th>${row
         .map((v) => `<td style="--weight:${v.toFixed(4)}"${v > 0.5 ? ' class="strong"' : ""} title="${v.toFixed(3)}">${Math.round(v * 100)}</td>`)
         .join("")}</tr>`);
       // A class of its own: Material's rules for plain tables would stretch it.
@@ -135,13 +160,17 @@
       paintSelection();
     }
 
-    async function show(text) {
-      const digits = [...text].map(Number);
+    const cells = (digits, right) => digits
+      .map((t, i) => `<span class="explorer-cell${right && right[i] !== t ? " wrong" : ""}">${t}</span>`)
+      .join("");
+
+    async function show(digits) {
       const model = await (modelPromise ||= fetch(weightsUrl).then((r) => r.json()));
       state.digits = digits;
       state.result = run(model, digits);
       tokens.innerHTML = digits
-        .map((t, i) => `<button type="button" class="explorer-token" data-token="${i}" aria-pressed="false">${t}</button>`)
+        .map((t, i) => `<button type="button" class="explorer-token" data-token="${i}" aria-pressed="false" `
+          + `aria-label="${label(i)}"><small>${i + 1}</small>${t}</button>`)
         .join("");
       for (const el of tokens.querySelectorAll("[data-token]")) {
         const i = +el.dataset.token;
@@ -149,22 +178,32 @@
         el.addEventListener("focus", () => select(i));
         el.addEventListener("click", () => select(i));
       }
-      output.textContent = state.result.output.join(" ");
+      const right = answers(digits);
+      expected.innerHTML = cells(right);
+      output.innerHTML = cells(state.result.output, right);
+      output.dataset.correct = String(state.result.output.every((t, i) => t === right[i]));
       drawHeatmap();
       select(state.selected);
-      root.dataset.ready = text;
+      root.dataset.ready = digits.join("");
     }
 
     examples.addEventListener("change", () => {
+      if (!examples.value) return;
       typed.value = "";
       problem.hidden = true;
-      show(examples.value);
+      show(parse(examples.value));
     });
     typed.addEventListener("input", () => {
-      const value = typed.value.trim();
-      const ok = new RegExp(`^[0-9]{${8}}$`).test(value);
-      problem.hidden = ok || value.length < 8;
-      if (ok) show(value);
+      const digits = parse(typed.value);
+      const ok = digits !== null && valid(digits);
+      // Say what is wrong only once the reader has typed eight digits or more.
+      problem.hidden = ok || typed.value.replace(/[^0-9]/g, "").length < 8;
+      if (!ok) return;
+      // The dropdown names what is shown: the example typed, or "your input".
+      const match = [...examples.options].find((o) => o.value === digits.join(""));
+      examples.value = match ? match.value : "";
+      typedOption.hidden = Boolean(match);
+      show(digits);
     });
     for (const control of [layerSelect, headSelect]) {
       control.addEventListener("change", () => {
@@ -172,7 +211,7 @@
         paintSelection();
       });
     }
-    show(examples.value);
+    show(parse(examples.value));
   }
 
   document$.subscribe(() => {
