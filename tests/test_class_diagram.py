@@ -70,3 +70,11 @@ def test_pages_use_the_generated_diagram(page):
     text = page.read_text(encoding="utf-8")
     assert class_diagram.MARKER in text
     assert "classDiagram" not in text, "a hand-written diagram would drift from the code"
+
+
+def test_attributes_that_default_to_none_show_their_declared_type():
+    """`+None q_proj_weight` says nothing: the type comes from the code's annotations."""
+    source = class_diagram.generate()
+    attributes = [line.strip() for line in source.splitlines() if line.strip().startswith("+") and "(" not in line]
+    assert not [a for a in attributes if a.startswith("+None ")]
+    assert "+SequenceLayout context_parallel" in source and "+Tensor token_mask" in source

@@ -17,9 +17,11 @@ tests/test_class_diagram.py checks the result against the package.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import re
+import textwrap
 
 import torch
 
@@ -86,6 +88,28 @@ def attributes(obj: object) -> dict[str, object]:
     return {n: getattr(obj, n) for n in dict.fromkeys(names)}
 
 
+def declared_types(cls: type) -> dict[str, str]:
+    """name -> annotation, as written in the code: class-level fields, `self.x: T = ...`
+    in any method, property return types, `__init__` parameters. Across the mha bases."""
+    types: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not klass.__module__.startswith("mha"):
+            continue
+        types.update({k: str(v) for k, v in getattr(klass.__init__, "__annotations__", {}).items()})
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.AnnAssign):
+                target = node.target
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+                    types[target.attr] = ast.unparse(node.annotation)
+                elif isinstance(target, ast.Name):
+                    types[target.id] = ast.unparse(node.annotation)
+        for name, value in vars(klass).items():
+            if isinstance(value, property) and value.fget and "return" in value.fget.__annotations__:
+                types[name] = str(value.fget.__annotations__["return"])
+    return types
+
+
 def _type_name(annotation: str) -> str:
     """'Tensor | tuple[Tensor, Tensor]' -> 'Tensor or tuple': mermaid reads no brackets or bars."""
     return re.sub(r"\[.*\]", "", annotation).replace(" | None", "").replace(" | ", " or ")
@@ -133,12 +157,13 @@ def generate() -> str:
     relations: list[str] = []
     for cls, obj in objects.items():
         lines.append(f"    class {cls.__name__} {{")
-        declared = cls.__init__.__annotations__
+        declared = declared_types(cls)
         for attr, value in attributes(obj).items():
             if value is None and attr in getattr(obj, "_parameters", {}):
                 kind = "Parameter"  # a parameter this configuration lacks, as on nn.MultiheadAttention
             else:
-                kind = type(value).__name__ if value is not None else _type_name(str(declared.get(attr, "None")))
+                # An attribute that holds None in the sample still has a type: the one the code declares.
+                kind = type(value).__name__ if value is not None else _type_name(declared.get(attr, "object"))
             lines.append(f"        +{kind} {attr}")
         for method, value in public_methods(cls).items():
             lines.append(f"        {_method_line(method, value)}")
