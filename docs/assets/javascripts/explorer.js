@@ -114,7 +114,7 @@
   // light where the colour is strong.
   function paint(el, weight) {
     el.style.setProperty("--weight", weight.toFixed(4));
-    el.classList.toggle("strong", weight > 0.5);
+    el.classList.toggle("explorer-strong", weight > 0.5);
   }
 
   function mount(root) {
@@ -147,7 +147,7 @@
 
     function drawHeatmap() {
       const w = state.result.weights[+layerSelect.value][+headSelect.value];
-      const head = `<tr><th scope="col"></th>${w.map((_, j) => `<th scope="col">${label(j)}</th>`).join("")}</tr>`;
+      const head = `<tr><th scope="col"></th>${w.map((_, j) => `<th scope="col" aria-label="${label(j)}"><small>${j + 1}</small><br>${state.digits[j]}</th>`).join("")}</tr>`;
       const rows = w.map((row, i) => `<tr data-row="${i}"><th scope="row">${label(i)}</th>${row
         .map((v) => `<td style="--weight:${v.toFixed(4)}"${v > 0.5 ? ' class="strong"' : ""} title="${v.toFixed(3)}">${Math.round(v * 100)}</td>`)
         .join("")}</tr>`);

@@ -1,0 +1,68 @@
+"""Every tutorial and guide page has a notebook, built from its doctests, linked from the page;
+the tutorial's notebooks run top to bottom in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+sys.path.insert(0, str(DOCS / "_hooks"))
+import notebooks  # noqa: E402
+
+PAGES = sorted(p.relative_to(DOCS).as_posix() for p in [*DOCS.glob("tutorial*.md"), *DOCS.glob("guides/*.md")])
+
+
+def _built(site: Path, src: str) -> tuple[Path, str]:
+    """(page folder in the site, notebook file name) for a source page."""
+    name = notebooks.notebook_name(src)
+    assert name is not None, src
+    stem = src.removesuffix(".md").removesuffix(".zh")
+    folder = site / ("zh" if src.endswith(".zh.md") else "") / stem
+    return folder, name
+
+
+def test_cells_from_markdown():
+    page = (
+        "# Title\n\nSee [masks](guides/masks.md#x).\n\n```pycon\n>>> a = 1\n>>> a + 1\n2\n>>> b = a\n\n```\n\n"
+        '!!! tip "A hint"\n    Indented prose.\n\n    ```pycon\n    >>> print(b)  # doctest: +ELLIPSIS\n    1\n\n    ```\n\n'
+        "```bash\npip install mha\n```\n"
+    )
+    cells = notebooks.cells_from_markdown(page, "https://example.org/mha/tutorial/")
+    kinds = [(c["cell_type"], c["source"]) for c in cells]
+    assert kinds == [
+        ("markdown", "# Title\n\nSee [masks](https://example.org/mha/tutorial/guides/masks/#x)."),
+        ("code", "a = 1\na + 1"),
+        ("code", "b = a"),
+        ("markdown", "**A hint**\nIndented prose."),
+        ("code", "print(b)"),
+        ("markdown", "```bash\npip install mha\n```"),
+    ]
+
+
+@pytest.mark.parametrize("src", PAGES)
+def test_every_page_links_its_notebook(site, src):
+    folder, name = _built(site, src)
+    nb = json.loads((folder / name).read_text(encoding="utf-8"))
+    assert nb["nbformat"] == 4 and nb["cells"][0]["cell_type"] == "markdown"
+    assert len({c["id"] for c in nb["cells"]}) == len(nb["cells"])
+    assert f'href="{name}" download' in (folder / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("src", ["tutorial.md", "tutorial.zh.md"])
+def test_tutorial_notebook_runs_headless(site, src, tmp_path):
+    folder, name = _built(site, src)
+    nb = json.loads((folder / name).read_text(encoding="utf-8"))
+    code = [c["source"] for c in nb["cells"] if c["cell_type"] == "code"]
+    assert len(code) > 10
+    script = tmp_path / "notebook.py"
+    script.write_text("\n\n".join(code) + "\nprint('ran', flush=True)\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0 and run.stdout.endswith("ran\n"), run.stdout[-2000:] + run.stderr[-4000:]
