@@ -100,7 +100,8 @@ def declared_types(cls: type) -> dict[str, str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.AnnAssign):
                 target = node.target
-                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+                on_self = isinstance(target, ast.Attribute) and getattr(target.value, "id", None) == "self"
+                if on_self and isinstance(target, ast.Attribute):
                     types[target.attr] = ast.unparse(node.annotation)
                 elif isinstance(target, ast.Name):
                     types[target.id] = ast.unparse(node.annotation)
