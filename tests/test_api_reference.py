@@ -14,7 +14,7 @@ API_PAGES = ["attention", "cache", "functional", "masks", "interop", "rotary", "
 def _section(html: str, object_id: str) -> str:
     """The HTML of one documented object, up to the next object's heading."""
     start = html.index(f'id="{object_id}"')
-    end = html.find('class="doc doc-heading"', start + 1)
+    end = html.find('class="doc doc-heading"', html.index(">", start) + 1)
     return html[start : end if end > 0 else None]
 
 
