@@ -14,6 +14,7 @@ import mha
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 sys.path.insert(0, str(DOCS / "_hooks"))
 import class_diagram  # noqa: E402
+from site_fixtures import DESKTOP, PHONE  # noqa: E402
 
 PAGES = sorted(DOCS.glob("class-diagram*.md"))
 PUBLIC_CLASSES = {name for name in mha.__all__ if isinstance(getattr(mha, name), type)} | {"Dispatch"}
@@ -78,3 +79,93 @@ def test_attributes_that_default_to_none_show_their_declared_type():
     attributes = [line.strip() for line in source.splitlines() if line.strip().startswith("+") and "(" not in line]
     assert not [a for a in attributes if a.startswith("+None ")]
     assert "+SequenceLayout context_parallel" in source and "+Tensor token_mask" in source
+
+
+def _rgb(colour: str, background: tuple[float, ...] = (255, 255, 255)) -> tuple[float, ...]:
+    """'rgb(1, 2, 3)' or 'rgba(1, 2, 3, 0.5)' as RGB, composited over `background`."""
+    parts = [float(x) for x in re.findall(r"[\d.]+", colour)]
+    alpha = parts[3] if len(parts) == 4 else 1.0
+    return tuple(alpha * c + (1 - alpha) * b for c, b in zip(parts[:3], background, strict=True))
+
+
+def _contrast(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours."""
+
+    def luminance(rgb: tuple[float, ...]) -> float:
+        linear = [(c / 255 / 12.92) if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+DIAGRAM_STATE = """() => {
+    const host = document.querySelector('div.mermaid[data-sized]');
+    if (!host) return null;
+    const root = host.shadowRoot;
+    const style = (selector, property) => [...root.querySelectorAll(selector)]
+        .map((e) => getComputedStyle(e)[property]);
+    const column = document.querySelector('.md-content__inner').getBoundingClientRect();
+    const box = host.getBoundingClientRect();
+    return {
+        fit: host.dataset.fit, scrollLeft: host.scrollLeft, tabIndex: host.tabIndex,
+        overflow: host.scrollWidth - host.clientWidth, inColumn: box.left >= column.left - 1 && box.right <= column.right + 1,
+        button: host.previousElementSibling && host.previousElementSibling.textContent,
+        background: getComputedStyle(document.body).backgroundColor,
+        lines: style('path.relation', 'stroke'),
+        markers: [...style('marker.composition path', 'fill'), ...style('marker.classDiagram path', 'stroke'),
+                  ...style('marker.dependency path', 'fill')],
+    };
+}"""
+
+
+def _diagram_state(page) -> dict:
+    page.wait_for_function(f"({DIAGRAM_STATE})() !== null")
+    return page.evaluate(DIAGRAM_STATE)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("lang", ["", "zh/"])
+def test_diagram_fits_the_desktop_column_and_pans_on_a_phone(server, browser, lang):
+    page, errors = browser.open(f"{server}{lang}class-diagram/", width=DESKTOP)
+    state = _diagram_state(page)
+    assert state["fit"] == "true" and state["overflow"] <= 1 and state["inColumn"], state
+    page.context.close()
+    page, errors = browser.open(f"{server}{lang}class-diagram/", width=PHONE)
+    state = _diagram_state(page)
+    # full size, from its left edge, a button to fit it, and focusable to pan with the arrow keys
+    assert state["fit"] == "false" and state["scrollLeft"] == 0 and state["tabIndex"] == 0 and state["button"], state
+    page.click(".mha-diagram-zoom")
+    assert _diagram_state(page)["overflow"] <= 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE
+    assert not errors and not browser.blocked
+    page.context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_relation_lines_and_diamonds_stand_out(server, browser, scheme):
+    page, errors = browser.open(f"{server}class-diagram/", color_scheme=scheme)
+    state = _diagram_state(page)
+    background = _rgb(state["background"])
+    assert state["lines"] and state["markers"]
+    for colour in state["lines"] + state["markers"]:
+        assert _contrast(_rgb(colour, background), background) >= 3, (colour, state["background"])
+    page.context.close()
+
+
+def test_mermaid_loads_only_where_a_diagram_is(site):
+    pages = list(site.rglob("index.html"))
+    with_mermaid = [p for p in pages if "mermaid.min.js" in p.read_text(encoding="utf-8")]
+    assert with_mermaid and len(with_mermaid) < len(pages)
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        assert ("mermaid.min.js" in html) == ('class="mermaid"' in html), page
+
+
+@pytest.mark.browser
+def test_a_page_without_a_diagram_requests_no_mermaid(server, browser):
+    page, _ = browser.open(f"{server}explorer/")
+    requested = page.evaluate("performance.getEntriesByType('resource').map((r) => r.name)")
+    assert requested and not [url for url in requested if "mermaid" in url]
+    page.context.close()

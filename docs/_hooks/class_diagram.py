@@ -31,10 +31,24 @@ from mha.functional import Dispatch
 MARKER = "<!-- mha:class-diagram -->"
 MAX_PARAMS = 3
 
-FRONT_MATTER = """---
-# Natural size: the diagram scrolls sideways instead of shrinking. Mermaid 11's
-# class diagrams read this flag from the `state` section.
+# The relation lines and markers (diamonds, arrowheads) in Material's edge
+# colour, in both palettes: Material's own rules name marker classes that
+# mermaid 11 no longer writes, which left some of them mermaid's dark grey
+# (#333) on the dark background, at 1.3 : 1.
+# The CSS custom properties reach into the diagram's shadow root.
+MARKER_CSS = (
+    "path.relation, marker.classDiagram path { stroke: var(--md-mermaid-edge-color) !important; } "
+    "marker.composition path, marker.dependency path, marker.extension path "
+    "{ fill: var(--md-mermaid-edge-color) !important; } "
+    "marker.aggregation path { fill: var(--md-default-bg-color) !important; }"
+)
+
+FRONT_MATTER = f"""---
+# Natural size: docs/assets/javascripts/diagrams.js fits it to the column or
+# lets the reader pan it. Mermaid 11's class diagrams read this flag from the
+# `state` section.
 config:
+  themeCSS: "{MARKER_CSS}"
   class:
     useMaxWidth: false
   state:
