@@ -1,8 +1,8 @@
 // Diagrams keep their natural size (the mermaid blocks say useMaxWidth:
 // false). One wider than its column is shrunk to fit it where that keeps its
 // text at 12 px or more (the class diagram on a desktop screen); otherwise,
-// as on a phone, it stays full size, starts at its left edge and scrolls
-// sideways. A button switches between the two, and the diagram itself takes
+// as on a phone, it stays full size, starts at its middle (mermaid centres
+// the layout) and scrolls sideways, with a visible bar. A button switches between the two, and the diagram itself takes
 // keyboard focus, so the arrow keys pan it.
 //
 // Material replaces each pre.mermaid with a rendered div.mermaid
@@ -33,7 +33,8 @@
       diagram.dataset.fit = String(fit);
       button.textContent = fit ? text.full : text.fit;
       button.setAttribute("aria-pressed", String(fit));
-      diagram.scrollLeft = 0;
+      // Mermaid centres the layout: at full size, start where the boxes are.
+      diagram.scrollLeft = fit ? 0 : (diagram.scrollWidth - diagram.clientWidth) / 2;
     };
     button.addEventListener("click", () => apply(diagram.dataset.fit !== "true"));
     apply(diagram.clientWidth / natural >= MIN_SCALE);
