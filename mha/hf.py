@@ -122,6 +122,13 @@ def attention_forward(
     return context.transpose(1, 2).contiguous(), weights
 
 
+def _known_keywords() -> frozenset[str]:
+    """Every keyword `attention_forward` knows what to do with."""
+    named = set(inspect.signature(attention_forward).parameters) - {"module", "kwargs"}
+    handled = {"output_attentions", "cu_seq_lens_q", "cu_seq_lens_k"}
+    return frozenset(named | handled | set(_FOLDED) | set(_NO_EFFECT) | set(_REFUSED) | set(_CORE_OPTIONS))
+
+
 def _check_keywords(module: nn.Module, attention_mask: Tensor | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Refuse what mha cannot compute; return the options for `attend`."""
     for name, value in kwargs.items():

@@ -14,11 +14,21 @@ require(missing_modules("transformers"), module_level=True)
 from transformers import (  # noqa: E402
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     BertConfig,
+    BloomConfig,
+    DeepseekV32Config,
+    FalconConfig,
+    Gemma2Config,
+    Gemma4TextConfig,
     GPT2Config,
+    GPTNeoConfig,
     LlamaConfig,
     MistralConfig,
+    Phi3Config,
     Qwen2Config,
+    T5Config,
+    XGLMConfig,
 )
 
 import mha.hf  # noqa: E402
@@ -46,12 +56,16 @@ def registered():
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the calls that reach mha, so a test cannot pass on another backend."""
-    count = {"n": 0}
+    """Counts the calls that reach mha, so a test cannot pass on another backend.
+
+    `count["keywords"]` collects the keywords that arrived with a value.
+    """
+    count = {"n": 0, "keywords": set()}
     original = mha.hf.attention_forward
 
     def counting(*args, **kwargs):
         count["n"] += 1
+        count["keywords"] |= {k for k, v in kwargs.items() if v is not None}
         return original(*args, **kwargs)
 
     monkeypatch.setattr(mha.hf, "attention_forward", counting)
@@ -148,7 +162,256 @@ def test_switching_an_existing_model_to_mha(calls):
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
-def test_features_mha_lacks_are_refused():
+
+
+# --- every keyword Transformers passes is known -------------------------------------------
+
+
+def _keywords_passed_to_attention() -> dict[str, set[str]]:
+    """keyword -> the model families whose modeling files pass it to their attention function.
+
+    Reads each `attention_interface(...)` call's text (faster than parsing
+    every file): the `name=` arguments at the call's own depth.
+    """
+    import pathlib
+    import re
+
+    import transformers
+
+    found: dict[str, set[str]] = {}
+    for path in sorted(pathlib.Path(transformers.__file__).parent.glob("models/*/modeling_*.py")):
+        source = path.read_text()
+        for match in re.finditer(r"\battention_interface\(", source):
+            depth, start = 1, match.end()
+            for end in range(start, len(source)):
+                depth += {"(": 1, ")": -1}.get(source[end], 0)
+                if depth == 0:
+                    break
+            flat = re.sub(r"\([^()]*\)|\[[^\[\]]*\]", "", source[start:end])  # drop nested calls
+            for keyword in re.findall(r"(?:^|[,(\s])(\w+)\s*=(?!=)", flat):
+                found.setdefault(keyword, set()).add(path.parent.name)
+    return found
+
+
+def test_every_keyword_transformers_passes_to_attention_is_known():
+    from transformers.utils.generic import TransformersKwargs
+
+    found = _keywords_passed_to_attention()
+    assert {"scaling", "position_bias", "indices", "s_aux", "softcap"} <= set(found)  # the scan works
+    passed = set(found) | set(TransformersKwargs.__annotations__)
+    unknown = {k: sorted(found.get(k, ["TransformersKwargs"])) for k in passed - mha.hf._known_keywords()}
+    assert not unknown, f"keywords mha.hf does not handle: {unknown}"
+
+
+class NewFeatureAttention(torch.nn.Module):
+    is_causal = True
+
+
+def test_an_unknown_keyword_is_refused_naming_it_and_the_model():
     q = torch.randn(1, 2, 3, 4)
-    with pytest.raises(ValueError, match=r"attn_implementation='mha' does not support \['softcap'\]"):
-        mha.hf.attention_forward(torch.nn.Module(), q, q, q, None, softcap=30.0)
+    with pytest.raises(ValueError, match=r"does not know the keyword new_bias=<tensor of shape \(3,\)> that "
+                                         r"NewFeatureAttention passes.*attn_implementation='eager'"):
+        mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, new_bias=torch.ones(3))
+    expected, _ = mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None)
+    got, _ = mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, new_bias=None, new_flag=False)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("keyword", "feature"), [("s_aux", "attention sinks"), ("sinks", "attention sinks"),
+                                                  ("softcap", "logit soft-capping")])
+def test_sinks_and_softcap_are_refused_by_name(keyword, feature):
+    q = torch.randn(1, 2, 3, 4)
+    value = 50.0 if keyword == "softcap" else torch.zeros(2)
+    with pytest.raises(ValueError, match=rf"cannot compute {keyword}=.* \({feature}\) that NewFeatureAttention"):
+        mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, **{keyword: value})
+
+
+def test_gemma2_softcap_is_refused_on_the_first_call():
+    config = Gemma2Config(**_decoder(), head_dim=8, attn_logit_softcapping=50.0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="mha").eval()
+    with pytest.raises(ValueError, match=r"softcap=50.0 \(logit soft-capping\) that Gemma2Attention "
+                                         r"\(model_type 'gemma2'\).*attn_implementation='eager'"):
+        model(torch.randint(3, VOCAB, (1, 5)))
+
+
+# --- keywords folded into the mask --------------------------------------------------------
+
+
+def _loss_and_gradients(reference, ours, **inputs):
+    reference.train(), ours.train()
+    losses = [model(**inputs).loss for model in (reference, ours)]
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    for loss in losses:
+        loss.backward()
+    for (name, a), (_, b) in zip(reference.named_parameters(), ours.named_parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_t5_position_bias_equals_eager_with_gradients(calls):
+    config = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                      dropout_rate=0.0, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    reference, ours = _pair(config, "eager", AutoModelForSeq2SeqLM)
+    ids = torch.randint(3, VOCAB, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, 8:] = 0  # right padding
+    labels = torch.randint(3, VOCAB, (2, 7))
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask, labels=labels).logits
+        got = ours(ids, attention_mask=mask, labels=labels).logits
+    assert calls["n"] == 6 and "position_bias" in calls["keywords"]  # encoder, decoder self and cross
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    _loss_and_gradients(reference, ours, input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def _deepseek_v32():
+    return DeepseekV32Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, moe_intermediate_size=16,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=16,
+                             kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8,
+                             n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+                             index_head_dim=8, index_n_heads=2, index_topk=4,  # fewer than the 13 keys
+                             max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def test_deepseek_v32_sparse_indices_equal_eager_with_gradients(calls):
+    reference, ours = _pair(_deepseek_v32(), "eager")
+    ids, mask = _batch()
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask).logits
+        dense = ours(ids, attention_mask=mask, output_attentions=True).attentions[0]
+    assert "indices" in calls["keywords"]
+    assert (dense[0] > 0).sum(-1).max() == 4  # the top-4 selection is active
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
+    _loss_and_gradients(reference, ours, input_ids=ids[:1], labels=ids[:1])
+
+
+def test_block_indices_select_the_blocks_minimax_m3_selects():
+    from transformers.models.minimax_m3_vl.modeling_minimax_m3_vl import MiniMaxM3VLIndexer
+
+    b, n_h, n_i, s_q, s_kv, d, block = 2, 6, 3, 5, 11, 4, 3
+    indexer = type("Indexer", (), {"block_size": block, "config": type("C", (), {"num_attention_heads": n_h})})()
+    layer = type("Layer", (torch.nn.Module,), {"is_causal": True})()
+    layer.indexer = indexer
+    torch.manual_seed(0)
+    q, k, v = torch.randn(b, n_h, s_q, d), torch.randn(b, n_h, s_kv, d), torch.randn(b, n_h, s_kv, d)
+    positions = torch.arange(s_kv - s_q, s_kv).expand(b, -1)
+    # As MiniMax-M3's indexer: each query's own block, and one other block (or -1, none).
+    own = (positions // block)[:, None, :, None].expand(b, n_i, s_q, 1)
+    blocks = torch.cat([own, torch.randint(-1, 4, (b, n_i, s_q, 1))], dim=-1)
+    padding = torch.ones(b, 1, s_q, s_kv, dtype=torch.bool)
+    padding[1, ..., :2] = False
+    for mask in (padding, None):
+        additive = MiniMaxM3VLIndexer.build_block_mask(indexer, blocks, mask, s_kv, q.dtype, q.device, positions)
+        expected = torch.softmax(q @ k.transpose(-1, -2) * d**-0.5 + additive, dim=-1) @ v
+        got, _ = mha.hf.attention_forward(layer, q, k, v, mask, block_indices=blocks)
+        torch.testing.assert_close(got.transpose(1, 2), expected, atol=1e-5, rtol=1e-5)
+
+
+# --- masks that are never silently wrong -------------------------------------------------
+
+
+def _gemma4():
+    return Gemma4TextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=4,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, global_head_dim=8,
+                            layer_types=["sliding_attention", "full_attention"] * 2, num_kv_shared_layers=2,
+                            sliding_window=5, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8,
+                            max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def test_gemma4_kv_shared_layers_with_logits_to_keep_and_a_static_cache_equal_eager(calls):
+    reference, ours = _pair(_gemma4(), "eager")
+    assert [layer.self_attn.is_kv_shared_layer for layer in ours.model.layers] == [False, False, True, True]
+    ids = torch.randint(3, VOCAB, (2, 16))
+    with torch.no_grad():
+        expected = reference(ids, logits_to_keep=3).logits
+        got = ours(ids, logits_to_keep=3).logits  # the shared layers see the last 3 queries, mask None
+        assert calls["n"] == 4
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, cache_implementation="static",
+                      output_logits=True, return_dict_in_generate=True)
+        theirs, mine = reference.generate(ids, **kwargs), ours.generate(ids, **kwargs)
+    assert torch.equal(mine.sequences, theirs.sequences)
+    for a, b in zip(theirs.logits, mine.logits, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_a_none_mask_is_causal_aligned_bottom_right():
+    # The last 2 of 5 queries against 5 keys: query 3 must see keys 0..3, not 0..1.
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    full, _ = mha.hf.attention_forward(NewFeatureAttention(), q, k, v, None)
+    last, _ = mha.hf.attention_forward(NewFeatureAttention(), q[:, :, 3:], k, v, None)
+    torch.testing.assert_close(last, full[:, 3:], atol=1e-6, rtol=1e-6)
+
+
+def test_the_mask_function_materialises_a_static_cache_prefill():
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs = dict(batch_size=1, q_length=3, kv_length=8, q_offset=0, kv_offset=0,
+                  attention_mask=torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0]]).bool())
+    assert sdpa_mask(**kwargs) is None  # Transformers' own: top-left causal, which a query slice breaks
+    mask = mha.hf.mask_function(**kwargs)
+    assert torch.equal(mask[0, 0, :, :3], torch.ones(3, 3, dtype=torch.bool).tril()) and not mask[..., 3:].any()
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen2", "phi3"])
+def test_an_active_sliding_window_equals_eager(name, calls):
+    config = {"mistral": lambda: MistralConfig(**_decoder(), sliding_window=5),
+              "qwen2": lambda: Qwen2Config(**_decoder(), use_sliding_window=True, sliding_window=5,
+                                           max_window_layers=0),
+              "phi3": lambda: Phi3Config(**_decoder(), sliding_window=5)}[name]()
+    reference, ours = _pair(config, "eager")
+    ids, mask = _batch()
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask).logits
+        full = ours(ids, attention_mask=mask, output_attentions=True).attentions
+    assert calls["n"] == 4
+    assert all((w[0, :, -1] > 0).sum(-1).max() == 5 for w in full)  # the window of 5 is active in every layer
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+    kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
+
+
+def test_packed_sequences_without_a_cache_equal_each_sequence_alone(calls):
+    reference, ours = _pair(DECODERS["llama"](), "eager")
+    first, second = torch.randint(3, VOCAB, (1, 5)), torch.randint(3, VOCAB, (1, 8))
+    packed = torch.cat([first, second], dim=1)
+    position_ids = torch.cat([torch.arange(5), torch.arange(8)])[None]
+    with torch.no_grad():
+        got = ours(packed, position_ids=position_ids, use_cache=False).logits
+        expected = reference(packed, position_ids=position_ids, use_cache=False).logits
+        alone = torch.cat([ours(first).logits, ours(second).logits], dim=1)
+    assert calls["n"] == 6
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+
+
+# --- models that are not on the attention interface ---------------------------------------
+
+NOT_ON_THE_INTERFACE = {
+    "bloom": lambda: BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
+    "falcon": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
+    "gpt_neo": lambda: GPTNeoConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+                                    attention_types=[[["global", "local"], 1]]),
+    "xglm": lambda: XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=2, attention_heads=4, ffn_dim=37),
+}
+
+
+@pytest.mark.parametrize("name", NOT_ON_THE_INTERFACE)
+def test_a_model_off_the_attention_interface_refuses_mha_when_built(name):
+    with pytest.raises(ValueError, match=r"does not route attention through Transformers' attention interface"
+                                         r".*use attn_implementation='eager'"):
+        AutoModelForCausalLM.from_config(NOT_ON_THE_INTERFACE[name](), attn_implementation="mha")
+
+
+def test_bloom_switched_to_mha_by_hand_refuses_on_the_first_call():
+    model = AutoModelForCausalLM.from_config(NOT_ON_THE_INTERFACE["bloom"](), attn_implementation="eager")
+    model.config._attn_implementation = "mha"  # past the check when the model was built
+    with pytest.raises(ValueError, match=r"BloomConfig .*does not route attention"):
+        model(torch.randint(3, VOCAB, (1, 5)))
