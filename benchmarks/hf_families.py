@@ -49,6 +49,7 @@ import mha.hf
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "hf_families.json"
+PARTIAL = ROOT / "benchmarks" / "results" / "hf_families.partial.jsonl"  # each record as it comes
 SNIPPET = ROOT / "docs" / "_snippets" / "hf-families-table.md"
 VOCAB = 99
 TOLERANCE = 1e-5  # float32, absolute and relative
@@ -347,9 +348,16 @@ def main() -> None:
     parser.add_argument("model_types", nargs="*", help="only these families (the files are not written)")
     parser.add_argument("--workers", type=int, default=2, help="processes, each taking every n-th family")
     parser.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="JSON lines of families already checked (as saved next to the results): skip them")
     args = parser.parse_args()
     found = families()
     chosen = args.model_types or sorted(found)
+    earlier = []
+    if args.resume is not None and args.shard is None:
+        earlier = [json.loads(line) for line in args.resume.read_text().splitlines() if line.startswith("{")]
+        done = {r["model_type"] for r in earlier}
+        chosen = [t for t in chosen if t not in done]
     if args.shard is not None:  # a worker: one line of JSON per family on stdout
         _run(chosen[args.shard :: args.workers], found, sys.stdout)
         return
@@ -359,24 +367,26 @@ def main() -> None:
                          stdout=subprocess.PIPE, text=True)
         for i in range(args.workers)
     ]
-    records = []
+    records = list(earlier)
     for worker in workers:
         for line in worker.stdout or ():
             if line.startswith("{"):
                 record = json.loads(line)
                 records.append(record)
+                with PARTIAL.open("a") as partial:
+                    partial.write(line)
                 print(f"{record['model_type']:28} {record['status']:22} "
                       f"{record.get('reason', record.get('max_abs_logit_delta', ''))}"[:200], flush=True)
         worker.wait()
     done = {r["model_type"] for r in records}
-    for model_type in chosen:  # a worker that died (memory) leaves its family unrecorded: say so
+    for model_type in args.model_types or sorted(found):  # a worker that died (memory) leaves its family unrecorded: say so
         if model_type not in done:
             records.append({"model_type": model_type, "kind": found[model_type][0], "status": "other",
                             "reason": "the worker process died"})
     records.sort(key=lambda r: r["model_type"])
     print(table(records))
     print(f"{time.perf_counter() - start:.0f} s")
-    if not args.model_types:
+    if not args.model_types and args.shard is None:
         RESULTS.write_text(json.dumps({
             "transformers": transformers.__version__, "torch": torch.__version__,
             "machine": platform.machine(), "seconds": round(time.perf_counter() - start),
