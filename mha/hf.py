@@ -266,8 +266,11 @@ def mask_function(**kwargs: Any) -> Tensor | None:
     mask always means bottom-right. This costs a `(b, 1, s_q, s_kv)` boolean
     mask in a static cache's prefill, and the kernel then reads the empty slots.
 
-    Also refuses a model whose attention does not go through Transformers'
-    attention interface (it would use this mask in its own arithmetic).
+    A model that does not support `sdpa` may run a causal layer with
+    `is_causal=False`, counting on eager's masks; for it, causal masks are
+    always built. Also refuses a model whose attention does not go through
+    Transformers' attention interface (it would use this mask in its own
+    arithmetic).
 
     Args:
         **kwargs: as Transformers passes them to `sdpa_mask` (`q_length`,
@@ -284,6 +287,8 @@ def mask_function(**kwargs: Any) -> Tensor | None:
     config = kwargs.get("config")
     if config is not None:
         _check_on_interface(type(config).__module__.replace(".configuration_", ".modeling_"), type(config).__name__)
+    if getattr(config, "_mha_causal_masks", False):
+        kwargs = {**kwargs, "allow_is_causal_skip": False}
     mask = sdpa_mask(**kwargs)
     q_length, kv_length = kwargs.get("q_length", 0), kwargs.get("kv_length", 0)
     if mask is None and kwargs.get("allow_is_causal_skip", True) and 1 < q_length != kv_length:
@@ -339,6 +344,10 @@ def _guard_model_classes(names: set[str]) -> None:
         chosen = original(self, requested_attention, is_init_check)
         if chosen in names:
             _check_on_interface(type(self).__module__, type(self).__name__)
+            if not getattr(self, "_supports_sdpa", True):
+                # Such a model may run a causal layer with is_causal=False (NLLB-MoE,
+                # PEGASUS-X decoders), relying on eager's always-built masks: build them too.
+                self.config._mha_causal_masks = True
         return chosen
 
     guarded._mha_guard = True  # type: ignore[attr-defined]

@@ -415,3 +415,13 @@ def test_bloom_switched_to_mha_by_hand_refuses_on_the_first_call():
     model.config._attn_implementation = "mha"  # past the check when the model was built
     with pytest.raises(ValueError, match=r"BloomConfig .*does not route attention"):
         model(torch.randint(3, VOCAB, (1, 5)))
+
+
+def test_a_model_without_sdpa_gets_its_causal_masks_built():
+    # NLLB-MoE and PEGASUS-X run their decoders' self-attention with is_causal=False and
+    # count on eager's masks; the guard marks such models when they are built.
+    config = LlamaConfig(**_decoder())
+    assert mha.hf.mask_function(batch_size=1, q_length=4, kv_length=4, config=config) is None
+    config._mha_causal_masks = True
+    mask = mha.hf.mask_function(batch_size=1, q_length=4, kv_length=4, config=config)
+    assert torch.equal(mask[0, 0], torch.ones(4, 4, dtype=torch.bool).tril())
