@@ -373,8 +373,9 @@ def main() -> None:
             if line.startswith("{"):
                 record = json.loads(line)
                 records.append(record)
-                with PARTIAL.open("a") as partial:
-                    partial.write(line)
+                if not args.model_types:  # a full run: keep each record, for --resume
+                    with PARTIAL.open("a") as partial:
+                        partial.write(line)
                 print(f"{record['model_type']:28} {record['status']:22} "
                       f"{record.get('reason', record.get('max_abs_logit_delta', ''))}"[:200], flush=True)
         worker.wait()
