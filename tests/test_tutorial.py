@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import re
 import sys
 from pathlib import Path
 
@@ -77,3 +78,37 @@ def test_figures_script_matches_the_committed_figures(tmp_path):
         assert (tmp_path / name).read_text(encoding="utf-8") == committed.read_text(encoding="utf-8"), name
     zh = (tmp_path / "flow.zh.html").read_text(encoding="utf-8")
     assert "拆分注意力头" in zh and "split heads" not in zh
+
+
+@pytest.mark.parametrize("lang", list(PAGES))
+def test_head_split_figure_draws_the_code_beside_it(lang):
+    """The figure's h and n_h are the example's `hidden_size, num_heads`, and its caption's
+    "head 1 holds features 4-7" is what the doctest's indexing checks."""
+    sys.path.insert(0, str(DOCS / "_scripts"))
+    try:
+        import tutorial_figures
+    finally:
+        sys.path.pop(0)
+    text = PAGES[lang].read_text(encoding="utf-8")
+    assigned = re.search(r">>> b, s, hidden_size, num_heads = (\d+), (\d+), (\d+), (\d+)", text)
+    assert assigned, "the head-split example moved"
+    assert (int(assigned[3]), int(assigned[4])) == (tutorial_figures.HIDDEN_SIZE, tutorial_figures.NUM_HEADS)
+    d = tutorial_figures.HEAD_DIM
+    assert f"x[0, 2, {d}:{2 * d}])" in text  # head 1 of token 2 = features d..2d-1
+    figure = (DOCS / "_snippets" / "figures" / f"heads.{lang}.html").read_text(encoding="utf-8")
+    assert f"{d}–{2 * d - 1}" in figure and f"n_h = {tutorial_figures.NUM_HEADS}" in figure
+    # one coloured cell per feature, twice (the token, then the concatenation), plus the heads' cells
+    assert figure.count('class="fig-cell') == 3 * tutorial_figures.HIDDEN_SIZE
+
+
+def test_attention_mask_blocks_exactly_the_false_keys(classes):
+    """The tutorial's `mask` (True = may attend) gives the library's answer, with a per-query mask."""
+    attention = classes["Attention"](12, 3)
+    q, k, v = torch.randn(2, 5, 12), torch.randn(2, 7, 12), torch.randn(2, 7, 12)
+    mask = torch.rand(2, 1, 5, 7) > 0.3
+    mask[..., 0] = True  # no query without a key: the from-scratch class would give NaN
+    context, weights = attention(q, k, v, mask=mask)
+    assert torch.all(weights[~mask.expand_as(weights)] == 0)
+    heads = attention.split_heads
+    reference = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
+    assert_close(context, attention.merge_heads(reference))

@@ -20,6 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "_snippets" / "figures"
 WIDTH = 360
+# The head-split figure draws the tutorial's own example (docs/tutorial*.md, §2.2:
+# `hidden_size, num_heads = 8, 2`); tests/test_tutorial.py checks that they agree.
+HIDDEN_SIZE, NUM_HEADS = 8, 2
+HEAD_DIM = HIDDEN_SIZE // NUM_HEADS
 
 TEXT = {
     "en": {
@@ -33,10 +37,10 @@ TEXT = {
         "merge": "merge heads",
         "output": "output",
         "heads_title": "Splitting h into heads and merging them back",
-        "heads_caption": "<code>h = 8</code> features cut into <code>n_h = 4</code> heads of width <code>d = 2</code>; each head attends on its own slice, and the contexts are concatenated back to width <code>h</code>.",
-        "one_token": "one token: h = 8 features",
+        "heads_caption": "The example below: <code>h = {h}</code> features cut into <code>n_h = {n_h}</code> heads of width <code>d = {d}</code>; head 1 holds features {first}–{last}. Each head attends on its own slice, and the contexts are concatenated back to width <code>h</code>.",
+        "one_token": "one token: h = {h} features",
         "head": "head",
-        "concat": "concatenated: h = 8 again",
+        "concat": "concatenated: h = {h} again",
         "masks_title": "Padding, causal and combined masks",
         "masks_caption": "Boolean masks for 5 tokens of which the last 2 are padding. A filled cell is True: the query (row) <em>may attend</em> to the key (column).",
         "padding": "padding",
@@ -73,10 +77,10 @@ TEXT = {
         "merge": "合并注意力头",
         "output": "输出",
         "heads_title": "把 h 拆成多个头，再合并回来",
-        "heads_caption": "<code>h = 8</code> 个特征切成 <code>n_h = 4</code> 个宽度为 <code>d = 2</code> 的头；每个头只在自己的切片上做注意力，最后把各头的上下文向量拼接回宽度 <code>h</code>。",
-        "one_token": "一个词元：h = 8 个特征",
+        "heads_caption": "即下面的例子：<code>h = {h}</code> 个特征切成 <code>n_h = {n_h}</code> 个宽度为 <code>d = {d}</code> 的头，头 1 拿到特征 {first}–{last}。每个头只在自己的切片上做注意力，最后把各头的上下文向量拼接回宽度 <code>h</code>。",
+        "one_token": "一个词元：h = {h} 个特征",
         "head": "头",
-        "concat": "拼接后：又是 h = 8",
+        "concat": "拼接后：又是 h = {h}",
         "masks_title": "填充掩码、因果掩码和组合掩码",
         "masks_caption": "5 个词元、其中最后 2 个是填充时的布尔掩码。涂色的格子为 True：该行的查询<em>可以关注</em>该列的键。",
         "padding": "填充",
@@ -182,30 +186,41 @@ def flow(t: dict[str, str]) -> str:
 HEAD_COLORS = ("fig-h0", "fig-h1", "fig-h2", "fig-h3")
 
 
+def _numbers(label: str) -> str:
+    last = 2 * HEAD_DIM - 1
+    return label.format(h=HIDDEN_SIZE, n_h=NUM_HEADS, d=HEAD_DIM, first=HEAD_DIM, last=last)
+
+
 def heads(t: dict[str, str]) -> str:
-    """Figure (b): one token's h = 8 features cut into 4 heads of d = 2, then concatenated."""
-    cell, x0 = 30, (WIDTH - 8 * 30) / 2
-    body = [_text(WIDTH / 2, 20, t["one_token"])]
+    """Figure (b): one token's HIDDEN_SIZE features cut into NUM_HEADS heads of HEAD_DIM, then concatenated.
+
+    Heads and features are numbered from 0, as the code indexes them.
+    """
+    cell = 30
+    x0 = (WIDTH - HIDDEN_SIZE * cell) / 2
+    gap = (WIDTH - NUM_HEADS * HEAD_DIM * cell) / (NUM_HEADS + 1)  # space around each group
+    body = [_text(WIDTH / 2, 20, _numbers(t["one_token"]))]
 
     def row(y: float) -> None:
-        for i in range(8):
-            body.append(f'<rect class="fig-cell {HEAD_COLORS[i // 2]}" x="{x0 + i * cell:g}" y="{y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>')
+        for i in range(HIDDEN_SIZE):
+            body.append(f'<rect class="fig-cell {HEAD_COLORS[i // HEAD_DIM]}" x="{x0 + i * cell:g}" y="{y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>')
             body.append(_text(x0 + i * cell + (cell - 2) / 2, y + 19, str(i), "fig-small"))
 
     row(30)
     group_y = 120
-    for head in range(4):
-        gx = 14 + head * 86
-        for j in range(2):
-            body.append(f'<rect class="fig-cell {HEAD_COLORS[head]}" x="{gx + 12 + j * cell:g}" y="{group_y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>')
-            body.append(_text(gx + 12 + j * cell + (cell - 2) / 2, group_y + 19, str(2 * head + j), "fig-small"))
-        src = x0 + head * 2 * cell + cell - 1
-        body.append(f'<line class="fig-arrow" x1="{src:g}" y1="62" x2="{gx + 12 + cell - 1:g}" y2="{group_y - 4}" marker-end="url(#fig-head)"/>')
-        body.append(_text(gx + 12 + cell - 1, group_y + 48, f"{t['head']} {head}"))
-        body.append(f'<line class="fig-arrow" x1="{gx + 12 + cell - 1:g}" y1="{group_y + 56}" x2="{x0 + head * 2 * cell + cell - 1:g}" y2="{group_y + 92}" marker-end="url(#fig-head)"/>')
-    body.append(_text(WIDTH - 6, 100, "(b, n_h, s, d)", "fig-shape", "end"))
+    for head in range(NUM_HEADS):
+        gx = gap + head * (HEAD_DIM * cell + gap)
+        middle = gx + HEAD_DIM * cell / 2 - 1
+        for j in range(HEAD_DIM):
+            body.append(f'<rect class="fig-cell {HEAD_COLORS[head]}" x="{gx + j * cell:g}" y="{group_y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>')
+            body.append(_text(gx + j * cell + (cell - 2) / 2, group_y + 19, str(HEAD_DIM * head + j), "fig-small"))
+        src = x0 + (head + 0.5) * HEAD_DIM * cell - 1
+        body.append(f'<line class="fig-arrow" x1="{src:g}" y1="62" x2="{middle:g}" y2="{group_y - 4}" marker-end="url(#fig-head)"/>')
+        body.append(_text(middle, group_y + 48, f"{t['head']} {head}"))
+        body.append(f'<line class="fig-arrow" x1="{middle:g}" y1="{group_y + 56}" x2="{src:g}" y2="{group_y + 92}" marker-end="url(#fig-head)"/>')
+    body.append(_text(WIDTH / 2, 100, "(b, n_h, s, d)", "fig-shape"))
     row(group_y + 96)
-    body.append(_text(WIDTH / 2, group_y + 150, t["concat"]))
+    body.append(_text(WIDTH / 2, group_y + 150, _numbers(t["concat"])))
     return _svg(group_y + 160, t["heads_title"], body)
 
 
@@ -277,7 +292,7 @@ def render() -> dict[str, str]:
     """{'flow.en.html': '<figure>...', ...}: every figure in every language."""
     # Every inline SVG of a page shares one id space: give each figure its own marker id.
     return {
-        f"{name}.{lang}.html": _figure(name, draw(t).replace("fig-head", f"fig-head-{name}"), t[f"{name}_caption"])
+        f"{name}.{lang}.html": _figure(name, draw(t).replace("fig-head", f"fig-head-{name}"), _numbers(t[f"{name}_caption"]))
         for name, draw in FIGURES.items()
         for lang, t in TEXT.items()
     }
