@@ -280,20 +280,46 @@ COPY_ALL = """async () => {
 }"""
 
 RUN_PAGES = """
-import json, sys, traceback
+import code, contextlib, io, json, sys, traceback
+
+class Paste(code.InteractiveConsole):
+    \"\"\"The classic `python` REPL: a blank line ends a class, a dedented line inside one is an error.\"\"\"
+
+    def __init__(self):
+        super().__init__({"__name__": "__main__"})
+        self.errors = []
+
+    def showsyntaxerror(self, filename=None, **kwargs):
+        self.errors.append(traceback.format_exc(limit=-3))
+
+    def showtraceback(self):
+        self.errors.append(traceback.format_exc(limit=-3))
+
 failures = {}
-for page, code in json.load(open(sys.argv[1])).items():
-    try:
-        exec(compile(code, page, "exec"), {"__name__": "__main__"})
+for page, blocks in json.load(open(sys.argv[1])).items():
+    try:  # the page's blocks, in order, as one script (what `python -c` runs)
+        exec(compile("\\n".join(blocks), page, "exec"), {"__name__": "__main__"})
     except BaseException:
-        failures[page] = traceback.format_exc(limit=-3)
+        failures[page + " (script)"] = traceback.format_exc(limit=-3)
+    console = Paste()
+    with contextlib.redirect_stdout(io.StringIO()):  # the REPL echoes every expression
+        for block in blocks:  # pasted line by line; after the last line the reader presses Enter
+            more = False
+            for line in block.split("\\n"):
+                more = console.push(line)
+            if more:
+                console.push("")
+            if console.errors:
+                failures[page + " (REPL)"] = block + "\\n" + console.errors[0]
+                break
 print(json.dumps(failures))
 """
 
 
 def test_every_copied_block_runs(site, server, browser, tmp_path):
-    """Copy each >>> block with its button; each page's blocks, in order, run as one script."""
-    scripts = {}
+    """Copy each >>> block with its button; each page's blocks, in order, run as one script,
+    and pasted line by line into `code.InteractiveConsole`, the plain `python` REPL."""
+    pasted = {}
     for path in _pages(site):
         if "language-pycon" not in (site / path / "index.html").read_text(encoding="utf-8"):
             continue
@@ -305,11 +331,11 @@ def test_every_copied_block_runs(site, server, browser, tmp_path):
         for text in copied:
             assert ">>>" not in text and not re.search(r"^\.\.\. ", text, re.M), f"{path}: prompt copied"
             assert "Traceback" not in text, f"{path}: a traceback was copied"
-        scripts[path] = "\n".join(copied)
-    assert len(scripts) >= 20 and "" in scripts
-    assert "output = mha(input)" in scripts[""]
+        pasted[path] = copied
+    assert len(pasted) >= 20 and "" in pasted
+    assert any("output = mha(input)" in block for block in pasted[""])
     pages = tmp_path / "pages.json"
-    pages.write_text(json.dumps(scripts))
+    pages.write_text(json.dumps(pasted))
     runner = tmp_path / "run_pages.py"
     runner.write_text(RUN_PAGES)
     # The checkout's mha, whatever else is installed.
@@ -319,6 +345,20 @@ def test_every_copied_block_runs(site, server, browser, tmp_path):
     assert run.returncode == 0, run.stderr
     failures = json.loads(run.stdout.strip().splitlines()[-1])
     assert not failures, "\n".join(f"{p}:\n{t}" for p, t in failures.items())
+
+
+def test_repl_paste_check_catches_blank_lines_in_a_class(tmp_path):
+    """The runner above fails a class whose copied body has a blank line (the classic REPL's
+    IndentationError) or that runs into the next statement, and passes it written for the REPL."""
+    body = "class A:\n    def f(self):\n        return 1\n{}    def g(self):\n        return 2\n{}assert A().g() == 2"
+    pages = {"blank inside": [body.format("\n", "\n")], "no blank after": [body.format("", "")],
+             "fine": [body.format("", "\n")]}
+    (tmp_path / "pages.json").write_text(json.dumps(pages))
+    (tmp_path / "run.py").write_text(RUN_PAGES)
+    run = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "pages.json")],
+                         capture_output=True, text=True, timeout=60)
+    failures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert sorted(failures) == ["blank inside (REPL)", "no blank after (REPL)"], failures
 
 
 @pytest.mark.parametrize(("lang", "query", "expected", "foreign"), [
