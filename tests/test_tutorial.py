@@ -112,3 +112,15 @@ def test_attention_mask_blocks_exactly_the_false_keys(classes):
     heads = attention.split_heads
     reference = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
     assert_close(context, attention.merge_heads(reference))
+
+
+@pytest.mark.parametrize("lang", list(PAGES))
+def test_transformer_page_starts_from_the_tutorials_classes(lang):
+    """docs/transformer-block*.md pastes the tutorial's two classes; they must not drift apart."""
+    block = PAGES[lang].with_name(PAGES[lang].name.replace("tutorial", "transformer-block"))
+
+    def classes(page: Path) -> list[str]:
+        examples = doctest.DocTestParser().get_examples(page.read_text(encoding="utf-8"))
+        return [e.source for e in examples if e.source.startswith(("class Attention(", "class MultiHeadAttention("))]
+
+    assert classes(block) == classes(PAGES[lang]) and len(classes(block)) == 2
