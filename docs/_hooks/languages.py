@@ -9,8 +9,8 @@ their base, which leaves three things to put right:
   (Chinese, locations relative to `zh/`), and each Chinese page's search base
   points at `zh/`. Chinese titles lose the zero-width spaces that jieba puts
   between words for the index (they stay in the text, where they split words).
-* **`lang`**: Material writes `lang="zh"`; the pages are Simplified Chinese,
-  `zh-Hans`.
+* **`lang`**: Material writes `lang="zh"` (and the language switcher
+  `hreflang="zh"`); the pages are Simplified Chinese, `zh-Hans`.
 * **Stylesheets**: every language build runs mkdocstrings' `on_config` again,
   which appends `assets/_mkdocstrings.css` once more; keep each stylesheet once.
 """
@@ -42,13 +42,19 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 
 
 def _html_lang(output: str, locale: str) -> str:
-    """`<html lang="zh"` -> `<html lang="zh-Hans"`, for the locales in HTML_LANG."""
+    """`lang="zh"` -> `lang="zh-Hans"` on `<html>` and `hreflang="zh"` on every link, for the
+    locales in HTML_LANG. Matched inside the tag whatever the attributes' order: mermaid2
+    re-serialises the pages with a diagram as `<html class="no-js" lang="zh">`."""
     if locale not in HTML_LANG:
         return output
-    return output.replace(f'<html lang="{locale}"', f'<html lang="{HTML_LANG[locale]}"', 1)
+    tag = HTML_LANG[locale]
+    output = re.sub(r'(<html\b[^>]*\blang=")' + re.escape(locale) + '"', lambda m: f'{m[1]}{tag}"', output, count=1)
+    return output.replace(f'hreflang="{locale}"', f'hreflang="{tag}"')
 
 
 def on_post_page(output: str, page, config: MkDocsConfig) -> str:
+    for other in HTML_LANG:  # every page links to its counterpart in each language
+        output = output.replace(f'hreflang="{other}"', f'hreflang="{HTML_LANG[other]}"')
     locale = getattr(page.file, "locale", None)
     if not locale or locale == default_language(config):
         return output
