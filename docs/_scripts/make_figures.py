@@ -120,22 +120,21 @@ def performance_figures() -> None:
     plt.close(fig)
 
     rows = [
-        "| case | setup | mha | nn.MultiheadAttention | bare SDPA module | mha / torch | mha / bare | mha, of the GEMM | targets |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | setup | mha | nn.MultiheadAttention | bare SDPA module | mha / torch | mha / bare | mha, of the GEMM |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for case, result in cases.items():
         unit, scale = ("MiB", 1.0) if case == "memory" else ("ms", 1e3)
         values = result["values"]
         cells = [f"{values[k] * scale:.1f} {unit}" if k in values else "—" for k in names]
         ratios = [f"{result['ratios'][r]:.2f}" if r in result["ratios"] else "—" for r in ("mha/torch", "mha/bare")]
-        met = "met" if all(result["targets"].values()) else "**missed**"
-        targets = ", ".join(t.replace("<=", "≤") for t in result["targets"])
         of_gemm = f"{result['gflops']:.0f} GFLOP/s, {result['fraction_of_gemm']:.0%}" if "gflops" in result else "—"
-        rows.append(f"| {case} | {result['description'].rsplit(',', 1)[0]} | {' | '.join(cells)} | {' | '.join(ratios)} | {of_gemm} | {targets}: {met} |")
+        rows.append(f"| {case} | {result['description'].rsplit(',', 1)[0]} | {' | '.join(cells)} | {' | '.join(ratios)} | {of_gemm} |")
     rows.append("")
     rows.append(
         f"Measured on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
-        f"Python {machine['python']}: medians of interleaved repetitions, same weights. "
+        f"Python {machine['python']}: medians of interleaved repetitions, same weights. Times and memory: "
+        "lower is better; a ratio below 1 means `mha` takes less. "
         f"A float32 2048³ GEMM ran at {attention['gemm_gflops']:.0f} GFLOP/s in the same run."
     )
     (SNIPPETS / "performance-table.md").write_text("\n".join(rows) + "\n")
@@ -146,14 +145,14 @@ def performance_figures() -> None:
         "|---|---|",
         f"| {d['tokens']} tokens, KV cache | {d['total_s']['cached']:.2f} s |",
         f"| {d['tokens']} tokens, recomputing the causal pass | {d['total_s']['recompute']:.2f} s |",
-        f"| speedup | {d['speedup']:.1f}x (target ≥ 20x: {'met' if d['speedup'] >= 20 else '**missed**'}) |",
+        f"| speed-up of the cache over recomputing (higher is better) | {d['speedup']:.1f}x |",
         f"| {d['tokens']} tokens, bare kernels (no module, no checks) | {d['bare_kernels']['total_s']:.2f} s: "
-        f"{d['bare_kernels']['speedup']:.1f}x, the floor for eager steps |",
+        f"{d['bare_kernels']['speedup']:.1f}x faster than recomputing, the least an eager step can cost |",
         *(f"| one step, 64 positions filled, `max_len` {n} | {t:.3f} ms |" for n, t in d["step_ms_by_max_len"].items()),
-        f"| step at `max_len` 16384 / at 128 | {d['max_len_ratio']:.2f} (target ≤ 1.3) |",
+        f"| step at `max_len` 16384 / at 128 (1 = the buffer's size costs nothing) | {d['max_len_ratio']:.2f} |",
         f"| one step, of the GEMM | {d['step_gflops']:.1f} GFLOP/s, {d['step_fraction_of_gemm']:.1%} of {d['gemm_gflops']:.0f}: "
         f"a step reads every weight for a few FLOPs each ({d['step_weight_gb_per_s']:.1f} GB/s), so memory bounds it |",
-        f"| per-token time, last quarter / first quarter | {d['flatness']:.2f} (target ≤ 1.5) |",
+        f"| per-token time, last quarter of the 512 tokens / first quarter (1 = flat) | {d['flatness']:.2f} |",
         f"| cache memory, 8 key/value heads | {d['cache_bytes']['num_kv_heads=8'] / 2**20:.2f} MiB |",
         f"| cache memory, 2 key/value heads | {d['cache_bytes']['num_kv_heads=2'] / 2**20:.2f} MiB (4x smaller) |",
     ]
@@ -165,13 +164,15 @@ def performance_figures() -> None:
         f"GEMM 2048³ in the same run: float32 {gemm['float32']:.0f} GFLOP/s, bfloat16 {gemm['bfloat16']:.0f} GFLOP/s "
         f"({gemm['bfloat16'] / gemm['float32']:.1f}x).",
         "",
-        "| case | dtype | mha | GFLOP/s | of the GEMM | mha / bare SDPA |",
-        "|---|---|---|---|---|---|",
+        "| case | dtype | mha | faster than float32 | GFLOP/s | of the GEMM | mha / bare SDPA |",
+        "|---|---|---|---|---|---|---|",
     ]
+    float32_ms = {case["case"]: case["ms"]["mha"] for case in dtypes["cases"] if case["way"] == "float32"}
     for case in dtypes["cases"]:
         bare = "–" if case["mha_over_bare"] is None else f"{case['mha_over_bare']:.2f}"
+        faster = f"{float32_ms[case['case']] / case['ms']['mha']:.1f}x"
         dtype_rows.append(
-            f"| {case['case']} | {case['way']} | {case['ms']['mha']:.2f} ms | {case['gflops']:.0f} | "
+            f"| {case['case']} | {case['way']} | {case['ms']['mha']:.2f} ms | {faster} | {case['gflops']:.0f} | "
             f"{case['fraction_of_gemm']:.0%} | {bare} |"
         )
     dtype_rows += ["", "| dtype | largest error against float64, relative to the output |", "|---|---|"]
@@ -191,8 +192,8 @@ def performance_figures() -> None:
             f"{ms['hf static']:.3f} ms | {ms['bare kernels']:.3f} ms |"
         )
         ratio_rows.append(
-            f"| {case['dtype']} | {case['filled']} | {_target(r['hf dynamic'], hf['target'])} | "
-            f"{_target(r['hf static'], hf['target'])} | {r['bare kernels']:.2f} | {case['bare_ratios']['hf dynamic']:.2f} |"
+            f"| {case['dtype']} | {case['filled']} | {r['hf dynamic']:.2f} | "
+            f"{r['hf static']:.2f} | {r['bare kernels']:.2f} | {case['bare_ratios']['hf dynamic']:.2f} |"
         )
     (SNIPPETS / "hf-decoding-ratios-table.md").write_text("\n".join(ratio_rows) + "\n")
     (SNIPPETS / "hf-decoding-table.md").write_text("\n".join(hf_rows) + "\n")
@@ -202,14 +203,9 @@ def performance_figures() -> None:
         ms = case["ms_per_layer"]
         deep_rows.append(
             f"| {case['dtype']} | {case['filled']} | {ms['mha']:.3f} ms | {ms['hf dynamic']:.3f} ms | "
-            f"{_target(case['ratio'], hf['target'])} |"
+            f"{case['ratio']:.2f} |"
         )
     (SNIPPETS / "hf-decoding-deep-table.md").write_text("\n".join(deep_rows) + "\n")
-
-
-def _target(ratio: float, target: float) -> str:
-    """A ratio, in bold where it misses the target (at most `target`)."""
-    return f"{ratio:.2f}" if ratio <= target else f"**{ratio:.2f}**"
 
 
 def context_parallel_figures() -> None:
@@ -254,7 +250,8 @@ def context_parallel_figures() -> None:
 def main() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     SNIPPETS.mkdir(parents=True, exist_ok=True)
-    attention_figures()
+    if "--tables-only" not in sys.argv:
+        attention_figures()
     performance_figures()
     context_parallel_figures()
     print(f"wrote figures to {IMAGES} and tables to {SNIPPETS}")

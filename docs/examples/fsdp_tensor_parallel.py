@@ -8,6 +8,9 @@ processes (or GPUs, with --backend nccl):
     torchrun --nproc-per-node 2 docs/examples/fsdp_tensor_parallel.py --tp 2   # mesh (dp=1, tp=2)
     torchrun --nproc-per-node 2 docs/examples/fsdp_tensor_parallel.py --tp 1   # mesh (dp=2, tp=1)
 
+`--tp` must divide the attention's 2 key/value heads (1 or 2), and the number
+of processes must divide by it; on 8 GPUs, `--tp 2` gives the mesh (dp=4, tp=2).
+
 Each rank compares its loss and every parameter after one SGD step with the
 same model trained in one process on the whole batch.
 """
@@ -29,6 +32,7 @@ from mha import MultiHeadAttention
 from mha.parallel import parallelize
 
 MLP_PLAN = {"up": ColwiseParallel, "down": RowwiseParallel}
+HEADS = 4  # query heads per block, with HEADS // 2 key/value heads: --tp must divide those
 
 
 class Block(nn.Module):
@@ -52,6 +56,8 @@ def main() -> None:
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     parser.add_argument("--tp", type=int, default=2, help="tensor-parallel ranks; the rest is data parallel")
     args = parser.parse_args()
+    if HEADS // 2 % args.tp:
+        parser.error(f"--tp {args.tp} must divide the {HEADS // 2} key/value heads of each block")
     device = "cuda" if args.backend == "nccl" else "cpu"
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -60,7 +66,7 @@ def main() -> None:
     mesh = init_device_mesh(device, (world_size // args.tp, args.tp), mesh_dim_names=("dp", "tp"))
 
     torch.manual_seed(0)  # the same weights and batch on every rank
-    reference = nn.Sequential(Block(64, 4), Block(64, 4)).to(device)
+    reference = nn.Sequential(Block(64, HEADS), Block(64, HEADS)).to(device)
     model = copy.deepcopy(reference)
 
     # 1. Tensor parallel inside each block: mha's plan for every attention,

@@ -4,7 +4,9 @@ Run on 2 CPU processes (or GPUs, with --backend nccl):
 
     torchrun --nproc-per-node 2 docs/examples/tensor_parallel.py
 
-Each rank holds half of the heads; the output equals the single-device module.
+Each rank holds 1/world_size of the heads; the output equals the single-device module.
+Key/value heads must divide by the number of ranks: 8 query and 4 key/value heads
+for up to 4 ranks, twice as many of each on 8.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def main() -> None:
     mesh = init_device_mesh(device, (world_size,))
 
     torch.manual_seed(0)  # the same weights and inputs on every rank
-    reference = MultiHeadAttention(256, 8, num_kv_heads=4, device=device)
-    sharded = MultiHeadAttention(256, 8, num_kv_heads=4, device=device)
+    num_heads = max(8, 2 * world_size)  # n_kv = n_h / 2 must divide by the mesh size
+    reference = MultiHeadAttention(256, num_heads, num_kv_heads=num_heads // 2, device=device)
+    sharded = MultiHeadAttention(256, num_heads, num_kv_heads=num_heads // 2, device=device)
     sharded.load_state_dict(reference.state_dict())
     parallelize(sharded, mesh)  # q/k/v column-wise, out row-wise
 
@@ -43,7 +46,7 @@ def main() -> None:
     expected = reference(x, is_causal=True)
     local_heads = sharded.q_proj.weight.to_local().shape[0] // sharded.head_dim
     error = (out - expected).abs().max().item()
-    print(f"rank {rank}/{world_size}: {local_heads} of 8 query heads, max |sharded - single| = {error:.1e}")
+    print(f"rank {rank}/{world_size}: {local_heads} of {num_heads} query heads, max |sharded - single| = {error:.1e}")
     assert error < 1e-5
 
     dist.barrier()  # let every rank finish before the process group goes away
