@@ -84,5 +84,8 @@ def test_figures_script_redraws_every_figure(tmp_path, monkeypatch):
     make_figures.main()
     for name in ("attention-trained.png", "attention-weights.png", "attention-padding.png", "performance.png"):
         assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
-    committed = ROOT / "docs" / "_snippets" / "performance-table.md"
-    assert (tmp_path / "snippets" / "performance-table.md").read_text() == committed.read_text()
+    for name in ("attention-trained", "attention-weights", "attention-padding"):
+        assert (tmp_path / "images" / f"{name}-dark.png").read_bytes().startswith(b"\x89PNG")
+    for written in (tmp_path / "snippets").glob("*.md"):  # the committed tables are the JSON's
+        committed = ROOT / "docs" / "_snippets" / written.name
+        assert written.read_text() == committed.read_text(), written.name

@@ -2,7 +2,11 @@
 
 Run from the repository root (needs the `docs` extra, for matplotlib):
 
-    python docs/_scripts/make_figures.py
+    python docs/_scripts/make_figures.py                 # pictures and tables
+    python docs/_scripts/make_figures.py --tables-only   # the tables, after a benchmark run
+
+Each attention picture comes in two variants, NAME.png and NAME-dark.png, for
+the light and dark palettes (the pages show them with #only-light/#only-dark).
 
 Writes docs/assets/images/attention-weights.png,
 docs/assets/images/attention-padding.png, docs/assets/images/performance.png
@@ -35,31 +39,48 @@ IMAGES = ROOT / "docs" / "assets" / "images"
 SNIPPETS = ROOT / "docs" / "_snippets"
 RESULTS = ROOT / "benchmarks" / "results"
 # The untrained pictures read random vectors, not words: label positions only.
-SENTENCE = [f"x{i}" for i in range(1, 9)]
+SENTENCE = [f"x{i}" for i in range(8)]  # positions from 0, as in the code
 PADDED = SENTENCE[:6] + ["<pad>", "<pad>"]
 
 
-def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str] | None = None) -> None:
-    """One panel per head of (n_h, s_q, s_kv) weights, two panels a row.
+# Two variants of each attention picture, shown with Material's #only-light and
+# #only-dark: transparent, with text in the palette's foreground colour.
+SCHEMES = {"": "#1f1f1f", "-dark": "#e2e4e9"}  # file suffix -> text and axis colour
+FONT = 15  # points; at dpi 110 a 550-px image shown on a 390-px phone keeps them at ~15 px
 
-    Two columns rather than one row, a 550-px-wide image and 14-pt labels:
-    a 390-px phone shows the picture at about 0.65 of its size, and the
-    token labels at about 12 px.
+
+def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str] | None = None) -> None:
+    """One panel per head of (n_h, s_q, s_kv) weights, two panels a row, in a light and a dark variant.
+
+    Heads are numbered from 0, as `weights[:, h]` indexes them. Two columns
+    rather than one row, a 550-px-wide image and 15-pt labels: a 390-px phone
+    shows the picture at about 0.65 of its size, the labels at about 15 px.
     """
+    for suffix, ink in SCHEMES.items():
+        style = {"text.color": ink, "axes.labelcolor": ink, "xtick.color": ink, "ytick.color": ink,
+                 "axes.edgecolor": ink, "font.size": FONT}
+        with plt.rc_context(style):
+            _heatmap_figure(weights, tokens, path.with_name(path.stem + suffix + path.suffix), titles)
+
+
+def _heatmap_figure(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str] | None) -> None:
     n_h = weights.shape[0]
     rows = (n_h + 1) // 2
-    fig, axes = plt.subplots(rows, 2, figsize=(5.0, 3.1 * rows), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(rows, 2, figsize=(5.0, 2.9 * rows), constrained_layout=True, squeeze=False)
     for head, ax in enumerate(axes.flat):
         image = ax.imshow(weights[head], vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_title(titles[head] if titles else f"head {head}", fontsize=14)
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=14)
-        ax.set_yticks(range(len(tokens)), tokens if head % 2 == 0 else [], fontsize=14)
+        ax.set_title(titles[head] if titles else f"head {head}", fontsize=FONT)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=FONT)
+        ax.set_yticks(range(len(tokens)), tokens if head % 2 == 0 else [], fontsize=FONT)
         if head >= n_h - 2:
-            ax.set_xlabel("key", fontsize=12)
+            ax.set_xlabel("key", fontsize=FONT)
         if head % 2 == 0:
-            ax.set_ylabel("query", fontsize=12)
-    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
-    fig.savefig(path, dpi=110)
+            ax.set_ylabel("query", fontsize=FONT)
+    bar = fig.colorbar(image, ax=axes, shrink=0.6)
+    bar.set_label("weight", fontsize=FONT)
+    bar.ax.tick_params(labelsize=FONT - 1)
+    bar.outline.set_visible(False)
+    fig.savefig(path, dpi=110, transparent=True)
     plt.close(fig)
 
 
@@ -70,7 +91,8 @@ def trained_figure() -> None:
     with torch.no_grad():
         _, weights = model(torch.tensor([digits]))
     grid = torch.stack([w[0, h] for w in weights for h in range(w.shape[1])])  # (layers * heads, s, s)
-    titles = [f"layer {layer + 1}, head {h + 1}" for layer in range(len(weights)) for h in range(weights[0].shape[1])]
+    ordinal = ["first", "second", "third", "fourth"]
+    titles = [f"{ordinal[layer]} layer\nhead {h}" for layer in range(len(weights)) for h in range(weights[0].shape[1])]
     heatmaps(grid, [str(d) for d in digits], IMAGES / "attention-trained.png", titles)
 
 
@@ -251,10 +273,10 @@ def context_parallel_figures() -> None:
     (SNIPPETS / "context-parallel-table.md").write_text("\n".join(rows) + "\n")
 
 
-def main() -> None:
+def main(tables_only: bool = False) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     SNIPPETS.mkdir(parents=True, exist_ok=True)
-    if "--tables-only" not in sys.argv:
+    if not tables_only:  # the pictures need matplotlib and the demo model; the tables only the JSON
         attention_figures()
     performance_figures()
     context_parallel_figures()
@@ -262,4 +284,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tables_only="--tables-only" in sys.argv[1:])
