@@ -74,10 +74,11 @@ def test_cjk_hook_keeps_code_and_math():
         from cjk import join_cjk_lines
     finally:
         sys.path.pop(0)
-    text = "一行，\n二行。\n\n```pycon\n>>> 1  # 中\n... 文\n```\n$$\n中\n文\n$$\n- 项，\n  续\n# 标题\n正文\n    缩进，\n    续"
+    text = "一行，\n二行。\n\n```pycon\n>>> 1  # 中\n... 文\n```\n$$\n中\n文\n$$\n- 项，\n  续\n# 标题\n正文\n\n    缩进，\n    续"
     assert join_cjk_lines(text) == (
-        "一行，二行。\n\n```pycon\n>>> 1  # 中\n... 文\n```\n$$\n中\n文\n$$\n- 项，续\n# 标题\n正文\n    缩进，续")
+        "一行，二行。\n\n```pycon\n>>> 1  # 中\n... 文\n```\n$$\n中\n文\n$$\n- 项，续\n# 标题\n正文\n\n    缩进，续")
     assert join_cjk_lines("中文\nEnglish\n中文") == "中文\nEnglish\n中文"  # a space there is right
+    assert join_cjk_lines("数量。\n`Attention` 接收") == "数量。`Attention` 接收"  # 。 has its own space
 
 
 def test_every_chinese_page_says_zh_hans(site):
@@ -87,3 +88,51 @@ def test_every_chinese_page_says_zh_hans(site):
         assert _read(html).html_lang == "zh-Hans", html.relative_to(site)
     for html in site.rglob("*.html"):
         assert 'hreflang="zh"' not in html.read_text(encoding="utf-8"), html.relative_to(site)
+
+
+# --- phones --------------------------------------------------------------------
+
+PHONE_PROBLEMS = """() => {
+  const out = [];
+  for (const e of document.querySelectorAll('.katex-display')) {
+    const r = e.getBoundingClientRect();
+    if (e.scrollWidth > e.clientWidth + 1) out.push(`formula wider than its box: ${e.textContent.slice(0, 40)}`);
+    if (r.left < 8 || r.right > innerWidth - 8) out.push(`formula at the screen's edge: ${e.textContent.slice(0, 40)}`);
+  }
+  for (const nav of document.querySelectorAll('pre > .md-code__nav')) {
+    const a = nav.getBoundingClientRect(), b = nav.parentElement.querySelector('code').getBoundingClientRect();
+    if (a.width && a.left < b.right - 1 && a.bottom > b.top + 1) out.push('the copy button covers code');
+  }
+  for (const c of document.querySelectorAll('.md-typeset details pre code, .md-typeset details p, .md-typeset .admonition p')) {
+    const size = parseFloat(getComputedStyle(c).fontSize);
+    if (size < 13.5) out.push(`${c.tagName} in an admonition at ${size}px`);
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("path", ["tutorial/", "zh/tutorial/", "transformer-block/", "zh/transformer-block/",
+                                  "guides/decoding/", "zh/guides/decoding/"])
+def test_phone_formulas_code_and_solutions(server, browser, path):
+    """At 390 px: every display formula fits its column (`MultiHead(X)` keeps its W^O), the copy
+    button sits beside the code rather than over it, and solutions are at body size."""
+    from site_fixtures import PHONE
+
+    page, errors = browser.open(server + path, width=PHONE, wait="load")
+    page.wait_for_selector(".katex-display")
+    page.locator("details").evaluate_all("els => els.forEach(d => d.open = true)")
+    assert page.evaluate(PHONE_PROBLEMS) == []
+    if path.endswith("tutorial/"):
+        multihead = page.locator(".katex-display", has_text="MultiHead").first
+        assert "W" in multihead.inner_text() and "O" in multihead.inner_text()
+    page.context.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_attention_pictures_follow_the_palette(server, browser, scheme):
+    page, _ = browser.open(server + "guides/attention-weights/", color_scheme=scheme, wait="load")
+    shown = page.eval_on_selector_all(
+        "article img", "els => els.filter(e => e.offsetWidth > 0).map(e => e.currentSrc)")
+    assert len(shown) == 3, shown
+    assert all(src.endswith("-dark.png") == (scheme == "dark") for src in shown), shown
+    page.context.close()

@@ -10,8 +10,9 @@ and the next one starts with one. It leaves alone:
 * a next line that starts a block of its own: blank, a heading, a list item,
   a table row, a quote, an admonition, HTML, a snippet include.
 
-A line break between a Chinese character and a Latin word stays a space, as
-Chinese typesetting puts one there anyway.
+A line break after full-width punctuation (。，：) is joined whatever follows,
+since that punctuation carries its own space. A line break between a Chinese
+character and a Latin word stays a space, as Chinese typesetting puts one there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import re
 # CJK ideographs, CJK symbols and punctuation, full-width forms.
 CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 ENDS_CJK = re.compile(f"[{CJK}]$")
+# Full-width punctuation carries its own space: nothing follows it, CJK or not.
+ENDS_PUNCTUATION = re.compile("[\u3000-\u303f\uff00-\uffef]$")
 STARTS_CJK = re.compile(f"^[{CJK}]")
 FENCE = re.compile(r"^\s*(```|~~~)")
 STARTS_BLOCK = re.compile(r"^\s*(#|[-*+] |\d+[.)] |\||>|!!!|\?\?\?|<|\$\$|--8<--|$)")
@@ -37,7 +40,8 @@ def join_cjk_lines(markdown: str) -> str:
         if fence is None and not math:
             opened = FENCE.match(line)
             if (joinable and not opened and not STARTS_BLOCK.match(line)
-                    and ENDS_CJK.search(out[-1]) and STARTS_CJK.match(stripped)):
+                    and (ENDS_PUNCTUATION.search(out[-1])
+                         or (ENDS_CJK.search(out[-1]) and STARTS_CJK.match(stripped)))):
                 out[-1] += stripped
                 continue
             out.append(line)
