@@ -283,11 +283,18 @@ RUN_PAGES = """
 import code, contextlib, io, json, sys, traceback
 
 class Paste(code.InteractiveConsole):
-    \"\"\"The classic `python` REPL: a blank line ends a class, a dedented line inside one is an error.\"\"\"
+    \"\"\"The classic `python` REPL: a blank line ends a class, a dedented line inside one is an error.
+
+    It compiles each statement exactly as the REPL does when the reader pastes
+    line by line (what breaks a paste is where a statement ends); it does not
+    run them a second time.\"\"\"
 
     def __init__(self):
         super().__init__({"__name__": "__main__"})
         self.errors = []
+
+    def runcode(self, code):
+        pass  # the script pass below runs every statement; this pass checks how a paste splits them
 
     def showsyntaxerror(self, filename=None, **kwargs):
         self.errors.append(traceback.format_exc(limit=-3))
