@@ -268,6 +268,8 @@ def test_class_diagram_text_is_readable(server, browser, width, path):
 
 
 COPY_ALL = """async () => {
+    // A reader opens a collapsed solution before copying it.
+    document.querySelectorAll('details').forEach((d) => { d.open = true; });
     const texts = [];
     for (const block of document.querySelectorAll('.language-pycon')) {
         window.__copied = undefined;
