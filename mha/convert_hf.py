@@ -203,6 +203,7 @@ def to_hf(module: MultiHeadAttention, layer: nn.Module) -> nn.Module:
         >>> converted = mha.from_hf(layer)
         >>> with torch.no_grad():
         ...     _ = converted.q_proj.weight.mul_(2)
+        ...
         >>> mha.to_hf(converted, LlamaAttention(config, layer_idx=0)).q_proj.weight.equal(2 * layer.q_proj.weight)
         True
     """
