@@ -52,6 +52,19 @@ def finite_number(name: str, value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def positive_number(name: str, value: object) -> float:
+    """Return `value` as a float if it is a finite int or float > 0, else raise."""
+    value = finite_number(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return value
+
+
+def optional_positive_int(name: str, value: object) -> int | None:
+    """Return `value` if it is `None` or a positive `int`, else raise."""
+    return None if value is None else positive_int(name, value)
+
+
 def probability(name: str, value: object) -> float:
     """Return `value` if it is a float in [0, 1), else raise."""
     _number(name, value, "float")

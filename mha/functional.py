@@ -37,6 +37,7 @@ __all__ = ["Backend", "Dispatch", "choose_path", "attention_weights", "attention
 
 Backend = Literal["auto", "fused", "math"]
 BACKENDS: tuple[str, ...] = ("auto", "fused", "math")
+SCORE_BUDGET_MIB = 64  # the soft-capped math path's scores per chunk of queries (mha._chunked)
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,34 @@ class Dispatch:
     reason: str
 
 
-def choose_path(*, need_weights: bool = False, backend: Backend = "auto") -> Dispatch:
+def choose_path(
+    *,
+    need_weights: bool = False,
+    backend: Backend = "auto",
+    softcap: float | None = None,
+    sinks: bool = False,
+    dropout: bool = False,
+) -> Dispatch:
     """Decide between the fused kernel and the explicit math path.
 
     Args:
         need_weights: whether the caller wants the attention weights back.
         backend: `"auto"`, or `"fused"`/`"math"` to force a path.
+        softcap: the soft-cap of the scores, if any: no fused kernel applies
+            it, so the math path runs, in chunks of queries.
+        sinks: whether a sink logit per head takes part in the softmax: the
+            fused path rescales the kernel's output by its log-sum-exp.
+        dropout: whether dropout will be applied (in training): with sinks,
+            the math path runs (the kernels do not return their dropout mask,
+            which the sink's backward would need).
 
     Returns:
         The chosen path and the reason.
 
     Raises:
         ValueError: when `backend="fused"` is combined with `need_weights=True`
-            (the fused kernels do not return weights), or `backend` is unknown.
+            (the fused kernels do not return weights), with `softcap`, or with
+            sinks and dropout; or when `backend` is unknown.
 
     Examples:
         >>> from mha.functional import choose_path
@@ -74,6 +90,9 @@ def choose_path(*, need_weights: bool = False, backend: Backend = "auto") -> Dis
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    special = _special_path(backend, softcap, sinks, dropout)
+    if special is not None:
+        return special
     if backend == "math":
         return Dispatch("math", 'backend="math" was requested')
     if need_weights:
@@ -86,11 +105,36 @@ def choose_path(*, need_weights: bool = False, backend: Backend = "auto") -> Dis
             "math", "need_weights=True: the fused kernels do not return attention weights"
         )
     if backend == "fused":
-        return Dispatch("fused", 'backend="fused" was requested')
-    return Dispatch(
+        return _with_sinks(Dispatch("fused", 'backend="fused" was requested'), sinks)
+    return _with_sinks(Dispatch(
         "fused",
         "no weights requested: torch.nn.functional.scaled_dot_product_attention "
         "picks its flash, memory-efficient or math kernel",
+    ), sinks)
+
+
+def _special_path(backend: str, softcap: float | None, sinks: bool, dropout: bool) -> Dispatch | None:
+    """The math path that soft-capping, or sinks with dropout, need; `None` when neither applies."""
+    if softcap is not None:
+        why = (
+            f"softcap={softcap}: no fused kernel applies tanh to the scores; math path in query chunks "
+            f"of at most {SCORE_BUDGET_MIB} MiB of scores each"
+        )
+    elif sinks and dropout:
+        why = "sinks with dropout: the fused kernels do not return their dropout mask, which the sinks' backward needs"
+    else:
+        return None
+    if backend == "fused":
+        raise ValueError(f'backend="fused" cannot run this call: {why} (use backend="auto" or "math")')
+    return Dispatch("math", why + ("" if sinks is False else "; the sink joins the softmax as one more column"))
+
+
+def _with_sinks(dispatch: Dispatch, sinks: bool) -> Dispatch:
+    if not sinks:
+        return dispatch
+    return Dispatch(
+        dispatch.path,
+        dispatch.reason + "; sinks: the kernel's output is rescaled by sigmoid(lse - sink), from its log-sum-exp",
     )
 
 
@@ -117,7 +161,11 @@ def _check_heads(query: object, key: object, value: object | None, mask: object 
 
 
 def path_for(need_weights: bool, backend: str) -> str:
-    """The path `choose_path` would pick, without checking its arguments (for internal callers)."""
+    """The path `choose_path` would pick, without checking its arguments (for internal callers).
+
+    Soft-capping, and sinks with dropout, run on the math path whatever this
+    says: [`attend`][mha.functional.attend] sends them there.
+    """
     return "math" if need_weights or backend == "math" else "fused"
 
 
@@ -318,6 +366,8 @@ def attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
     backend: Backend = "auto",
+    sinks: Tensor | None = None,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Scaled dot-product attention over heads, on the path [`choose_path`][mha.functional.choose_path] picks.
 
@@ -333,14 +383,26 @@ def attention(
         dropout_p: dropout on the attention weights (pass 0 in eval).
         need_weights: also return the weights (forces the math path).
         backend: `"auto"`, `"fused"` or `"math"`.
+        sinks: one learned logit per query head that joins each row's
+            softmax and takes its share of the probability without a value
+            (gpt-oss): the weights over the keys then sum to less than 1.
+            On the fused path the kernel's output is rescaled by
+            `sigmoid(lse - sink)`, from its log-sum-exp.
+        softcap: `c > 0` bounds the scores to `c · tanh(scores / c)`, before
+            the mask (Gemma 2). Runs on the math path, in chunks of queries.
 
     Returns:
         `(context, weights)`; `weights` is `None` unless requested. The
         returned weights are those that multiplied the values, i.e. after dropout.
 
+    Raises:
+        ValueError: on shapes that do not fit, a non-positive `softcap`, or
+            `backend="fused"` with what it cannot do (see `choose_path`).
+        TypeError: on a non-tensor input, a wrong dtype or a non-bool flag.
+
     Shape:
-        query: `(b, n_h, s_q, d)`; key, value: `(b, n_kv, s_kv, d)`;
-        context: `(b, n_h, s_q, d)`; weights: `(b, n_h, s_q, s_kv)`
+        query: `(b, n_h, s_q, d)`; key: `(b, n_kv, s_kv, d)`; value: `(b, n_kv, s_kv, d_v)`;
+        sinks: `(n_h,)`; context: `(b, n_h, s_q, d_v)`; weights: `(b, n_h, s_q, s_kv)`
 
     Examples:
         >>> import torch
@@ -350,6 +412,14 @@ def attention(
         >>> math, weights = attention(q, k, v, need_weights=True)
         >>> torch.allclose(fused, math, atol=1e-6), tuple(weights.shape)
         (True, (2, 4, 3, 5))
+
+        A sink per head takes part of each row's weight:
+
+        >>> sinks = torch.tensor([0.0, 1.0, 2.0, 3.0])
+        >>> fused, _ = attention(q, k, v, sinks=sinks)
+        >>> math, weights = attention(q, k, v, sinks=sinks, need_weights=True)
+        >>> torch.allclose(fused, math, atol=1e-6), bool((weights.sum(-1) < 1).all())
+        (True, True)
     """
     _check_heads(query, key, value, mask)
     for name, value_ in (("is_causal", is_causal), ("need_weights", need_weights)):
@@ -357,8 +427,17 @@ def attention(
     if scale is not None:
         _checks.finite_number("scale", scale)
     _checks.probability("dropout_p", dropout_p)
-    path = choose_path(need_weights=need_weights, backend=backend).path
-    context, weights = attend(query, key, value, mask, is_causal, scale, dropout_p, path)
+    if sinks is not None:
+        n_h = query.shape[1]
+        sinks = _checks.shape("sinks", sinks, (n_h,), lambda: f"(n_h={n_h},)")
+        _checks.floating("sinks", sinks)
+        _checks.same_device("sinks", sinks, "query", query.device)
+    if softcap is not None:
+        softcap = _checks.positive_number("softcap", softcap)
+    path = choose_path(
+        need_weights=need_weights, backend=backend, softcap=softcap, sinks=sinks is not None, dropout=dropout_p > 0
+    ).path
+    context, weights = attend(query, key, value, mask, is_causal, scale, dropout_p, path, sinks=sinks, softcap=softcap)
     return context, (weights if need_weights else None)
 
 
@@ -390,6 +469,8 @@ def attend(
     path: str,
     *,
     guard: bool = True,
+    sinks: Tensor | None = None,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """[`attention`][mha.functional.attention] without argument checks, on a chosen path.
 
@@ -398,6 +479,9 @@ def attend(
     `guard=False` skips zeroing the key/value positions the mask blocks for
     every query, for a caller that knows they hold finite numbers (the KV
     cache's empty and padding slots hold zeros).
+    `softcap`, or `sinks` with `dropout_p > 0`, run on the math path in
+    chunks of queries whatever `path` says (no fused kernel does them);
+    `sinks` alone run fused, rescaled by the kernel's log-sum-exp.
     """
     b, n_h, s_q = query.shape[:3]
     s_kv = key.shape[-2]
@@ -405,11 +489,20 @@ def attend(
         # Empty in, empty out; with no keys, every query attends to nothing: zeros.
         context = query.new_zeros(b, n_h, s_q, value.shape[-1])
         return context, (query.new_zeros(b, n_h, s_q, s_kv) if path == "math" else None)
+    if softcap is not None or (sinks is not None and (path == "math" or dropout_p > 0.0)):
+        from mha import _chunked  # imports this module
+
+        need_weights = path == "math"
+        return _chunked.attend(
+            query, key, value, mask, is_causal, scale, dropout_p, softcap=softcap, sinks=sinks, need_weights=need_weights
+        )
     prepared = _prepare_mask(
         mask, is_causal, s_q=s_q, s_kv=s_kv, scale=scale, guard=guard, n_kv=key.shape[-3], device=query.device
     )
     if prepared.blocked is not None:
         key, value = _zero_blocked(key, prepared.blocked), _zero_blocked(value, prepared.blocked)
+    if sinks is not None:
+        return _attend_with_sinks(query, key, value, prepared, scale, sinks), None
     mask, kernel_causal, keep = prepared.mask, prepared.kernel_causal, prepared.keep
     if path == "math":
         weights = _weights(query, key, prepared, scale)
@@ -453,3 +546,18 @@ def attend(
     if keep is not None:
         context = context.masked_fill(~keep, 0.0)  # where, not a product: 0 * NaN would stay NaN
     return context, None
+
+
+def _attend_with_sinks(
+    query: Tensor, key: Tensor, value: Tensor, prepared: _Mask, scale: float | None, sinks: Tensor
+) -> Tensor:
+    """The fused path with a sink logit per head: the kernel's output rescaled by its log-sum-exp."""
+    from mha import _sinks  # imports this module
+
+    mask, keep = prepared.mask, prepared.keep
+    if mask is not None:
+        # The kernels that return their log-sum-exp take an additive mask in the query's dtype.
+        mask = masks.to_additive(mask, query.dtype) if mask.dtype == torch.bool else _fit_mask(mask, query.dtype)
+        mask = None if mask is None else mask.to(query.dtype)
+    context = _sinks.fused_with_sinks(query, key, value, sinks, mask, prepared.kernel_causal, scale)
+    return context if keep is None else context.masked_fill(~keep, 0.0)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import functional as F
 
-from mha.functional import _fold_groups, _repeat_kv
+from mha._lse import _attend_block, _attend_block_backward
 
 __all__: list[str] = []  # internal: used by mha.parallel.context
 
@@ -35,96 +35,6 @@ Block = tuple[slice, slice, bool]
 Blocks = Callable[[int, int, bool], list[Block]]
 
 SUPPORTED_DEVICES = ("cpu", "cuda")
-LSE_ROWS = 32  # CUDA's memory-efficient kernel pads its log-sum-exp rows to a multiple of this
-HEAD_DIM_ALIGNMENT = 8  # and has no kernel for float32 head dims that are not a multiple of this
-
-
-def _block_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
-    """Attention of one block and its log-sum-exp: `(b, n_h, s_q, d)` and `(b, n_h, s_q)` float32."""
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
-        return out, lse
-    d, scale = q.shape[-1], _scale(q, scale)
-    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-        *_aligned(q, k, v), None, True, 0.0, causal, scale=scale
-    )
-    return out[..., :d], lse[..., : q.shape[2]]  # the CUDA kernel pads the rows to a multiple of its tile
-
-
-def _block_backward(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of one block, given the *merged* output and log-sum-exp of its rows.
-
-    With the final `out` and `lse`, each block's softmax is already normalised
-    over all keys, so the per-block gradients add up to the exact ones.
-    """
-    if q.device.type == "cpu":
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad, q, k, v, out, lse, 0.0, causal, scale=scale
-        )
-        return dq, dk, dv
-    if q.dtype != torch.float32:
-        # Seen on an H200 with torch 2.11: the kernel's 16-bit backward is right with
-        # its own forward's output and log-sum-exp, but wrong (by 0.7 in bfloat16)
-        # with the ones merged over several blocks; its float32 backward is exact.
-        grads = _block_backward(grad.float(), q.float(), k.float(), v.float(), out.float(), lse, causal, scale)
-        return grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype)
-    no_seed = torch.zeros((), dtype=torch.int64, device=q.device)
-    d, scale = q.shape[-1], _scale(q, scale)
-    lse = F.pad(lse, (0, -q.shape[2] % LSE_ROWS))  # back to the kernel's padded layout
-    grad, q, k, v, out = _aligned(grad, q, k, v, out)
-    dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        grad, q, k, v, None, out, lse.contiguous(), no_seed, no_seed, 0.0, [True, True, True, False],
-        causal, scale=scale,
-    )
-    return dq[..., :d], dk[..., :d], dv[..., :d]
-
-
-def _scale(q: Tensor, scale: float | None) -> float:
-    return q.shape[-1] ** -0.5 if scale is None else scale  # of the true head dim, before any padding
-
-
-def _aligned(*tensors: Tensor) -> list[Tensor]:
-    """Contiguous, with the head dim zero-padded to the CUDA kernel's alignment.
-
-    Zero columns add nothing to `q kᵀ` and give zero output columns, which
-    are cut off again.
-    """
-    pad = -tensors[0].shape[-1] % HEAD_DIM_ALIGNMENT
-    return [(F.pad(t, (0, pad)) if pad else t).contiguous() for t in tensors]
-
-
-def _attend_block(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None) -> tuple[Tensor, Tensor]:
-    """`_block_forward` for `n_h` query heads over `n_kv` key/value heads.
-
-    Without a mask, the query heads that share a key/value head are folded
-    into one longer sequence, so the keys and values are never copied per
-    head. A causal block needs each head's own positions: there they are repeated.
-    """
-    group = q.shape[1] // k.shape[1]
-    if group == 1:
-        return _block_forward(q, k, v, causal, scale)
-    if causal:
-        return _block_forward(q, _repeat_kv(k, group), _repeat_kv(v, group), True, scale)
-    out, lse = _block_forward(_fold_groups(q, group), k, v, False, scale)
-    return out.reshape(q.shape), lse.reshape(q.shape[:3])
-
-
-def _attend_block_backward(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """`_block_backward` for grouped heads, as in `_attend_block`; key/value gradients per key/value head."""
-    group = q.shape[1] // k.shape[1]
-    if group == 1:
-        return _block_backward(grad, q, k, v, out, lse, causal, scale)
-    if causal:
-        dq, dk, dv = _block_backward(grad, q, _repeat_kv(k, group), _repeat_kv(v, group), out, lse, True, scale)
-        # The query heads of a group share a key/value head: sum their gradients.
-        return dq, dk.unflatten(1, (-1, group)).sum(2), dv.unflatten(1, (-1, group)).sum(2)
-    grad, folded_q, out, lse = (_fold_groups(t, group) for t in (grad, q, out, lse))
-    dq, dk, dv = _block_backward(grad, folded_q, k, v, out, lse, False, scale)
-    return dq.reshape(q.shape), dk, dv
 
 
 def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> None:

@@ -1,0 +1,111 @@
+r"""The math path in query chunks, for what no fused kernel computes: soft-capped scores, sinks with dropout.
+
+Soft-capping (Gemma 2) bounds each score before the mask and the softmax:
+
+$$
+s \mapsto c \tanh(s / c).
+$$
+
+No fused kernel of `torch.nn.functional.scaled_dot_product_attention`
+applies a function to the scores, so the formula is spelled out; to keep its
+memory bounded at long sequences the queries are taken a chunk at a time, each
+chunk's scores `(b, n_h, rows, s_kv)` within [`SCORE_BUDGET`][mha._chunked.SCORE_BUDGET]
+bytes. Under `torch.compile` one chunk covers every query (a Python loop over
+symbolic sizes would pin them); in training autograd keeps each chunk's weights
+for the backward, as the unchunked math path does.
+
+Shape letters are those of [`mha`][mha]; `d_v` is the value head width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mha import functional, masks
+from mha._sinks import sink_softmax
+
+__all__: list[str] = []  # internal: used by mha.functional
+
+SCORE_BUDGET = functional.SCORE_BUDGET_MIB * 2**20  # bytes of scores per chunk: 256 rows of 16 heads x 4,096 float32 keys
+
+
+def chunk_rows(b: int, n_h: int, s_q: int, s_kv: int, dtype: torch.dtype) -> int:
+    """How many query rows one chunk takes, so its scores fit in `SCORE_BUDGET` bytes."""
+    if torch.compiler.is_compiling():
+        return s_q
+    itemsize = torch.empty((), dtype=functional._accumulation_dtype(dtype)).element_size()
+    return max(1, min(s_q, SCORE_BUDGET // max(1, b * n_h * s_kv * itemsize)))
+
+
+def attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    dropout_p: float,
+    *,
+    softcap: float | None,
+    sinks: Tensor | None,
+    need_weights: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """`mha.functional.attend` on the math path, one chunk of queries at a time.
+
+    Returns `(context, weights)`; `weights` (all rows) only when `need_weights`.
+    """
+    b, n_h, s_q = query.shape[:3]
+    s_kv = key.shape[-2]
+    if mask is not None and mask.ndim < 4:
+        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    rows = chunk_rows(b, n_h, s_q, s_kv, query.dtype)
+    contexts, weights = [], []
+    for start in range(0, s_q, rows):
+        stop = min(start + rows, s_q)
+        chunk_mask = mask if mask is None or mask.shape[-2] == 1 else mask[..., start:stop, :]
+        if is_causal:
+            # Bottom-right: query i is position i + s_kv - s_q among the keys.
+            allowed = torch.arange(s_kv, device=query.device) <= (
+                torch.arange(start, stop, device=query.device)[:, None] + (s_kv - s_q)
+            )
+            chunk_mask = masks.combine_masks(chunk_mask, allowed)
+        context, w = _chunk(query[:, :, start:stop], key, value, chunk_mask, scale, dropout_p, softcap, sinks)
+        contexts.append(context)
+        if need_weights:
+            weights.append(w)
+    if len(contexts) == 1:
+        return contexts[0], (weights[0] if need_weights else None)
+    return torch.cat(contexts, dim=2), (torch.cat(weights, dim=2) if need_weights else None)
+
+
+def _chunk(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float | None, dropout_p: float,
+    softcap: float | None, sinks: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Context and weights of some query rows, all keys: `(b, n_h, rows, d_v)` and `(b, n_h, rows, s_kv)`."""
+    b, n_h, rows, d = query.shape
+    n_kv, s_kv = key.shape[1], key.shape[2]
+    group = n_h // n_kv
+    prepared = functional._prepare_mask(
+        mask, False, s_q=rows, s_kv=s_kv, scale=scale, guard=False, n_kv=n_kv, device=query.device
+    )
+    mask, keep = functional._fit_mask(prepared.mask, query.dtype), prepared.keep
+    acc = functional._accumulation_dtype(query.dtype)
+    scale = d**-0.5 if scale is None else scale
+    # The g query heads of a key/value head as one longer sequence: keys are never copied per head.
+    folded = functional._fold_groups(query.to(acc), group)  # (b, n_kv, g * rows, d)
+    scores = (folded @ key.to(acc).transpose(-2, -1)).view(b, n_h, rows, s_kv) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap  # before the mask, as Gemma 2 does
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.to(acc)
+    weights = torch.softmax(scores, dim=-1) if sinks is None else sink_softmax(scores, sinks)
+    if keep is not None:
+        weights = weights * keep
+    weights = weights.to(query.dtype)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    context = functional._fold_groups(weights, group) @ value  # (b, n_kv, g * rows, d_v)
+    return context.view(b, n_h, rows, value.shape[-1]), weights
