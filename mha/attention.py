@@ -57,20 +57,46 @@ class Attention(nn.Module):
     (grouped-query attention; `n_kv = 1` is multi-query attention).
 
     Args:
-        hidden_size: `h`, the width of the queries and of the output.
-        num_heads: `n_h`; must divide `hidden_size`.
+        hidden_size: `h`, the model width; the queries and the output are
+            `h` wide unless `head_dim` says otherwise.
+        num_heads: `n_h`; must divide `hidden_size` unless `head_dim` is given.
         num_kv_heads: `n_kv`; must divide `num_heads`. Defaults to `num_heads`.
         dropout: probability of zeroing an attention weight, in training only.
         scale: multiplies the scores; defaults to `1 / sqrt(d)`.
         positional: a [`mha.RotaryEmbedding`][mha.RotaryEmbedding] applied to queries and keys.
         backend: `"auto"` (fused kernel unless weights are requested),
             `"fused"` or `"math"`; see [`mha.functional.choose_path`][mha.functional.choose_path].
+        head_dim: `d`, the width of a query and key head; defaults to
+            `h / n_h`. Qwen3-4B has 32 heads of 128 in a width of 2560.
+        v_head_dim: `d_v`, the width of a value head (and so of the
+            context per head); defaults to `d`.
+        qk_norm: RMSNorm over each head's queries and keys (submodules
+            `q_norm` and `k_norm`, each a `torch.nn.RMSNorm(d)` with a
+            learnable weight), after the head split and before rotary
+            positions, as Qwen3 and Gemma 3 do. Gemma's norm multiplies by
+            `1 + weight`: store `1 + weight` here. A norm over the whole
+            width before the split (OLMo 2) is not this option: put it after
+            the projection, e.g. `m.q_proj = nn.Sequential(m.q_proj, nn.RMSNorm(n_h * d))`
+            on a [`mha.MultiHeadAttention`][mha.MultiHeadAttention] (see its example).
+        qk_norm_eps: the `eps` of those norms.
+        sinks: a learned sink logit per query head (parameter `sinks`,
+            `(n_h,)`, zeros at first) that joins each row's softmax and
+            takes its share of the weight without a value (gpt-oss). Runs
+            fused, the kernel's output rescaled by its log-sum-exp.
+        softcap: `c > 0` bounds the scores to `c · tanh(scores / c)` before
+            the mask (Gemma 2 uses 50). No fused kernel applies it: the math
+            path runs, in chunks of queries so that memory stays bounded.
 
     Attributes:
         hidden_size: `h`.
         num_heads: `n_h`.
         num_kv_heads: `n_kv`.
-        head_dim: `d = h / n_h`.
+        head_dim: `d`, `h / n_h` unless given.
+        v_head_dim: `d_v`, `d` unless given.
+        q_norm: the queries' `torch.nn.RMSNorm`, with `qk_norm=True` (else `None`).
+        k_norm: the keys' `torch.nn.RMSNorm`, with `qk_norm=True` (else `None`).
+        sinks: the `(n_h,)` sink logits, a parameter with `sinks=True` (else `None`).
+        softcap: the soft-cap of the scores, or `None`.
         shards: `t`, the number of tensor-parallel ranks the heads are split
             over; 1 unless [`mha.parallel.parallelize`][mha.parallel.tensor.parallelize] set it.
         context_parallel: the [`SequenceLayout`][mha.attention.SequenceLayout] of a
@@ -78,10 +104,10 @@ class Attention(nn.Module):
             [`mha.parallel.context_parallel`][mha.parallel.context.context_parallel] set it.
 
     Shape:
-        query: `(b, s_q, h)`; key, value: `(b, s_kv, n_kv * d)`;
-        output: `(b, s_q, h)`; weights: `(b, n_h, s_q, s_kv)`.
-        With `shards = t`, each rank passes `1/t` of these widths and holds
-        `1/t` of the heads.
+        query: `(b, s_q, n_h * d)`; key: `(b, s_kv, n_kv * d)`; value: `(b, s_kv, n_kv * d_v)`;
+        output: `(b, s_q, n_h * d_v)`; weights: `(b, n_h, s_q, s_kv)`.
+        By default `n_h * d = h`. With `shards = t`, each rank passes `1/t`
+        of these widths and holds `1/t` of the heads.
 
     Examples:
         >>> import torch
@@ -92,6 +118,15 @@ class Attention(nn.Module):
         >>> context.shape, weights.shape
         (torch.Size([1, 3, 8]), torch.Size([1, 2, 3, 3]))
         >>> torch.allclose(weights.sum(-1), torch.ones(1, 2, 3))  # each row sums to 1
+        True
+
+        With sinks, each row keeps back the sink's share:
+
+        >>> attn = Attention(8, 2, sinks=True)
+        >>> with torch.no_grad():
+        ...     _ = attn.sinks.fill_(1.0)
+        >>> _, weights = attn(q, k, v, need_weights=True)
+        >>> bool((weights.sum(-1) < 1).all())
         True
     """
 
@@ -105,15 +140,24 @@ class Attention(nn.Module):
         scale: float | None = None,
         positional: RotaryEmbedding | None = None,
         backend: Backend = "auto",
+        head_dim: int | None = None,
+        v_head_dim: int | None = None,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
+        sinks: bool = False,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible("hidden_size", hidden_size, "num_heads", num_heads)
+        if _checks.optional_positive_int("head_dim", head_dim) is None:
+            _checks.divisible("hidden_size", hidden_size, "num_heads", num_heads)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         self.num_kv_heads = _checks.positive_int("num_kv_heads", num_kv_heads)
         _checks.divisible("num_heads", num_heads, "num_kv_heads", num_kv_heads)
-        self.head_dim = hidden_size // num_heads
+        self.head_dim = hidden_size // num_heads if head_dim is None else head_dim
+        v_head_dim = _checks.optional_positive_int("v_head_dim", v_head_dim)
+        self.v_head_dim = self.head_dim if v_head_dim is None else v_head_dim
         self.dropout = _checks.probability("dropout", dropout)
         self.scale = None if scale is None else _checks.finite_number("scale", scale)
         if positional is not None and not isinstance(positional, RotaryEmbedding):
@@ -122,13 +166,29 @@ class Attention(nn.Module):
             )
         if positional is not None and positional.head_dim != self.head_dim:
             raise ValueError(
-                f"positional.head_dim must equal hidden_size / num_heads = {self.head_dim}, "
+                f"positional.head_dim must equal {'hidden_size / num_heads' if head_dim is None else 'head_dim'}"
+                f" = {self.head_dim}, "
                 f"got {positional.head_dim}"
             )
         self.positional = positional
         self.backend: Backend = _checks.one_of("backend", backend, BACKENDS)  # type: ignore[assignment]
+        self._init_options(qk_norm, qk_norm_eps, sinks, softcap)
         self.shards = 1
         self.context_parallel: SequenceLayout | None = None
+
+    def _init_options(self, qk_norm: object, qk_norm_eps: object, sinks: object, softcap: object) -> None:
+        """q/k-norm, sinks and soft-capping: checked all before any is set."""
+        qk_norm = _checks.flag("qk_norm", qk_norm)
+        eps = _checks.positive_number("qk_norm_eps", qk_norm_eps)
+        sinks = _checks.flag("sinks", sinks)
+        self.softcap = None if softcap is None else _checks.positive_number("softcap", softcap)
+        self.qk_norm_eps = eps
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else None
+        # gpt-oss initialises its sinks at random; zeros give a sink the weight of a key scored 0.
+        self.sinks = nn.Parameter(torch.zeros(self.num_heads)) if sinks else None
+        # Whether a one-token decoding step may take MultiHeadAttention's shortcut (plain attention only).
+        self._plain = not (qk_norm or sinks or self.softcap is not None)
 
     def explain(self, *, need_weights: bool = False) -> Dispatch:
         """Which path `forward` takes for these arguments, and why.
@@ -139,8 +199,22 @@ class Attention(nn.Module):
             'fused'
             >>> Attention(8, 2, backend="math").explain().reason
             'backend="math" was requested'
+            >>> Attention(8, 2, softcap=50.0).explain().path
+            'math'
         """
-        return choose_path(need_weights=_checks.flag("need_weights", need_weights), backend=self.backend)
+        dispatch = choose_path(
+            need_weights=_checks.flag("need_weights", need_weights),
+            backend=self.backend,
+            softcap=self.softcap,
+            sinks=self.sinks is not None,
+            dropout=self.training and self.dropout > 0,
+        )
+        if self.q_norm is not None:
+            order = " and before rotary positions" if self.positional is not None else ""
+            dispatch = Dispatch(
+                dispatch.path, dispatch.reason + f"; qk_norm: RMSNorm over each head's queries and keys{order}"
+            )
+        return dispatch
 
     @overload
     def forward(
@@ -198,13 +272,18 @@ class Attention(nn.Module):
                 non-bool flag, or a cache of another dtype.
         """
         query = _checks.floating("query", _checks.tensor("query", query))
-        width = self.hidden_size // self.shards
+        width = self.num_heads * self.head_dim // self.shards
         if query.ndim != 3 or query.shape[-1] != width:
-            raise ValueError(f"query must have shape (b, s_q, h={width}), got {_checks.sizes(query)}")
+            name = "h" if self.num_heads * self.head_dim == self.hidden_size else "n_h * d"
+            raise ValueError(f"query must have shape (b, s_q, {name}={width}), got {_checks.sizes(query)}")
         b = query.shape[0]
         kv_width = self.num_kv_heads * self.head_dim // self.shards
+        v_width = self.num_kv_heads * self.v_head_dim // self.shards
         key = _checks.shape("key", key, (b, None, kv_width), lambda: f"(b={b}, s_kv, n_kv * d={kv_width})")
-        value = _checks.shape("value", value, key.shape, lambda: f"(b={b}, s_kv, n_kv * d={kv_width}), like key")
+        s_kv = key.shape[1]
+        value = _checks.shape(
+            "value", value, (b, s_kv, v_width), lambda: f"(b={b}, s_kv={s_kv}, n_kv * d_v={v_width})"
+        )
         for name, t in (("key", key), ("value", value)):
             _checks.same_dtype(name, t, "query", query)
             _checks.same_device(name, t, "query", query.device)
@@ -254,6 +333,9 @@ class Attention(nn.Module):
             ("a mask", mask is not None),
             ("a KV cache", cache is not None),
             ("dropout in training", self.training and self.dropout > 0),
+            ("sinks=True", self.sinks is not None),
+            (f"softcap={self.softcap}", self.softcap is not None),
+            (f"v_head_dim={self.v_head_dim} != head_dim={self.head_dim}", self.v_head_dim != self.head_dim),
         )
         for what, given in refused:
             if given:
@@ -261,7 +343,8 @@ class Attention(nn.Module):
                 raise ValueError(
                     f"{what}{detail} is not supported under context parallelism: each rank holds only part "
                     "of the sequence, and the ring computes attention without weights, masks, "
-                    "caches or dropout; use is_causal=True for causal masking, or .eval() for dropout"
+                    "caches, dropout, sinks, soft-capping or a value width of its own; use is_causal=True "
+                    "for causal masking, or .eval() for dropout"
                 )
         layout = cast(SequenceLayout, self.context_parallel)
         layout.check(s_q, s_kv, is_causal=bool(is_causal), rotary=self.positional is not None)
@@ -270,12 +353,14 @@ class Attention(nn.Module):
         """Raise before the cache is written to, naming the cache as what does not fit."""
         b, s = query.shape[0], query.shape[1]
         n_kv = self.num_kv_heads // self.shards
-        if (cache.batch_size, cache.num_kv_heads, cache.head_dim) != (b, n_kv, self.head_dim):
-            raise ValueError(
-                f"cache does not fit this call: it holds (b={cache.batch_size}, "
-                f"n_kv={cache.num_kv_heads}, d={cache.head_dim}), this call has "
-                f"(b={b}, n_kv={n_kv}, d={self.head_dim})"
-            )
+        held = (cache.batch_size, cache.num_kv_heads, cache.head_dim, cache.v_head_dim)
+        wanted = (b, n_kv, self.head_dim, self.v_head_dim)
+        if held != wanted:
+            names = ("b", "n_kv", "d", "d_v") if held[3] != held[2] or wanted[3] != wanted[2] else ("b", "n_kv", "d")
+            def sizes(values: tuple[int, ...]) -> str:
+                return ", ".join(f"{name}={value}" for name, value in zip(names, values, strict=False))
+
+            raise ValueError(f"cache does not fit this call: it holds ({sizes(held)}), this call has ({sizes(wanted)})")
         device = query.device.type
         # Under autocast the projections, and so attention, run in the autocast dtype.
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
@@ -302,7 +387,9 @@ class Attention(nn.Module):
         s_q, s_kv = query.shape[1], key.shape[1]
         q = self._split_heads(query)  # (b, n_h, s_q, d)
         k = self._split_heads(key)  # (b, n_kv, s_kv, d)
-        v = self._split_heads(value)  # (b, n_kv, s_kv, d)
+        v = self._split_heads(value, self.v_head_dim)  # (b, n_kv, s_kv, d_v)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # per head, before rotary positions
         if self.context_parallel is not None:
             return self._attend_across_ranks(self.context_parallel, q, k, v, is_causal)
         guard = True
@@ -338,8 +425,14 @@ class Attention(nn.Module):
 
         dropout_p = self.dropout if self.training else 0.0
         path = path_for(need_weights, self.backend)
-        context, weights = attend(q, k, v, mask, is_causal, self.scale, dropout_p, path, guard=guard)
-        context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d)
+        if self.sinks is None and self.softcap is None:
+            context, weights = attend(q, k, v, mask, is_causal, self.scale, dropout_p, path, guard=guard)
+        else:
+            context, weights = attend(
+                q, k, v, mask, is_causal, self.scale, dropout_p, path, guard=guard,
+                sinks=self._local_sinks(), softcap=self.softcap,
+            )
+        context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d_v)
         if need_weights:
             return context, cast(Tensor, weights)  # need_weights chose the math path, which returns them
         return context
@@ -362,7 +455,7 @@ class Attention(nn.Module):
             # One rotation of both: in 16 bits each rotation also converts to float32 and back.
             qk = self.positional.rotate(torch.cat((q, k), dim=1), angles)
             q, k = qk[:, :n_h], qk[:, n_h:]
-        keys, values = cache.write_token(k, value.reshape(b, -1, d))
+        keys, values = cache.write_token(k, value.reshape(b, -1, self.v_head_dim))
         return attend_token(q, keys, values, self.scale).view(b, 1, -1)
 
     def _attend_across_ranks(self, layout: SequenceLayout, q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
@@ -373,10 +466,21 @@ class Attention(nn.Module):
         context = layout.attend(q, k, v, is_causal=is_causal, scale=self.scale)
         return context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d)
 
-    def _split_heads(self, x: Tensor) -> Tensor:
-        """(b, s, n * d) -> (b, n, s, d), for however many heads `x` holds."""
+    def _local_sinks(self) -> Tensor | None:
+        """The sink logits of this rank's heads (all of them unless tensor-parallel), cast to compute in."""
+        sinks = self.sinks
+        if sinks is None:
+            return None
+        if self.shards > 1:
+            # Sharded with the heads by mha.parallel.parallelize: a DTensor whose local part is ours.
+            sinks = sinks.to_local()  # type: ignore[attr-defined]
+        return sinks
+
+    def _split_heads(self, x: Tensor, d: int | None = None) -> Tensor:
+        """(b, s, n * d) -> (b, n, s, d), for however many heads `x` holds; `d` defaults to the head width."""
         b, s, width = x.shape
-        return x.reshape(b, s, width // self.head_dim, self.head_dim).transpose(1, 2)  # -1 fails when s = 0
+        d = self.head_dim if d is None else d
+        return x.reshape(b, s, width // d, d).transpose(1, 2)  # -1 fails when s = 0
 
     def extra_repr(self) -> str:
         shards = f", shards={self.shards}" if self.shards > 1 else ""
@@ -384,8 +488,24 @@ class Attention(nn.Module):
             shards += f", context_parallel={self.context_parallel.size}"
         return (
             f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
-            f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, backend={self.backend!r}{shards}"
+            f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, backend={self.backend!r}"
+            f"{self._options_repr()}{shards}"
         )
+
+    def _options_repr(self) -> str:
+        """The options of modern layers that differ from their defaults, for `extra_repr`."""
+        options = []
+        if self.head_dim * self.num_heads != self.hidden_size:
+            options.append(f"head_dim={self.head_dim}")
+        if self.v_head_dim != self.head_dim:
+            options.append(f"v_head_dim={self.v_head_dim}")
+        if self.q_norm is not None:
+            options.append(f"qk_norm=True, qk_norm_eps={self.qk_norm_eps}")
+        if self.sinks is not None:
+            options.append("sinks=True")
+        if self.softcap is not None:
+            options.append(f"softcap={self.softcap}")
+        return "".join(f", {option}" for option in options)
 
 
 def _is_bare_linear(module: nn.Module) -> bool:
@@ -437,13 +557,20 @@ class MultiHeadAttention(nn.Module):
             (see [`mha.functional.choose_path`][mha.functional.choose_path]).
         device: where to create the parameters.
         dtype: of the parameters.
+        head_dim: `d`, the width of a query and key head; defaults to `h / n_h`.
+        v_head_dim: `d_v`, the width of a value head; defaults to `d`.
+        qk_norm: RMSNorm over each query and key head before rotary positions
+            (Qwen3, Gemma 3); see [`mha.Attention`][mha.Attention].
+        qk_norm_eps: the `eps` of those norms.
+        sinks: a learned sink logit per head (gpt-oss); see [`mha.Attention`][mha.Attention].
+        softcap: soft-cap of the scores, `c · tanh(scores / c)` (Gemma 2).
 
     Attributes:
-        q_proj: `Linear(h, h)`.
+        q_proj: `Linear(h, n_h * d)`.
         k_proj: `Linear(kdim, n_kv * d)`.
-        v_proj: `Linear(vdim, n_kv * d)`.
+        v_proj: `Linear(vdim, n_kv * d_v)`.
         attention: the [`Attention`][mha.Attention] that splits heads and attends.
-        out_proj: `Linear(h, h)`.
+        out_proj: `Linear(n_h * d_v, h)`.
 
     Shape:
         query: `(b, s_q, h)`; key: `(b, s_kv, kdim)`; value: `(b, s_kv, vdim)`;
@@ -458,6 +585,20 @@ class MultiHeadAttention(nn.Module):
         >>> mha = MultiHeadAttention(hidden_size, num_heads, dropout)
         >>> output = mha(torch.randn(batch_size, seq_length, hidden_size))
         >>> output.shape
+        torch.Size([2, 5, 64])
+
+        A layer of today, Qwen3's shape in small (heads wider than `h / n_h`,
+        grouped keys and values, q/k-norm), and OLMo 2's norm over the whole
+        width, which is a norm after the projection rather than an option:
+
+        >>> from torch import nn
+        >>> qwen = MultiHeadAttention(64, 4, num_kv_heads=2, head_dim=32, qk_norm=True, bias=False)
+        >>> qwen.q_proj.weight.shape, qwen.attention.q_norm.weight.shape
+        (torch.Size([128, 64]), torch.Size([32]))
+        >>> olmo = MultiHeadAttention(64, 4, bias=False)
+        >>> olmo.q_proj = nn.Sequential(olmo.q_proj, nn.RMSNorm(64, eps=1e-6))
+        >>> olmo.k_proj = nn.Sequential(olmo.k_proj, nn.RMSNorm(64, eps=1e-6))
+        >>> olmo(torch.randn(2, 5, 64)).shape
         torch.Size([2, 5, 64])
     """
 
@@ -476,9 +617,15 @@ class MultiHeadAttention(nn.Module):
         backend: Backend = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        head_dim: int | None = None,
+        v_head_dim: int | None = None,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
+        sinks: bool = False,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
-        self.attention = Attention(
+        attention = Attention(
             hidden_size,
             num_heads,
             num_kv_heads=num_kv_heads,
@@ -486,16 +633,23 @@ class MultiHeadAttention(nn.Module):
             scale=scale,
             positional=positional,
             backend=backend,
+            head_dim=head_dim,
+            v_head_dim=v_head_dim,
+            qk_norm=qk_norm,
+            qk_norm_eps=qk_norm_eps,
+            sinks=sinks,
+            softcap=softcap,
         )
         self.kdim = hidden_size if kdim is None else _checks.positive_int("kdim", kdim)
         self.vdim = hidden_size if vdim is None else _checks.positive_int("vdim", vdim)
         _checks.flag("bias", bias)
-        kv_width = self.attention.num_kv_heads * self.attention.head_dim
         factory = {"device": device, "dtype": dtype}
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias, **factory)
-        self.k_proj = nn.Linear(self.kdim, kv_width, bias, **factory)
-        self.v_proj = nn.Linear(self.vdim, kv_width, bias, **factory)
-        self.out_proj = nn.Linear(hidden_size, hidden_size, bias, **factory)
+        self.attention = attention.to(**factory) if qk_norm or sinks else attention  # its norms and sinks
+        n_h, n_kv, d, d_v = num_heads, attention.num_kv_heads, attention.head_dim, attention.v_head_dim
+        self.q_proj = nn.Linear(hidden_size, n_h * d, bias, **factory)
+        self.k_proj = nn.Linear(self.kdim, n_kv * d, bias, **factory)
+        self.v_proj = nn.Linear(self.vdim, n_kv * d_v, bias, **factory)
+        self.out_proj = nn.Linear(n_h * d_v, hidden_size, bias, **factory)
 
     @property
     def hidden_size(self) -> int:
@@ -516,6 +670,11 @@ class MultiHeadAttention(nn.Module):
     def head_dim(self) -> int:
         """`d`."""
         return self.attention.head_dim
+
+    @property
+    def v_head_dim(self) -> int:
+        """`d_v`."""
+        return self.attention.v_head_dim
 
     def explain(self, *, need_weights: bool = False) -> Dispatch:
         """Which attention path `forward` takes, and why.
@@ -629,8 +788,8 @@ class MultiHeadAttention(nn.Module):
             and query.dtype == weight.dtype == keys.dtype and query.device == weight.device == keys.device
             and cache.length < cache.max_len and cache.token_mask is None
             and cache.num_kv_heads * attention.shards == attention.num_kv_heads
-            and cache.head_dim == attention.head_dim
-            and attention.context_parallel is None and attention.backend != "math"
+            and cache.head_dim == attention.head_dim and cache.v_head_dim == attention.v_head_dim
+            and attention.context_parallel is None and attention.backend != "math" and attention._plain
             and (not attention.training or attention.dropout == 0.0)
             # Autocast on any device sends the call to the full path: one C call, where
             # torch.is_autocast_enabled(device_type) would parse a string and cost 3x more.
@@ -686,6 +845,7 @@ class MultiHeadAttention(nn.Module):
             max_len,
             num_kv_heads=self.num_kv_heads // self.attention.shards,
             head_dim=self.head_dim,
+            v_head_dim=self.v_head_dim,
             dtype=weight.dtype if dtype is None else dtype,
             device=weight.device if device is None else device,
         )

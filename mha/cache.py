@@ -35,14 +35,15 @@ class KVCache:
         batch_size: `b`.
         max_len: `s_max`, the most positions it can hold.
         num_kv_heads: `n_kv`.
-        head_dim: `d`.
+        head_dim: `d`, the width of a key head.
+        v_head_dim: `d_v`, the width of a value head; defaults to `d`.
         dtype: of the buffers; defaults to torch's default dtype.
         device: of the buffers.
 
     Attributes:
         keys: `(b, n_kv, s_max, d)`, keys after any rotary embedding; empty
             and padding slots hold zeros.
-        values: `(b, n_kv, s_max, d)`.
+        values: `(b, n_kv, s_max, d_v)`.
         position: a 0-d long tensor, the next free slot.
         token_mask: `(b, s_max)` bool, True at slots that hold real tokens,
             once a `token_mask` has been written (`None` before: every
@@ -64,6 +65,7 @@ class KVCache:
         *,
         num_kv_heads: int,
         head_dim: int,
+        v_head_dim: int | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -71,9 +73,10 @@ class KVCache:
         self.max_len = _checks.positive_int("max_len", max_len)
         self.num_kv_heads = _checks.positive_int("num_kv_heads", num_kv_heads)
         self.head_dim = _checks.positive_int("head_dim", head_dim)
-        size = (batch_size, num_kv_heads, max_len, head_dim)
-        self.keys = torch.zeros(size, dtype=dtype, device=device)
-        self.values = torch.zeros(size, dtype=dtype, device=device)
+        v_head_dim = _checks.optional_positive_int("v_head_dim", v_head_dim)
+        self.v_head_dim = head_dim if v_head_dim is None else v_head_dim
+        self.keys = torch.zeros((batch_size, num_kv_heads, max_len, head_dim), dtype=dtype, device=device)
+        self.values = torch.zeros((batch_size, num_kv_heads, max_len, self.v_head_dim), dtype=dtype, device=device)
         # The write position lives on the device as a tensor, so a compiled
         # step reads it as data rather than baking it in as a constant.
         self.position = torch.zeros((), dtype=torch.long, device=device)
@@ -115,7 +118,7 @@ class KVCache:
 
         Args:
             key: the chunk's keys, `(b, n_kv, s, d)`.
-            value: the chunk's values, `(b, n_kv, s, d)`.
+            value: the chunk's values, `(b, n_kv, s, d_v)`.
 
         Returns:
             `(keys, values, mask)`: the filled slots of both buffers (all
@@ -129,9 +132,12 @@ class KVCache:
                 write past `max_len`; nothing is written then.
             TypeError: if the chunk's dtype is not the cache's.
         """
-        b, n_kv, d = self.batch_size, self.num_kv_heads, self.head_dim
+        b, n_kv, d, d_v = self.batch_size, self.num_kv_heads, self.head_dim, self.v_head_dim
         key = _checks.shape("key", key, (b, n_kv, None, d), lambda: f"(b={b}, n_kv={n_kv}, s, d={d})")
-        _checks.shape("value", value, key.shape, lambda: f"like key {_checks.sizes(key)}")
+        s = key.shape[2]
+        _checks.shape(
+            "value", value, (b, n_kv, s, d_v), lambda: f"(b={b}, n_kv={n_kv}, s={int(s)}, d_v={d_v})"
+        )
         if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
             raise TypeError(f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}")
         self.check_room(key.shape[-2])
@@ -197,7 +203,8 @@ class KVCache:
         there is room, no ragged batch and no graph to record.
 
         Shape:
-            key, value: `(b, n_kv, d)`; returns the filled slots `(b, n_kv, slots, d)` twice.
+            key: `(b, n_kv, d)`; value: `(b, n_kv, d_v)`; returns the filled slots of both,
+            `(b, n_kv, slots, d)` and `(b, n_kv, slots, d_v)`.
         """
         start = self._length
         keys, values = self.keys, self.values
@@ -245,5 +252,6 @@ class KVCache:
         return (
             f"KVCache(batch_size={self.batch_size}, max_len={self.max_len}, "
             f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
-            f"length={self._length}, dtype={self.keys.dtype})"
+            + (f"v_head_dim={self.v_head_dim}, " if self.v_head_dim != self.head_dim else "")
+            + f"length={self._length}, dtype={self.keys.dtype})"
         )
