@@ -60,24 +60,37 @@ def attend(
     s_kv = key.shape[-2]
     if mask is not None and mask.ndim < 4:
         mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    if torch.compiler.is_compiling():
+        # One chunk: a loop over symbolic sizes would pin them in the graph.
+        context, w = _rows(query, key, value, mask, is_causal, 0, s_q, scale, dropout_p, softcap, sinks)
+        return context, (w if need_weights else None)
     rows = chunk_rows(b, n_h, s_q, s_kv, query.dtype)
     contexts, weights = [], []
     for start in range(0, s_q, rows):
         stop = min(start + rows, s_q)
-        chunk_mask = mask if mask is None or mask.shape[-2] == 1 else mask[..., start:stop, :]
-        if is_causal:
-            # Bottom-right: query i is position i + s_kv - s_q among the keys.
-            allowed = torch.arange(s_kv, device=query.device) <= (
-                torch.arange(start, stop, device=query.device)[:, None] + (s_kv - s_q)
-            )
-            chunk_mask = masks.combine_masks(chunk_mask, allowed)
-        context, w = _chunk(query[:, :, start:stop], key, value, chunk_mask, scale, dropout_p, softcap, sinks)
+        context, w = _rows(query, key, value, mask, is_causal, start, stop, scale, dropout_p, softcap, sinks)
         contexts.append(context)
         if need_weights:
             weights.append(w)
     if len(contexts) == 1:
         return contexts[0], (weights[0] if need_weights else None)
     return torch.cat(contexts, dim=2), (torch.cat(weights, dim=2) if need_weights else None)
+
+
+def _rows(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, is_causal: bool, start: int, stop: int,
+    scale: float | None, dropout_p: float, softcap: float | None, sinks: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """`_chunk` for query rows `start:stop`, with their rows of the mask and of the causal mask."""
+    s_q, s_kv = query.shape[2], key.shape[2]
+    chunk_mask = mask if mask is None or mask.shape[-2] == 1 else mask[..., start:stop, :]
+    if is_causal:
+        # Bottom-right: query i is position i + s_kv - s_q among the keys.
+        allowed = torch.arange(s_kv, device=query.device) <= (
+            torch.arange(start, stop, device=query.device)[:, None] + (s_kv - s_q)
+        )
+        chunk_mask = masks.combine_masks(chunk_mask, allowed)
+    return _chunk(query[:, :, start:stop], key, value, chunk_mask, scale, dropout_p, softcap, sinks)
 
 
 def _chunk(
