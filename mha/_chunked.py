@@ -31,9 +31,14 @@ __all__: list[str] = []  # internal: used by mha.functional
 SCORE_BUDGET = functional.SCORE_BUDGET_MIB * 2**20  # bytes of scores per chunk: 256 rows of 16 heads x 4,096 float32 keys
 
 
+def _tracing() -> bool:
+    """Under `torch.compile` or `torch.export` (whose default, non-strict mode Dynamo does not see)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def chunk_rows(b: int, n_h: int, s_q: int, s_kv: int, dtype: torch.dtype) -> int:
     """How many query rows one chunk takes, so its scores fit in `SCORE_BUDGET` bytes."""
-    if torch.compiler.is_compiling():
+    if _tracing():
         return s_q
     itemsize = torch.empty((), dtype=functional._accumulation_dtype(dtype)).element_size()
     return max(1, min(s_q, SCORE_BUDGET // max(1, b * n_h * s_kv * itemsize)))
@@ -60,7 +65,7 @@ def attend(
     s_kv = key.shape[-2]
     if mask is not None and mask.ndim < 4:
         mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-    if torch.compiler.is_compiling():
+    if _tracing():
         # One chunk: a loop over symbolic sizes would pin them in the graph.
         context, w = _rows(query, key, value, mask, is_causal, 0, s_q, scale, dropout_p, softcap, sinks)
         return context, (w if need_weights else None)
@@ -90,7 +95,8 @@ def _rows(
             torch.arange(start, stop, device=query.device)[:, None] + (s_kv - s_q)
         )
         chunk_mask = masks.combine_masks(chunk_mask, allowed)
-    return _chunk(query[:, :, start:stop], key, value, chunk_mask, scale, dropout_p, softcap, sinks)
+    rows = query if start == 0 and stop == s_q else query[:, :, start:stop]  # no slice to trace when compiled
+    return _chunk(rows, key, value, chunk_mask, scale, dropout_p, softcap, sinks)
 
 
 def _chunk(
@@ -107,9 +113,14 @@ def _chunk(
     mask, keep = functional._fit_mask(prepared.mask, query.dtype), prepared.keep
     acc = functional._accumulation_dtype(query.dtype)
     scale = d**-0.5 if scale is None else scale
+    if _tracing():
+        # Folding the heads' rows together traces into size guards that pin the length
+        # (seen with torch.export): under tracing the keys are repeated per head instead.
+        key, value = functional._repeat_kv(key, group), functional._repeat_kv(value, group)
+        group = 1
     # The g query heads of a key/value head as one longer sequence: keys are never copied per head.
     folded = functional._fold_groups(query.to(acc), group)  # (b, n_kv, g * rows, d)
-    scores = (folded @ key.to(acc).transpose(-2, -1)).view(b, n_h, rows, s_kv) * scale
+    scores = (folded @ key.to(acc).transpose(-2, -1)).reshape(b, n_h, rows, s_kv) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap  # before the mask, as Gemma 2 does
     if mask is not None:
@@ -121,4 +132,4 @@ def _chunk(
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     context = functional._fold_groups(weights, group) @ value  # (b, n_kv, g * rows, d_v)
-    return context.view(b, n_h, rows, value.shape[-1]), weights
+    return context.reshape(b, n_h, rows, value.shape[-1]), weights
