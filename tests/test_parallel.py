@@ -65,6 +65,16 @@ def _checks(mesh) -> None:
         lambda: MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8)),
         mesh, is_causal=True, mask=pad,
     )
+    # Options of today's layers: sinks are split with the heads, the norms stay whole.
+    def modern():
+        m = MultiHeadAttention(32, 4, num_kv_heads=2, head_dim=12, qk_norm=True, sinks=True, softcap=5.0)
+        with torch.no_grad():
+            m.attention.sinks.normal_()
+            m.attention.q_norm.weight.normal_()
+        return m
+
+    _, sharded_modern = _check_sharded_equals_single(modern, mesh, is_causal=True)
+    assert sharded_modern.attention.sinks.to_local().shape == (2,)
     # The KV cache holds the local key/value heads and decodes exactly.
     sharded.eval()
     cache = sharded.new_cache(2, 8)

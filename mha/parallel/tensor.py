@@ -103,4 +103,19 @@ def parallelize(
     module = parallelize_module(module, device_mesh, full_plan)
     for attn in targets.values():
         attn.attention.shards = world_size
+        _shard_sinks(attn, device_mesh)
     return module
+
+
+def _shard_sinks(module: MultiHeadAttention, device_mesh: DeviceMesh) -> None:
+    """Split the sink logits `(n_h,)` with the heads: each rank keeps its heads' (a DTensor, `Shard(0)`).
+
+    The q/k-norm weights are per head width, the same for every head, so they stay whole.
+    """
+    sinks = module.attention.sinks
+    if sinks is None:
+        return
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    sharded = distribute_tensor(sinks.detach(), device_mesh, [Shard(0)])
+    module.attention.sinks = nn.Parameter(sharded, requires_grad=sinks.requires_grad)
