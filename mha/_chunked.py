@@ -28,7 +28,8 @@ from mha._sinks import sink_softmax
 
 __all__: list[str] = []  # internal: used by mha.functional
 
-SCORE_BUDGET = functional.SCORE_BUDGET_MIB * 2**20  # bytes of scores per chunk: 256 rows of 16 heads x 4,096 float32 keys
+# Bytes of scores per chunk: 256 rows of 16 heads x 4,096 float32 keys.
+SCORE_BUDGET = functional.SCORE_BUDGET_MIB * 2**20
 
 
 def _tracing() -> bool:

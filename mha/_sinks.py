@@ -44,7 +44,7 @@ class _FusedWithSinks(torch.autograd.Function):
     """The fused kernel's output rescaled by `sigmoid(lse - sink)`, with the gradients of the softmax with sink."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         q: Tensor, k: Tensor, v: Tensor, sinks: Tensor, mask: Tensor | None, causal: bool, scale: float | None
     ) -> tuple[Tensor, Tensor]:
         out, lse = _lse._attend_block(q, k, v, causal, scale, mask)  # lse: (b, n_h, s_q), float32 or wider
@@ -61,7 +61,7 @@ class _FusedWithSinks(torch.autograd.Function):
         ctx.mark_non_differentiable(final)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _grad_final: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor, _grad_final: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, sinks, mask, context, final = ctx.saved_tensors
         grad = grad.contiguous()
         dq, dk, dv = _lse._attend_block_backward(grad, q, k, v, context, final, ctx.causal, ctx.scale, mask)

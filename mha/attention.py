@@ -644,7 +644,7 @@ class MultiHeadAttention(nn.Module):
         self.vdim = hidden_size if vdim is None else _checks.positive_int("vdim", vdim)
         _checks.flag("bias", bias)
         factory = {"device": device, "dtype": dtype}
-        self.attention = attention.to(**factory) if qk_norm or sinks else attention  # its norms and sinks
+        self.attention = attention.to(device=device, dtype=dtype) if qk_norm or sinks else attention  # norms, sinks
         n_h, n_kv, d, d_v = num_heads, attention.num_kv_heads, attention.head_dim, attention.v_head_dim
         self.q_proj = nn.Linear(hidden_size, n_h * d, bias, **factory)
         self.k_proj = nn.Linear(self.kdim, n_kv * d, bias, **factory)

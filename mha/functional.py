@@ -492,9 +492,9 @@ def attend(
     if softcap is not None or (sinks is not None and (path == "math" or dropout_p > 0.0)):
         from mha import _chunked  # imports this module
 
-        need_weights = path == "math"
         return _chunked.attend(
-            query, key, value, mask, is_causal, scale, dropout_p, softcap=softcap, sinks=sinks, need_weights=need_weights
+            query, key, value, mask, is_causal, scale, dropout_p,
+            softcap=softcap, sinks=sinks, need_weights=path == "math",
         )
     prepared = _prepare_mask(
         mask, is_causal, s_q=s_q, s_kv=s_kv, scale=scale, guard=guard, n_kv=key.shape[-3], device=query.device

@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mha import Attention, KVCache, MultiHeadAttention, RotaryEmbedding
-from mha import _chunked
+from mha import Attention, KVCache, MultiHeadAttention, RotaryEmbedding, _chunked
 from mha.functional import attention
 
 

@@ -23,7 +23,6 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.nn import functional as F
 
 from mha._lse import _attend_block, _attend_block_backward
 
