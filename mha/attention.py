@@ -782,7 +782,7 @@ class MultiHeadAttention(nn.Module):
         ):
             return False
         attention, keys = cast(Attention, self._modules["attention"]), cache.keys
-        weight = cast(nn.Linear, self._modules["q_proj"]).weight
+        weight = cast(nn.Linear, self._modules["out_proj"]).weight
         return (
             query.shape == (cache.batch_size, 1, attention.hidden_size)
             and query.dtype == weight.dtype == keys.dtype and query.device == weight.device == keys.device
@@ -805,7 +805,7 @@ class MultiHeadAttention(nn.Module):
             key = _checks.shape("key", key, (b, None, kdim), lambda: f"(b={b}, s_kv, kdim={kdim})")
             s_kv = key.shape[1]
             _checks.shape("value", value, (b, s_kv, vdim), lambda: f"(b={b}, s_kv={s_kv}, vdim={vdim})")
-        weight = self.q_proj.weight
+        weight = self.out_proj.weight  # out_proj: q_proj may be wrapped (a whole-width norm after it)
         _checks.floating("query", query)
         if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):
             raise TypeError(
@@ -839,7 +839,7 @@ class MultiHeadAttention(nn.Module):
             >>> cache.keys.shape  # (b, n_kv, s_max, d)
             torch.Size([1, 2, 16, 8])
         """
-        weight = self.k_proj.weight
+        weight = self.out_proj.weight
         return KVCache(
             batch_size,
             max_len,

@@ -299,7 +299,7 @@ def test_explain_extra_repr_and_bad_values():
     ]
     for options, error, message in cases:
         with pytest.raises(error, match=message):
-            MultiHeadAttention(14, 4, head_dim=6, **options)
+            MultiHeadAttention(14, 4, **{"head_dim": 6, **options})
     with pytest.raises(ValueError, match="hidden_size=14 must be divisible by num_heads=4"):
         MultiHeadAttention(14, 4)
 
