@@ -282,7 +282,7 @@ class Attention(nn.Module):
         key = _checks.shape("key", key, (b, None, kv_width), lambda: f"(b={b}, s_kv, n_kv * d={kv_width})")
         s_kv = key.shape[1]
         value = _checks.shape(
-            "value", value, (b, s_kv, v_width), lambda: f"(b={b}, s_kv={s_kv}, n_kv * d_v={v_width})"
+            "value", value, (b, s_kv, v_width), lambda: f"(b={int(b)}, s_kv={int(s_kv)}, n_kv * d_v={v_width})"
         )
         for name, t in (("key", key), ("value", value)):
             _checks.same_dtype(name, t, "query", query)
