@@ -5,8 +5,8 @@ only (inference). Attention rows time `mha.functional.attention` on split
 heads; layer rows time a whole `mha.MultiHeadAttention`. Times are medians of
 interleaved repetitions in one process; "of GEMM" is the row's nominal FLOP
 rate (causal counted in full) over a same-dtype 2048³ matrix product measured
-in the same run. Peak memory is the resident high-water mark of one call in a
-fresh process, above what the process held before the call.
+in the same run. Peak memory is the most resident memory during one call (sampled
+every 0.5 ms) in a fresh process, above what the process held before the call.
 
 Targets: sinks <= 1.05x the same call without sinks; qk_norm <= 1.10x.
 
@@ -21,6 +21,8 @@ import json
 import resource
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 import torch
@@ -100,11 +102,23 @@ BASELINES = {
 def memory_child(name: str, dtype_name: str) -> None:
     """In a fresh process: the peak resident memory growth (MiB) of one call of row `name`."""
     call = rows(getattr(torch, dtype_name))[name][0]
+    # The process's high-water mark (ru_maxrss) may come from setting up every row;
+    # a thread samples the resident memory during this call instead.
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _current_rss_kib())
+            time.sleep(0.0005)
+
     with torch.inference_mode():
         before = _current_rss_kib()
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         call()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_mib": (peak - before) / 1024}))
+        done.set()
+        sampler.join()
+    print(json.dumps({"peak_mib": (max(peak[0], _current_rss_kib()) - before) / 1024}))
 
 
 def _current_rss_kib() -> int:
