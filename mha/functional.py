@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mha import _checks, masks
+from mha import _blockwise, _checks, masks
+from mha._blockwise import Pattern
 
 __all__ = ["Backend", "Dispatch", "choose_path", "attention_weights", "attention"]
 
@@ -368,8 +369,16 @@ def attention(
     backend: Backend = "auto",
     sinks: Tensor | None = None,
     softcap: float | None = None,
+    sliding_window: int | None = None,
+    alibi: bool = False,
+    document_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Scaled dot-product attention over heads, on the path [`choose_path`][mha.functional.choose_path] picks.
+
+    Queries are the last `s_q` of the `s_kv` positions (as for `is_causal`)
+    for `sliding_window`, `alibi` and `document_ids`. With any of them, long
+    sequences are computed blockwise, at a cost that follows the allowed
+    keys (see the masks guide); `mha._blockwise.plan` says when.
 
     Args:
         query: queries, split into heads.
@@ -390,6 +399,15 @@ def attention(
             `sigmoid(lse - sink)`, from its log-sum-exp.
         softcap: `c > 0` bounds the scores to `c · tanh(scores / c)`, before
             the mask (Gemma 2). Runs on the math path, in chunks of queries.
+        sliding_window: `w`: a query at position `p` sees keys `j` with
+            `|p - j| < w`; with `is_causal`, `p - w < j <= p` (the last `w`
+            positions, its own included, as in Mistral); see
+            [`mha.masks.sliding_window_mask`][mha.masks.sliding_window_mask].
+        alibi: add ALiBi's `-m_h · |p - j|` to the scores
+            ([`mha.masks.alibi_bias`][mha.masks.alibi_bias]).
+        document_ids: `(b, s_kv)` integers; a query sees the keys of its own
+            document only (a run of equal ids), as
+            [`mha.masks.document_mask`][mha.masks.document_mask].
 
     Returns:
         `(context, weights)`; `weights` is `None` unless requested. The
@@ -434,11 +452,39 @@ def attention(
         _checks.same_device("sinks", sinks, "query", query.device)
     if softcap is not None:
         softcap = _checks.positive_number("softcap", softcap)
+    pattern = check_pattern(
+        sliding_window, alibi, document_ids, query.shape[0], query.shape[-2], key.shape[-2], query.device
+    )
     path = choose_path(
         need_weights=need_weights, backend=backend, softcap=softcap, sinks=sinks is not None, dropout=dropout_p > 0
     ).path
-    context, weights = attend(query, key, value, mask, is_causal, scale, dropout_p, path, sinks=sinks, softcap=softcap)
+    context, weights = attend(
+        query, key, value, mask, is_causal, scale, dropout_p, path, sinks=sinks, softcap=softcap, pattern=pattern
+    )
     return context, (weights if need_weights else None)
+
+
+def check_pattern(
+    sliding_window: object, alibi: object, document_ids: object, b: int, s_q: int, s_kv: int, device: torch.device
+) -> Pattern | None:
+    """Check the options of a [`Pattern`][mha._blockwise.Pattern]; `None` when none is set."""
+    if sliding_window is not None:
+        _checks.positive_int("sliding_window", sliding_window)
+    _checks.flag("alibi", alibi)
+    if document_ids is not None:
+        document_ids = masks.check_document_ids("document_ids", document_ids)
+        if document_ids.shape != (b, s_kv):
+            raise ValueError(
+                f"document_ids must have shape (b={b}, s_kv={s_kv}), got {_checks.sizes(document_ids)}"
+            )
+        _checks.same_device("document_ids", document_ids, "query", device)
+        if s_q > s_kv:
+            raise ValueError(
+                f"document_ids needs s_q <= s_kv (queries are the last positions), got s_q={s_q} and s_kv={s_kv}"
+            )
+    if sliding_window is None and not alibi and document_ids is None:
+        return None
+    return Pattern(sliding_window, alibi, document_ids)  # type: ignore[arg-type]
 
 
 def attend_token(query: Tensor, key: Tensor, value: Tensor, scale: float | None) -> Tensor:
@@ -471,6 +517,7 @@ def attend(
     guard: bool = True,
     sinks: Tensor | None = None,
     softcap: float | None = None,
+    pattern: Pattern | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """[`attention`][mha.functional.attention] without argument checks, on a chosen path.
 
@@ -482,6 +529,8 @@ def attend(
     `softcap`, or `sinks` with `dropout_p > 0`, run on the math path in
     chunks of queries whatever `path` says (no fused kernel does them);
     `sinks` alone run fused, rescaled by the kernel's log-sum-exp.
+    A `pattern` (window, documents, ALiBi) runs blockwise or as one dense
+    mask, as `mha._blockwise.plan` chooses.
     """
     b, n_h, s_q = query.shape[:3]
     s_kv = key.shape[-2]
@@ -489,6 +538,19 @@ def attend(
         # Empty in, empty out; with no keys, every query attends to nothing: zeros.
         context = query.new_zeros(b, n_h, s_q, value.shape[-1])
         return context, (query.new_zeros(b, n_h, s_q, s_kv) if path == "math" else None)
+    if pattern is not None:
+        if mask is not None and mask.ndim < 4:
+            mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+        if _blockwise.plan(pattern, s_q, s_kv, is_causal=is_causal, path=path).layout == "blockwise":
+            # Per-row options stay exact per block: each query's row lies whole in one block.
+            options = {k: v for k, v in (("sinks", sinks), ("softcap", softcap)) if v is not None}
+            return _blockwise.attend(
+                query, key, value, mask, is_causal, scale, dropout_p, pattern, attend, **options
+            ), None
+        local = _blockwise.dense_mask(
+            pattern, s_q, s_kv, is_causal=is_causal, num_heads=n_h, dtype=query.dtype, device=query.device
+        )
+        mask, is_causal = masks.combine_masks(local, mask), False  # ALiBi's float32 first: it sets the dtype
     if softcap is not None or (sinks is not None and (path == "math" or dropout_p > 0.0)):
         from mha import _chunked  # imports this module
 

@@ -1,4 +1,4 @@
-"""Attention masks: causal, padding, combining, and conversion from PyTorch.
+"""Attention masks: causal, padding, windows, documents, ALiBi, combining, conversion from PyTorch.
 
 The convention everywhere in `mha`: a **boolean mask is True where a query
 may attend to a key**, the same as
@@ -14,13 +14,25 @@ Shape letters are those of [`mha`][mha].
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from mha import _checks
 
-__all__ = ["causal_mask", "padding_mask", "combine_masks", "to_additive", "from_torch_masks"]
-# `causal` is internal: causal_mask without its checks, for callers that checked already.
+__all__ = [
+    "causal_mask",
+    "padding_mask",
+    "sliding_window_mask",
+    "document_mask",
+    "alibi_bias",
+    "alibi_slopes",
+    "combine_masks",
+    "to_additive",
+    "from_torch_masks",
+]
+# `causal`, `window`, `runs` and `slopes` are internal: the helpers without their checks.
 
 
 def causal_mask(
@@ -60,6 +72,188 @@ def causal(s_q: int, s_kv: int, device: torch.device | str | None) -> Tensor:
     rows = torch.arange(s_q, device=device).unsqueeze(-1)  # (s_q, 1)
     cols = torch.arange(s_kv, device=device)  # (s_kv,)
     return cols <= rows + (s_kv - s_q)
+
+
+def sliding_window_mask(
+    s_q: int, s_kv: int | None = None, *, window: int, device: torch.device | str | None = None
+) -> Tensor:
+    """A boolean band: each query sees the keys less than `window` positions away.
+
+    Positions are aligned bottom-right, as in [`causal_mask`][mha.masks.causal_mask]:
+    query `i` sits at position `p = i + (s_kv - s_q)`, and may attend to key
+    `j` when `|p - j| < window`. Combined with a causal mask
+    (`is_causal=True`), that is `p - window < j <= p`: the last `window`
+    positions, the query's own included, as Transformers' Mistral
+    (`sliding_window`) and FlashAttention (`window_size=(window - 1, 0)`)
+    count them.
+
+    Args:
+        s_q: query length.
+        s_kv: key/value length; defaults to `s_q`.
+        window: `w >= 1`; `window=1` lets a query see itself only.
+        device: where to create the mask.
+
+    Returns:
+        A bool tensor, True where attention is allowed.
+
+    Shape:
+        output: `(s_q, s_kv)`
+
+    Examples:
+        >>> from mha.masks import causal_mask, sliding_window_mask
+        >>> (sliding_window_mask(4, window=2) & causal_mask(4)).int()
+        tensor([[1, 0, 0, 0],
+                [1, 1, 0, 0],
+                [0, 1, 1, 0],
+                [0, 0, 1, 1]], dtype=torch.int32)
+    """
+    s_q = _checks.nonnegative_int("s_q", s_q)
+    s_kv = s_q if s_kv is None else _checks.nonnegative_int("s_kv", s_kv)
+    window = _checks.positive_int("window", window)
+    return band(s_q, s_kv, window, device)
+
+
+def band(s_q: int, s_kv: int, window: int, device: torch.device | str | None) -> Tensor:
+    """`sliding_window_mask` without argument checks."""
+    rows = torch.arange(s_q, device=device).unsqueeze(-1) + (s_kv - s_q)  # (s_q, 1) positions
+    distance = rows - torch.arange(s_kv, device=device)  # (s_q, s_kv)
+    return distance.abs() < window
+
+
+def document_mask(document_ids: Tensor, s_q: int | None = None) -> Tensor:
+    """A boolean block diagonal: each query sees the keys of its own document only.
+
+    A document is a run of equal consecutive ids in a row of `document_ids`
+    (so `[0, 0, 1, 1, 0]` holds three documents). Queries are the last
+    `s_q` positions, as for [`causal_mask`][mha.masks.causal_mask]; combine
+    with `causal_mask` for causal attention within each document.
+
+    Args:
+        document_ids: integer ids, one per key position.
+        s_q: query length; defaults to `s_kv`.
+
+    Returns:
+        A bool tensor, True where query and key lie in the same document.
+
+    Shape:
+        document_ids: `(b, s_kv)`; output: `(b, 1, s_q, s_kv)`
+
+    Examples:
+        >>> import torch
+        >>> from mha.masks import document_mask
+        >>> document_mask(torch.tensor([[7, 7, 3]]))[0, 0].int()
+        tensor([[1, 1, 0],
+                [1, 1, 0],
+                [0, 0, 1]], dtype=torch.int32)
+    """
+    document_ids = check_document_ids("document_ids", document_ids)
+    s_kv = document_ids.shape[1]
+    s_q = s_kv if s_q is None else _checks.nonnegative_int("s_q", s_q)
+    if s_q > s_kv:
+        raise ValueError(f"s_q must be <= s_kv={s_kv} (queries are the last positions), got {s_q}")
+    index = runs(document_ids)  # (b, s_kv)
+    return (index[:, s_kv - s_q :, None] == index[:, None, :])[:, None]  # (b, 1, s_q, s_kv)
+
+
+def check_document_ids(name: str, value: object) -> Tensor:
+    """Raise unless `value` is an integer `(b, s)` tensor."""
+    value = _checks.tensor(name, value)
+    if value.ndim != 2 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must be an integer tensor of shape (b, s_kv), got dtype {value.dtype} "
+            f"and shape {_checks.sizes(value)}"
+        )
+    return value
+
+
+def runs(document_ids: Tensor) -> Tensor:
+    """The index of each position's document, counting runs of equal ids from 0: `(b, s)` long."""
+    change = document_ids[:, 1:] != document_ids[:, :-1]  # (b, s - 1)
+    return torch.cat((torch.zeros_like(change[:, :1]), change), dim=1).long().cumsum(dim=1)
+
+
+def document_positions(document_ids: Tensor) -> Tensor:
+    """Each position's offset from the start of its document: `(b, s)` long, for rotary embeddings."""
+    s = document_ids.shape[1]
+    index = torch.arange(s, device=document_ids.device).expand_as(document_ids)
+    start = torch.ones_like(document_ids, dtype=torch.bool)
+    start[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(start, index, torch.zeros_like(index)).cummax(dim=1).values  # each run's first index
+    return index - first
+
+
+def alibi_slopes(num_heads: int, *, device: torch.device | str | None = None) -> Tensor:
+    """The per-head slopes of ALiBi (Press et al., 2022), for any head count.
+
+    For `n` a power of two they are `2^(-8k/n)`, `k = 1..n`. Otherwise,
+    as in the paper's code and BLOOM: the `p = 2^floor(log2 n)` slopes of
+    `p` heads, then every other slope of `2p` heads (`k = 1, 3, 5, ...`)
+    for the remaining `n - p` heads.
+
+    Returns:
+        float32 slopes, shape `(n_h,)`.
+
+    Examples:
+        >>> from mha.masks import alibi_slopes
+        >>> alibi_slopes(4)
+        tensor([0.2500, 0.0625, 0.0156, 0.0039])
+        >>> alibi_slopes(6)[4:]  # 8 heads' slopes 1 and 3
+        tensor([0.5000, 0.1250])
+    """
+    return slopes(_checks.positive_int("num_heads", num_heads), device)
+
+
+def slopes(num_heads: int, device: torch.device | str | None) -> Tensor:
+    """`alibi_slopes` without argument checks."""
+    power = 2 ** math.floor(math.log2(num_heads))
+    exponents = [-8.0 * k / power for k in range(1, power + 1)]
+    exponents += [-8.0 * k / (2 * power) for k in range(1, 2 * (num_heads - power), 2)]
+    return torch.tensor([2.0**e for e in exponents], dtype=torch.float32, device=device)
+
+
+def alibi_bias(
+    num_heads: int,
+    s_q: int,
+    s_kv: int | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The ALiBi bias: `-m_h · |p - j|` for head `h`, query position `p`, key `j`.
+
+    Queries are the last `s_q` positions (`p = i + s_kv - s_q`). Under a
+    causal mask this is the paper's `-m_h (p - j)`; BLOOM adds `m_h j`
+    instead, which differs by a constant per row, and softmax ignores that.
+    Add it to the scores as a float mask. It holds `n_h · s_q · s_kv`
+    numbers: the `alibi=True` option of the layers never builds it whole
+    for long sequences.
+
+    Args:
+        num_heads: `n_h`; the slopes are [`alibi_slopes`][mha.masks.alibi_slopes].
+        s_q: query length.
+        s_kv: key length; defaults to `s_q`.
+        dtype: of the bias.
+        device: where to create it.
+
+    Returns:
+        The additive bias.
+
+    Shape:
+        output: `(n_h, s_q, s_kv)`
+
+    Examples:
+        >>> from mha.masks import alibi_bias
+        >>> alibi_bias(2, 3)[0]
+        tensor([[ 0.0000, -0.0625, -0.1250],
+                [-0.0625,  0.0000, -0.0625],
+                [-0.1250, -0.0625,  0.0000]])
+    """
+    num_heads = _checks.positive_int("num_heads", num_heads)
+    s_q = _checks.nonnegative_int("s_q", s_q)
+    s_kv = s_q if s_kv is None else _checks.nonnegative_int("s_kv", s_kv)
+    rows = torch.arange(s_q, device=device).unsqueeze(-1) + (s_kv - s_q)
+    distance = (rows - torch.arange(s_kv, device=device)).abs()  # (s_q, s_kv)
+    return (slopes(num_heads, device)[:, None, None].double() * -distance).to(dtype)  # -distance: no -0.0
 
 
 def padding_mask(lengths: Tensor, s_kv: int | None = None) -> Tensor:
