@@ -90,6 +90,13 @@ def tensor(name: str, value: object) -> Tensor:
     """Return `value` if it is a Tensor, else raise `TypeError`."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_nested:
+        # Refused here, where every tensor enters: causal masks, weights and rotary
+        # positions otherwise fail deep inside torch on a jagged dimension.
+        raise TypeError(
+            f"{name} is a nested (jagged) tensor, which mha does not take: pad the sequences and pass "
+            "mask=mha.masks.padding_mask(lengths), or pack them into one sequence with document_ids"
+        )
     return value
 
 

@@ -17,9 +17,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
-from mha import _checks, masks
+from mha import _blockwise, _checks, masks
+from mha._blockwise import Pattern
 from mha.cache import KVCache
-from mha.functional import BACKENDS, Backend, Dispatch, attend, attend_token, choose_path, path_for
+from mha.functional import BACKENDS, Backend, Dispatch, attend, attend_token, check_pattern, choose_path, path_for
+from mha.rolling import RollingKVCache
 from mha.rotary import Angles, RotaryEmbedding
 
 __all__ = ["Attention", "MultiHeadAttention", "SequenceLayout"]
@@ -86,6 +88,13 @@ class Attention(nn.Module):
         softcap: `c > 0` bounds the scores to `c · tanh(scores / c)` before
             the mask (Gemma 2 uses 50). No fused kernel applies it: the math
             path runs, in chunks of queries so that memory stays bounded.
+        sliding_window: `w`, or `None` for no window. A query at position `p`
+            sees the keys `j` with `|p - j| < w`; with `is_causal` (and in
+            cached decoding) `p - w < j <= p`: the last `w` positions, its
+            own included, as Mistral's `sliding_window` counts. See
+            [`mha.masks.sliding_window_mask`][mha.masks.sliding_window_mask].
+        alibi: add ALiBi's per-head linear bias `-m_h · |p - j|` (Press et
+            al., 2022; slopes as in BLOOM, for any head count).
 
     Attributes:
         hidden_size: `h`.
@@ -146,8 +155,12 @@ class Attention(nn.Module):
         qk_norm_eps: float = 1e-6,
         sinks: bool = False,
         softcap: float | None = None,
+        sliding_window: int | None = None,
+        alibi: bool = False,
     ) -> None:
         super().__init__()
+        self.sliding_window = None if sliding_window is None else _checks.positive_int("sliding_window", sliding_window)
+        self.alibi = _checks.flag("alibi", alibi)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         if _checks.optional_positive_int("head_dim", head_dim) is None:
@@ -190,8 +203,14 @@ class Attention(nn.Module):
         # Whether a one-token decoding step may take MultiHeadAttention's shortcut (plain attention only).
         self._plain = not (qk_norm or sinks or self.softcap is not None)
 
-    def explain(self, *, need_weights: bool = False) -> Dispatch:
+    def explain(
+        self, *, need_weights: bool = False, length: int | None = None, documents: bool = False
+    ) -> Dispatch:
         """Which path `forward` takes for these arguments, and why.
+
+        With a `sliding_window`, `alibi` or `documents` (a call with
+        `document_ids`), give the sequence `length` to learn whether the
+        pattern runs as one dense mask or blockwise.
 
         Examples:
             >>> from mha import Attention
@@ -201,6 +220,8 @@ class Attention(nn.Module):
             'backend="math" was requested'
             >>> Attention(8, 2, softcap=50.0).explain().path
             'math'
+            >>> Attention(8, 2, sliding_window=512).explain(length=16384).layout
+            'blockwise'
         """
         dispatch = choose_path(
             need_weights=_checks.flag("need_weights", need_weights),
@@ -214,20 +235,33 @@ class Attention(nn.Module):
             dispatch = Dispatch(
                 dispatch.path, dispatch.reason + f"; qk_norm: RMSNorm over each head's queries and keys{order}"
             )
-        return dispatch
+        if not (self.sliding_window is not None or self.alibi or _checks.flag("documents", documents)):
+            return dispatch
+        if length is None:
+            return Dispatch(dispatch.path, dispatch.reason + "; pass length= to learn the layout", "dense")
+        length = _checks.positive_int("length", length)
+        pattern = Pattern(self.sliding_window, self.alibi, torch.zeros(1, 1) if documents else None)
+        plan = _blockwise.plan(pattern, length, length, is_causal=True, path=dispatch.path)
+        return Dispatch(dispatch.path, f"{dispatch.reason}; {plan.reason}", plan.layout)
+
+    def _pattern(self, document_ids: Tensor | None) -> Pattern | None:
+        """This module's window and ALiBi, with a call's documents; `None` for none of them."""
+        if self.sliding_window is None and not self.alibi and document_ids is None:
+            return None
+        return Pattern(self.sliding_window, self.alibi, document_ids)
 
     @overload
     def forward(
         self, query: Tensor, key: Tensor, value: Tensor, *, mask: Tensor | None = ...,
         is_causal: bool = ..., need_weights: Literal[False] = ..., cache: KVCache | None = ...,
-        token_mask: Tensor | None = ...,
+        token_mask: Tensor | None = ..., document_ids: Tensor | None = ...,
     ) -> Tensor: ...
 
     @overload
     def forward(
         self, query: Tensor, key: Tensor, value: Tensor, *, mask: Tensor | None = ...,
         is_causal: bool = ..., need_weights: Literal[True], cache: KVCache | None = ...,
-        token_mask: Tensor | None = ...,
+        token_mask: Tensor | None = ..., document_ids: Tensor | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
 
     def forward(
@@ -241,6 +275,7 @@ class Attention(nn.Module):
         need_weights: bool = False,
         cache: KVCache | None = None,
         token_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from `query` to `key`/`value`.
 
@@ -260,6 +295,9 @@ class Attention(nn.Module):
                 real tokens and False at padding; the cache remembers it, so
                 later steps never attend to the padding and each sample's
                 rotary positions count its real tokens only.
+            document_ids: `(b, s_kv)` integers for packed sequences: a query
+                attends only within its document (a run of equal ids), and
+                rotary positions restart at 0 with each document. Not with a cache.
 
         Returns:
             The context `(b, s_q, h)`, or `(context, weights)` when
@@ -287,12 +325,12 @@ class Attention(nn.Module):
         for name, t in (("key", key), ("value", value)):
             _checks.same_dtype(name, t, "query", query)
             _checks.same_device(name, t, "query", query.device)
-        self._check_options(query, key.shape[1], mask, is_causal, need_weights, cache, token_mask)
-        return self._attend(query, key, value, mask, is_causal, need_weights, cache, token_mask)
+        self._check_options(query, key.shape[1], mask, is_causal, need_weights, cache, token_mask, document_ids)
+        return self._attend(query, key, value, mask, is_causal, need_weights, cache, token_mask, document_ids)
 
     def _check_options(
         self, query: Tensor, s_kv: int, mask: object, is_causal: object, need_weights: object,
-        cache: object, token_mask: object = None,
+        cache: object, token_mask: object = None, document_ids: object = None,
     ) -> None:
         """Flags, mask and cache; `query` is `(b, s_q, ...)` in the dtype attention runs in."""
         _checks.flag("is_causal", is_causal)
@@ -300,8 +338,20 @@ class Attention(nn.Module):
         if need_weights and self.backend == "fused":
             choose_path(need_weights=True, backend="fused")  # raises, saying why
         b, s_q = query.shape[0], query.shape[1]
+        if document_ids is not None:
+            if cache is not None:
+                raise ValueError(
+                    "document_ids cannot be combined with a cache: packed documents are a training layout; "
+                    "decode each document with its own cache (or reset() it between documents)"
+                )
+            check_pattern(None, False, document_ids, b, s_q, s_kv, query.device)
         if self.context_parallel is not None:
             self._check_context_parallel(s_q, s_kv, mask, is_causal, need_weights, cache)
+            if self.sliding_window is not None or self.alibi or document_ids is not None:
+                raise ValueError(
+                    "sliding_window, alibi and document_ids are not supported under context parallelism: "
+                    "the ring attends over whole shards"
+                )
         if cache is not None:
             if not isinstance(cache, KVCache):
                 raise TypeError(f"cache must be a mha.KVCache, got {type(cache).__name__}")
@@ -311,6 +361,8 @@ class Attention(nn.Module):
                 )
             self._check_cache_fits(cache, query)
             s_kv = cache.max_len
+            if isinstance(cache, RollingKVCache):
+                self._check_rolling(cache, mask)
             if token_mask is not None:
                 token_mask = _checks.shape("token_mask", token_mask, (b, s_q), lambda: f"(b={b}, s_q={s_q})")
                 if token_mask.dtype != torch.bool:
@@ -349,6 +401,19 @@ class Attention(nn.Module):
         layout = cast(SequenceLayout, self.context_parallel)
         layout.check(s_q, s_kv, is_causal=bool(is_causal), rotary=self.positional is not None)
 
+    def _check_rolling(self, cache: RollingKVCache, mask: object) -> None:
+        """A rolling cache: its window is this layer's, and its slots move, so a mask over them means nothing."""
+        if self.sliding_window is not None and cache.window != self.sliding_window:
+            raise ValueError(
+                f"cache holds a window of {cache.window} positions, but this layer's sliding_window is "
+                f"{self.sliding_window}; make it with new_cache()"
+            )
+        if mask is not None:
+            raise ValueError(
+                "mask cannot be combined with a RollingKVCache (its slots move as it rolls); "
+                "mark padding with token_mask instead"
+            )
+
     def _check_cache_fits(self, cache: KVCache, query: Tensor) -> None:
         """Raise before the cache is written to, naming the cache as what does not fit."""
         b, s = query.shape[0], query.shape[1]
@@ -382,6 +447,7 @@ class Attention(nn.Module):
         need_weights: bool,
         cache: KVCache | None,
         token_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """`forward` after its checks."""
         s_q, s_kv = query.shape[1], key.shape[1]
@@ -393,12 +459,22 @@ class Attention(nn.Module):
         if self.context_parallel is not None:
             return self._attend_across_ranks(self.context_parallel, q, k, v, is_causal)
         guard = True
-        if cache is None:
+        pattern = self._pattern(document_ids)
+        if isinstance(cache, RollingKVCache):
+            q, k, v, mask = self._roll(cache, q, k, v, token_mask)
+            is_causal, pattern = False, None  # the mask holds the window, causality and ALiBi
+        elif cache is None:
             if self.positional is not None:
-                # Queries are the last s_q positions (negative when s_q > s_kv),
-                # as in the bottom-right causal alignment.
-                q = self.positional(q, torch.arange(s_kv - s_q, s_kv, device=q.device))
-                k = self.positional(k, torch.arange(s_kv, device=k.device))
+                if document_ids is not None:
+                    # Packed documents: each one's positions start again at 0.
+                    positions = masks.document_positions(document_ids)  # (b, s_kv)
+                    q = self.positional(q, positions[:, s_kv - s_q :])
+                    k = self.positional(k, positions)
+                else:
+                    # Queries are the last s_q positions (negative when s_q > s_kv),
+                    # as in the bottom-right causal alignment.
+                    q = self.positional(q, torch.arange(s_kv - s_q, s_kv, device=q.device))
+                    k = self.positional(k, torch.arange(s_kv, device=k.device))
         else:
             if self.positional is not None:
                 if token_mask is None and cache.token_mask is None and not torch.compiler.is_compiling():
@@ -415,27 +491,59 @@ class Attention(nn.Module):
             guard = mask is not None
             if mask is not None and mask.shape[-1] > k.shape[2]:
                 mask = mask[..., : k.shape[2]]  # a mask over all s_max slots, cut to the filled ones
-            if cache.token_mask is None and not torch.compiler.is_compiling():
+            if pattern is None and cache.token_mask is None and not torch.compiler.is_compiling():
                 # Eager, every slot a filled real token: the chunk is the last s_q of
                 # them, so "causal within the chunk" is the bottom-right causal mask.
                 is_causal = s_q > 1
             else:
                 mask = masks.combine_masks(mask, cache.visible(s_q))
-                is_causal = False  # the visible slots are already causal within the chunk
+                if pattern is not None:
+                    mask = masks.combine_masks(self._slot_mask(cache, pattern, s_q, q), mask)
+                is_causal, pattern = False, None  # the visible slots are already causal within the chunk
 
         dropout_p = self.dropout if self.training else 0.0
         path = path_for(need_weights, self.backend)
         if self.sinks is None and self.softcap is None:
-            context, weights = attend(q, k, v, mask, is_causal, self.scale, dropout_p, path, guard=guard)
+            context, weights = attend(
+                q, k, v, mask, is_causal, self.scale, dropout_p, path, guard=guard, pattern=pattern
+            )
         else:
             context, weights = attend(
                 q, k, v, mask, is_causal, self.scale, dropout_p, path, guard=guard,
-                sinks=self._local_sinks(), softcap=self.softcap,
+                sinks=self._local_sinks(), softcap=self.softcap, pattern=pattern,
             )
         context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d_v)
         if need_weights:
             return context, cast(Tensor, weights)  # need_weights chose the math path, which returns them
         return context
+
+    def _slot_mask(self, cache: KVCache, pattern: Pattern, s_q: int, q: Tensor) -> Tensor | None:
+        """Window and ALiBi between the chunk and the slots of a plain cache (after the write), by position."""
+        slots = cache.max_len if torch.compiler.is_compiling() else cache.length
+        if cache.token_mask is None:
+            k_pos = torch.arange(slots, device=q.device)[None]  # (1, slots): every slot its own position
+        else:
+            k_pos = cache.token_mask[:, :slots].long().cumsum(dim=1) - 1  # (b, slots): real tokens counted
+        chunk = cache.position - s_q + torch.arange(s_q, device=q.device)  # the chunk's slots (s_q,)
+        return _blockwise.position_mask(
+            pattern, k_pos[:, chunk], k_pos, is_causal=True, num_heads=q.shape[1],
+            dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+        )
+
+    def _roll(
+        self, cache: RollingKVCache, q: Tensor, k: Tensor, v: Tensor, token_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Rotate, attend over the ring and the chunk, and roll the chunk in: `(q, keys, values, mask)`."""
+        positions = cache.positions(q.shape[2], token_mask)  # (b, s_q), real tokens counted
+        if self.positional is not None:
+            angles = self.positional.angles(positions.clamp(min=0), q.dtype, q.device)
+            q, k = self.positional.rotate(q, angles), self.positional.rotate(k, angles)
+        keys, values, key_positions = cache.extend(k, v, positions, token_mask)  # (b, n_kv, w + s_q, d)
+        mask = _blockwise.position_mask(
+            Pattern(cache.window, self.alibi), positions, key_positions, is_causal=True, num_heads=q.shape[1],
+            dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+        )
+        return q, keys, values, masks.combine_masks(mask, (key_positions >= 0)[:, None, None, :])
 
     def _attend_token(self, query: Tensor, key: Tensor, value: Tensor, cache: KVCache) -> Tensor:
         """[`_attend`][mha.Attention._attend] for one token per sample through a cache, in eager mode.
@@ -483,7 +591,9 @@ class Attention(nn.Module):
         return x.reshape(b, s, width // d, d).transpose(1, 2)  # -1 fails when s = 0
 
     def extra_repr(self) -> str:
-        shards = f", shards={self.shards}" if self.shards > 1 else ""
+        shards = f", sliding_window={self.sliding_window}" if self.sliding_window is not None else ""
+        shards += ", alibi=True" if self.alibi else ""
+        shards += f", shards={self.shards}" if self.shards > 1 else ""
         if self.context_parallel is not None:
             shards += f", context_parallel={self.context_parallel.size}"
         return (
@@ -555,6 +665,10 @@ class MultiHeadAttention(nn.Module):
         positional: a [`mha.RotaryEmbedding`][mha.RotaryEmbedding] for queries and keys.
         backend: `"auto"`, `"fused"` or `"math"`
             (see [`mha.functional.choose_path`][mha.functional.choose_path]).
+        sliding_window: `w`: with `is_causal`, each query sees the last `w`
+            positions, its own included (see [`mha.Attention`][mha.Attention]).
+            Self-attention only.
+        alibi: ALiBi's per-head linear bias. Self-attention only.
         device: where to create the parameters.
         dtype: of the parameters.
         head_dim: `d`, the width of a query and key head; defaults to `h / n_h`.
@@ -615,6 +729,8 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
         positional: RotaryEmbedding | None = None,
         backend: Backend = "auto",
+        sliding_window: int | None = None,
+        alibi: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         head_dim: int | None = None,
@@ -639,6 +755,8 @@ class MultiHeadAttention(nn.Module):
             qk_norm_eps=qk_norm_eps,
             sinks=sinks,
             softcap=softcap,
+            sliding_window=sliding_window,
+            alibi=alibi,
         )
         self.kdim = hidden_size if kdim is None else _checks.positive_int("kdim", kdim)
         self.vdim = hidden_size if vdim is None else _checks.positive_int("vdim", vdim)
@@ -676,28 +794,30 @@ class MultiHeadAttention(nn.Module):
         """`d_v`."""
         return self.attention.v_head_dim
 
-    def explain(self, *, need_weights: bool = False) -> Dispatch:
-        """Which attention path `forward` takes, and why.
+    def explain(
+        self, *, need_weights: bool = False, length: int | None = None, documents: bool = False
+    ) -> Dispatch:
+        """Which attention path `forward` takes, and why (see [`Attention.explain`][mha.Attention.explain]).
 
         Examples:
             >>> from mha import MultiHeadAttention
             >>> MultiHeadAttention(8, 2).explain(need_weights=True).path
             'math'
         """
-        return self.attention.explain(need_weights=need_weights)
+        return self.attention.explain(need_weights=need_weights, length=length, documents=documents)
 
     @overload
     def forward(
         self, query: Tensor, key: Tensor | None = ..., value: Tensor | None = ..., *,
         mask: Tensor | None = ..., is_causal: bool = ..., need_weights: Literal[False] = ...,
-        cache: KVCache | None = ..., token_mask: Tensor | None = ...,
+        cache: KVCache | None = ..., token_mask: Tensor | None = ..., document_ids: Tensor | None = ...,
     ) -> Tensor: ...
 
     @overload
     def forward(
         self, query: Tensor, key: Tensor | None = ..., value: Tensor | None = ..., *,
         mask: Tensor | None = ..., is_causal: bool = ..., need_weights: Literal[True],
-        cache: KVCache | None = ..., token_mask: Tensor | None = ...,
+        cache: KVCache | None = ..., token_mask: Tensor | None = ..., document_ids: Tensor | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
 
     def forward(
@@ -711,6 +831,7 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         cache: KVCache | None = None,
         token_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Project, attend, project back.
 
@@ -729,6 +850,9 @@ class MultiHeadAttention(nn.Module):
             token_mask: with a cache, a bool `(b, s_q)`, True at real tokens and
                 False at padding, for a batch of prompts of different lengths
                 (left- or right-padded); see the decoding guide.
+            document_ids: `(b, s)` integers for packed sequences (self-attention):
+                each query attends within its document only, and rotary
+                positions restart with each document.
 
         Returns:
             The output `(b, s_q, h)`, or `(output, weights)` with
@@ -750,12 +874,18 @@ class MultiHeadAttention(nn.Module):
             q, k, v = project(projections[0], query), project(projections[1], query), project(projections[2], query)
             context = cast(Attention, modules["attention"])._attend_token(q, k, v, cast(KVCache, cache))
             return project(projections[3], context)
+        cross = key is not None and key is not query
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)
-        self.attention._check_options(query, key.shape[1], mask, is_causal, need_weights, cache, token_mask)
+        if cross:
+            self._check_cross(document_ids)
+        self.attention._check_options(
+            query, key.shape[1], mask, is_causal, need_weights, cache, token_mask, document_ids
+        )
         result = self.attention._attend(
-            self.q_proj(query), self.k_proj(key), self.v_proj(value), mask, is_causal, need_weights, cache, token_mask
+            self.q_proj(query), self.k_proj(key), self.v_proj(value), mask, is_causal, need_weights, cache,
+            token_mask, document_ids,
         )
         if isinstance(result, tuple):
             context, weights = result
@@ -782,6 +912,8 @@ class MultiHeadAttention(nn.Module):
         ):
             return False
         attention, keys = cast(Attention, self._modules["attention"]), cache.keys
+        if attention.sliding_window is not None or attention.alibi or query.is_nested:
+            return False  # the full path masks by position
         weight = cast(nn.Linear, self._modules["out_proj"]).weight
         return (
             query.shape == (cache.batch_size, 1, attention.hidden_size)
@@ -795,6 +927,21 @@ class MultiHeadAttention(nn.Module):
             # torch.is_autocast_enabled(device_type) would parse a string and cost 3x more.
             and not torch.is_grad_enabled() and not torch._C._is_any_autocast_enabled()
         )
+
+    def _check_cross(self, document_ids: object) -> None:
+        """Windows, ALiBi and documents measure distances between query and key positions of one sequence."""
+        attention = self.attention
+        given = [
+            name for name, on in (
+                (f"sliding_window={attention.sliding_window}", attention.sliding_window is not None),
+                ("alibi=True", attention.alibi), ("document_ids", document_ids is not None),
+            ) if on
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} needs self-attention (distances between positions of one sequence), "
+                "but this call passes a separate key (cross-attention)"
+            )
 
     def _check_inputs(self, query: object, key: object, value: object) -> None:
         h, kdim, vdim = self.hidden_size, self.kdim, self.vdim
@@ -820,16 +967,24 @@ class MultiHeadAttention(nn.Module):
     def new_cache(
         self,
         batch_size: int,
-        max_len: int,
+        max_len: int | None = None,
         *,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        sliding_window: int | None = None,
     ) -> KVCache:
         """A preallocated [`mha.KVCache`][mha.KVCache] for this module.
 
         It holds this module's key/value heads (the local ones on a
         tensor-parallel rank). `dtype` and `device` default to the
-        parameters'.
+        parameters'. For a module with a `sliding_window` (or given
+        `sliding_window=w`) it is a [`RollingKVCache`][mha.RollingKVCache] of `w`
+        positions: decoding then runs past `max_len`, which it does not need
+        (if given, it bounds nothing).
+
+        Raises:
+            ValueError: if `sliding_window` differs from the module's, or
+                neither `max_len` nor a window is given.
 
         Examples:
             >>> import torch
@@ -840,6 +995,24 @@ class MultiHeadAttention(nn.Module):
             torch.Size([1, 2, 16, 8])
         """
         weight = self.out_proj.weight
+        own = self.attention.sliding_window
+        if sliding_window is not None:
+            sliding_window = _checks.positive_int("sliding_window", sliding_window)
+            if own is not None and sliding_window != own:
+                raise ValueError(f"sliding_window must be this module's ({own}), got {sliding_window}")
+        window = own if sliding_window is None else sliding_window
+        if window is not None:
+            return RollingKVCache(
+                batch_size,
+                window,
+                num_kv_heads=self.num_kv_heads // self.attention.shards,
+                head_dim=self.head_dim,
+                v_head_dim=self.v_head_dim,
+                dtype=weight.dtype if dtype is None else dtype,
+                device=weight.device if device is None else device,
+            )
+        if max_len is None:
+            raise ValueError("max_len is required for a cache without a sliding window, got None")
         return KVCache(
             batch_size,
             max_len,

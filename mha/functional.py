@@ -24,7 +24,7 @@ Shape letters are those of [`mha`][mha].
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
@@ -49,10 +49,14 @@ class Dispatch:
         path: `"fused"` (`torch.nn.functional.scaled_dot_product_attention`)
             or `"math"` (the explicit formula).
         reason: one sentence saying why that path was chosen.
+        layout: for a sliding window, documents or ALiBi, `"dense"` (one
+            masked call) or `"blockwise"` (blocks of queries, each with the
+            keys it can reach); `"dense"` otherwise.
     """
 
     path: Literal["fused", "math"]
     reason: str
+    layout: Literal["dense", "blockwise"] = field(default="dense", repr=False)
 
 
 def choose_path(

@@ -1,0 +1,140 @@
+"""A rolling key/value cache: the last `w` positions, for sliding-window layers.
+
+A layer with `sliding_window=w` never looks further back than `w`
+positions, so its cache need not hold more. This one keeps them in a ring
+buffer: position `p` lives in slot `p mod w`, and a new token overwrites
+the one that just left the window. Memory follows `w`, not the length of
+the generation, and decoding runs as long as one likes.
+
+Shape letters are those of [`mha`][mha].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mha import _checks
+from mha.cache import KVCache
+
+__all__ = ["RollingKVCache"]
+
+
+class RollingKVCache(KVCache):
+    """Keys and values of each sample's last `window` positions, in a ring buffer.
+
+    Usually made by [`mha.MultiHeadAttention.new_cache`][mha.MultiHeadAttention.new_cache] for a module with
+    a `sliding_window`. A cached call attends over the ring and the new
+    chunk together, so a chunk (a prompt, say) may be longer than the
+    window; then the ring keeps the chunk's last `window` real tokens. In a
+    ragged batch (`token_mask`), padding takes no slot and no position.
+
+    Args:
+        batch_size: `b`.
+        window: `w`, the positions kept (the layer's `sliding_window`).
+        num_kv_heads: `n_kv`.
+        head_dim: `d`.
+        dtype: of the buffers.
+        device: of the buffers.
+
+    Attributes:
+        window: `w`.
+        keys: `(b, n_kv, w + 1, d)`; slot `w` is scratch, where tokens that
+            fall out of the window are written and forgotten.
+        values: like `keys`.
+        slot_positions: `(b, w + 1)` long, the position held in each slot,
+            -1 where empty.
+
+    Examples:
+        >>> import torch
+        >>> from mha import MultiHeadAttention
+        >>> m = MultiHeadAttention(16, 4, sliding_window=3).eval()
+        >>> cache = m.new_cache(batch_size=1)
+        >>> with torch.no_grad():
+        ...     for _ in range(5):
+        ...         _ = m(torch.randn(1, 1, 16), cache=cache)
+        >>> cache.slot_positions[0, :3].tolist()  # positions 2, 3, 4 in slots 4 % 3, 3 % 3, 2 % 3 ...
+        [3, 4, 2]
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        window: int,
+        *,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.window = _checks.positive_int("window", window)
+        super().__init__(
+            batch_size, window + 1, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device
+        )
+        self.slot_positions = torch.full((batch_size, window + 1), -1, dtype=torch.long, device=device)
+        self._next = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        """Forget every position, keeping the buffers."""
+        super().reset()
+        self.slot_positions.fill_(-1)
+        self._next = torch.zeros_like(self.slot_positions[:, 0])
+
+    def check_room(self, s: int) -> None:
+        """A ring is never full: nothing to check."""
+
+    def positions(self, s: int, token_mask: Tensor | None = None) -> Tensor:
+        """Each sample's positions of the next `s` tokens, counting real tokens only: `(b, s)`."""
+        real = self._real(s, token_mask)  # (b, s)
+        return self._next[:, None] + real.cumsum(dim=1) - 1  # padding gets its neighbour's; never seen
+
+    def extend(
+        self, key: Tensor, value: Tensor, positions: Tensor, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The keys and values to attend over, then write the chunk into the ring.
+
+        Args:
+            key: the chunk's keys `(b, n_kv, s, d)`, rotated already.
+            value: the chunk's values.
+            positions: the chunk's positions, from [`positions`][mha.rolling.RollingKVCache.positions].
+            token_mask: `(b, s)`, True at real tokens, or `None`.
+
+        Returns:
+            `(keys, values, key_positions)`: the ring's `w` slots followed by
+            the chunk, `(b, n_kv, w + s, d)` twice, and their positions
+            `(b, w + s)`, -1 at empty slots and padding.
+        """
+        w, s = self.window, key.shape[2]
+        real = self._real(s, token_mask).bool()  # (b, s)
+        chunk_positions = positions.masked_fill(~real, -1)
+        keys = torch.cat((self.keys[:, :, :w], key), dim=2)  # (b, n_kv, w + s, d)
+        values = torch.cat((self.values[:, :, :w], value), dim=2)
+        key_positions = torch.cat((self.slot_positions[:, :w], chunk_positions), dim=1)  # (b, w + s)
+        self._write(key, value, chunk_positions, real)
+        return keys, values, key_positions
+
+    def _write(self, key: Tensor, value: Tensor, positions: Tensor, real: Tensor) -> None:
+        """Put the chunk's last `w` real tokens in their slots; the rest go to the scratch slot."""
+        w = self.window
+        self._next = self._next + real.sum(dim=1)
+        kept = real & (positions >= self._next[:, None] - w)  # (b, s): still inside the window
+        slots = torch.where(kept, positions % w, torch.full_like(positions, w))  # (b, s)
+        index = slots[:, None, :, None].expand_as(key)  # (b, n_kv, s, d)
+        if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):
+            # Training through cached steps: out of place, as KVCache does.
+            self.keys = self.keys.scatter(2, index, key)
+            self.values = self.values.scatter(2, index, value)
+        else:
+            self.keys.scatter_(2, index, key)
+            self.values.scatter_(2, index, value)
+        self.slot_positions.scatter_(1, slots, positions.masked_fill(~kept, -1))
+        self.slot_positions[:, w] = -1  # the scratch slot holds nothing
+        self.position += key.shape[2]
+        self._length += key.shape[2]
+
+    def __repr__(self) -> str:
+        return (
+            f"RollingKVCache(batch_size={self.batch_size}, window={self.window}, "
+            f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
+            f"length={self._length}, dtype={self.keys.dtype})"
+        )
