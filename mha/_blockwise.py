@@ -84,6 +84,12 @@ def plan(pattern: Pattern, s_q: int, s_kv: int, *, is_causal: bool, path: str) -
         return Plan("dense", f"dense: s_q={s_q} > s_kv={s_kv} puts queries before the first key")
     if s_kv < MIN_LENGTH:
         return Plan("dense", f"dense: at s_kv={s_kv} < {MIN_LENGTH} one masked call is faster than blocks")
+    if pattern.window is not None and pattern.documents is None and not pattern.alibi:
+        reach = BLOCK + pattern.window * (1 if is_causal else 2)  # keys one block of queries can reach
+        if 2 * reach > s_kv:
+            return Plan(
+                "dense", f"dense: sliding_window={pattern.window} reaches most of s_kv={s_kv}; blocks would save little"
+            )
     what = [
         f"sliding_window={pattern.window}" if pattern.window is not None else "",
         "documents" if pattern.documents is not None else "",

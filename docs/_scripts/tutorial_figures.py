@@ -65,6 +65,12 @@ TEXT = {
         "cp_scores": "causal scores:",
         "cp_scores_2": "18 cells each",
         "tokens": "tokens →",
+        "local_title": "A sliding window, packed documents and ALiBi",
+        "local_caption": "Eight positions, causal. <b>Window</b> <code>sliding_window=3</code>: each query sees its last 3 positions, its own included. <b>Documents</b> <code>document_ids</code> of lengths 3, 2, 3: a block diagonal. <b>ALiBi</b>: no key is blocked; the shade is the weight factor <code>exp(−m·(i−j))</code> of the bias, for the first and the last of 4 heads (<code>m = 1/4</code> and <code>1/256</code>).",
+        "band": "window w = 3",
+        "documents": "documents 3 + 2 + 3",
+        "alibi_0": "ALiBi, head 0: m = 1/4",
+        "alibi_3": "ALiBi, head 3: m = 1/256",
     },
     "zh": {
         "flow_title": "一次 MultiHeadAttention 调用，标出每个张量的形状",
@@ -105,6 +111,12 @@ TEXT = {
         "cp_scores": "因果分数：",
         "cp_scores_2": "每个 rank 18 格",
         "tokens": "词元 →",
+        "local_title": "滑动窗口、打包文档和 ALiBi",
+        "local_caption": "8 个位置，因果注意力。<b>窗口</b> <code>sliding_window=3</code>：每个查询看到包括自己在内的最近 3 个位置。<b>文档</b> <code>document_ids</code>，长度依次为 3、2、3：块对角。<b>ALiBi</b>：不屏蔽任何键，颜色深浅是偏置带来的权重因子 <code>exp(−m·(i−j))</code>，图中是 4 个头里的第一个和最后一个（<code>m = 1/4</code> 和 <code>1/256</code>）。",
+        "band": "窗口 w = 3",
+        "documents": "文档 3 + 2 + 3",
+        "alibi_0": "ALiBi，头 0：m = 1/4",
+        "alibi_3": "ALiBi，头 3：m = 1/256",
     },
 }
 
@@ -285,7 +297,38 @@ def parallelism(t: dict[str, str]) -> str:
     return _svg(y + 8 * cell + 10, t["parallelism_title"], body)
 
 
-FIGURES = {"flow": flow, "heads": heads, "masks": masks, "parallelism": parallelism}
+def local(t: dict[str, str]) -> str:
+    """The masks guide's figure: a causal band, a block diagonal, and ALiBi's ramp for two heads."""
+    n, cell, gap = 8, 19, 26
+    document = [0, 0, 0, 1, 1, 2, 2, 2]
+
+    def grid(gx: float, gy: float, title: str, shade) -> None:
+        body.append(_text(gx + n * cell / 2, gy - 10, title))
+        for i in range(n):
+            for j in range(n):
+                opacity = shade(i, j)
+                x, y = gx + j * cell, gy + i * cell
+                if opacity is None:
+                    body.append(f'<rect class="fig-cell fig-blocked" x="{x:g}" y="{y:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>')
+                else:
+                    body.append(
+                        f'<rect class="fig-cell fig-allowed" x="{x:g}" y="{y:g}" width="{cell - 2}" '
+                        f'height="{cell - 2}" rx="2" fill-opacity="{opacity:.2f}"/>'
+                    )
+
+    body: list[str] = []
+    left, right = 12, 12 + n * cell + gap
+    grid(left, 30, t["band"], lambda i, j: 1.0 if 0 <= i - j < 3 else None)
+    grid(right, 30, t["documents"], lambda i, j: 1.0 if j <= i and document[i] == document[j] else None)
+    y2 = 30 + n * cell + 40
+    # Opacity exp(-m (i - j)), kept visible (>= 0.12) so that an allowed cell never looks blocked.
+    grid(left, y2, t["alibi_0"], lambda i, j: max(0.12, 2.718 ** (-(i - j) / 4)) if j <= i else None)
+    grid(right, y2, t["alibi_3"], lambda i, j: max(0.12, 2.718 ** (-(i - j) / 256)) if j <= i else None)
+    body.append(_text(WIDTH / 2, y2 + n * cell + 22, t["rows"], "fig-shape"))
+    return _svg(y2 + n * cell + 32, t["local_title"], body)
+
+
+FIGURES = {"flow": flow, "heads": heads, "masks": masks, "parallelism": parallelism, "local": local}
 
 
 def render() -> dict[str, str]:
