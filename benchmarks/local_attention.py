@@ -92,34 +92,35 @@ def run(cases: dict, repeats: int) -> tuple[dict[str, float], dict[str, int]]:
 
 
 def window_rows(dtype: torch.dtype, lengths: list[int], repeats: int, dense_per_s2: dict) -> list[dict]:
-    rows = []
-    for s in lengths:
-        q, k, v = heads(1, s, dtype)
-        cases = {
-            "mha window": lambda: attention(q, k, v, is_causal=True, sliding_window=WINDOW),
-            "causal, no window": lambda: sdpa(q, k, v, is_causal=True),
-        }
-        estimate = dense_per_s2.get(dtype, 0.0) * s * s
-        skipped = None
-        if s * s > DENSE_BYTES:
-            skipped = f"skipped: the (s, s) mask alone would need {s * s / 2**30:.1f} GiB"
-        elif estimate > DENSE_SECONDS:
-            skipped = f"skipped: would take ~{estimate:.0f} s a call (s² from the size that ran)"
-        else:
-            mask = band(s)
-            cases["dense masked"] = lambda mask=mask: sdpa(q, k, v, attn_mask=mask)
-        times, memory = run(cases, repeats)
-        if "dense masked" in times:
-            dense_per_s2[dtype] = times["dense masked"] / (s * s)
-        dense = times.get("dense masked", estimate)
-        rows.append({
-            "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory,
-            "dense_masked": "measured" if skipped is None else skipped,
-            "window_vs_dense": times["mha window"] / dense,
-            "window_memory_vs_causal": memory["mha window"] / max(1, memory["causal, no window"]),
-            "flex_eager": f"skipped: eager flex_attention materialises n_h·s² scores ({N_H * s * s * 4 / 2**30:.1f} GiB)",
-        })
-    return rows
+    return [window_row(dtype, s, repeats, dense_per_s2) for s in lengths]
+
+
+def window_row(dtype: torch.dtype, s: int, repeats: int, dense_per_s2: dict) -> dict:
+    q, k, v = heads(1, s, dtype)
+    cases = {
+        "mha window": lambda: attention(q, k, v, is_causal=True, sliding_window=WINDOW),
+        "causal, no window": lambda: sdpa(q, k, v, is_causal=True),
+    }
+    estimate = dense_per_s2.get(dtype, 0.0) * s * s
+    skipped = None
+    if s * s > DENSE_BYTES:
+        skipped = f"skipped: the (s, s) mask alone would need {s * s / 2**30:.1f} GiB"
+    elif estimate > DENSE_SECONDS:
+        skipped = f"skipped: would take ~{estimate:.0f} s a call (s² from the size that ran)"
+    else:
+        mask = band(s)
+        cases["dense masked"] = lambda: sdpa(q, k, v, attn_mask=mask)
+    times, memory = run(cases, repeats)
+    if "dense masked" in times:
+        dense_per_s2[dtype] = times["dense masked"] / (s * s)
+    dense = times.get("dense masked", estimate)
+    return {
+        "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory,
+        "dense_masked": "measured" if skipped is None else skipped,
+        "window_vs_dense": times["mha window"] / dense,
+        "window_memory_vs_causal": memory["mha window"] / max(1, memory["causal, no window"]),
+        "flex_eager": f"skipped: eager flex_attention materialises n_h·s² scores ({N_H * s * s * 4 / 2**30:.1f} GiB)",
+    }
 
 
 def flex_row(dtype: torch.dtype, s: int, repeats: int) -> dict:

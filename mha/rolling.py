@@ -72,13 +72,13 @@ class RollingKVCache(KVCache):
             batch_size, window + 1, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device
         )
         self.slot_positions = torch.full((batch_size, window + 1), -1, dtype=torch.long, device=device)
-        self._next = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.next_positions = torch.zeros(batch_size, dtype=torch.long, device=device)  # each sample's next
 
     def reset(self) -> None:
         """Forget every position, keeping the buffers."""
         super().reset()
         self.slot_positions.fill_(-1)
-        self._next = torch.zeros_like(self.slot_positions[:, 0])
+        self.next_positions = torch.zeros_like(self.slot_positions[:, 0])
 
     def check_room(self, s: int) -> None:
         """A ring is never full: nothing to check."""
@@ -86,7 +86,7 @@ class RollingKVCache(KVCache):
     def positions(self, s: int, token_mask: Tensor | None = None) -> Tensor:
         """Each sample's positions of the next `s` tokens, counting real tokens only: `(b, s)`."""
         real = self._real(s, token_mask)  # (b, s)
-        return self._next[:, None] + real.cumsum(dim=1) - 1  # padding gets its neighbour's; never seen
+        return self.next_positions[:, None] + real.cumsum(dim=1) - 1  # padding gets its neighbour's; never seen
 
     def extend(
         self, key: Tensor, value: Tensor, positions: Tensor, token_mask: Tensor | None = None
@@ -116,8 +116,8 @@ class RollingKVCache(KVCache):
     def _write(self, key: Tensor, value: Tensor, positions: Tensor, real: Tensor) -> None:
         """Put the chunk's last `w` real tokens in their slots; the rest go to the scratch slot."""
         w = self.window
-        self._next = self._next + real.sum(dim=1)
-        kept = real & (positions >= self._next[:, None] - w)  # (b, s): still inside the window
+        self.next_positions = self.next_positions + real.sum(dim=1)
+        kept = real & (positions >= self.next_positions[:, None] - w)  # (b, s): still inside the window
         slots = torch.where(kept, positions % w, torch.full_like(positions, w))  # (b, s)
         index = slots[:, None, :, None].expand_as(key)  # (b, n_kv, s, d)
         if torch.is_grad_enabled() and (key.requires_grad or value.requires_grad or self.keys.requires_grad):

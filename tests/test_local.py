@@ -256,7 +256,7 @@ def test_rolling_cache_in_a_ragged_batch_decodes_each_sample_as_if_alone(side):
     steps = torch.randn(2, 2 * w, 24)
     outs = [m(x, cache=cache, token_mask=real)]
     outs += [m(steps[:, i : i + 1], cache=cache) for i in range(2 * w)]
-    for i, n in enumerate(lengths):
+    for i in range(len(lengths)):
         alone = torch.cat([x[i : i + 1, real[i]], steps[i : i + 1]], dim=1)
         expected = m(alone, is_causal=True)[0]
         got = torch.cat([outs[0][i, real[i]], torch.cat(outs[1:], 1)[i]])
