@@ -207,13 +207,16 @@ def attend(
     dropout_p: float,
     pattern: Pattern,
     kernel: Kernel,
+    **options: object,
 ) -> Tensor:
     """The context of `pattern`, one block of queries at a time.
 
     `kernel(q, k, v, mask, is_causal, scale, dropout_p, path)` is
     [`mha.functional.attend`][mha.functional.attend]: each block runs on the fused
     path with its own small mask, and a row with no allowed key gets zeros
-    there. `mask` is the caller's, 4-D or `None`.
+    there. `mask` is the caller's, 4-D or `None`. `options` go to every
+    block's kernel call: per-row options (a sink logit, soft-capping) stay
+    exact, since each query's row lies whole in one block.
 
     Shape:
         query: `(b, n_h, s_q, d)`; key, value: `(b, n_kv, s_kv, d)`;
@@ -249,7 +252,7 @@ def attend(
                 block_mask, causal = masks.combine_masks(local, user), False  # ALiBi's float32 first
             context, _ = kernel(
                 query[rows, :, a - offset : e - offset], key[rows, :, ka:ke], value[rows, :, ka:ke],
-                block_mask, causal, scale, dropout_p, "fused",
+                block_mask, causal, scale, dropout_p, "fused", **options,
             )
             out[rows, :, a - offset : e - offset] = context
     return out

@@ -338,6 +338,11 @@ class Attention(nn.Module):
         if need_weights and self.backend == "fused":
             choose_path(need_weights=True, backend="fused")  # raises, saying why
         b, s_q = query.shape[0], query.shape[1]
+        if self.alibi and self.shards > 1:
+            raise ValueError(
+                f"alibi=True is not supported under tensor parallelism (shards={self.shards}): each head's "
+                "slope depends on its global index, and a rank holds only some heads"
+            )
         if document_ids is not None:
             if cache is not None:
                 raise ValueError(

@@ -480,6 +480,8 @@ def _check_expressible(module: MultiHeadAttention) -> None:
         "num_kv_heads": (module.num_kv_heads, module.num_heads),
         "scale": (module.attention.scale, None),
         "positional": (module.attention.positional, None),
+        "sliding_window": (module.attention.sliding_window, None),
+        "alibi": (module.attention.alibi, False),
     }
     for name, (got, expected) in unsupported.items():
         if got != expected:

@@ -80,6 +80,13 @@ class RollingKVCache(KVCache):
         self.slot_positions.fill_(-1)
         self.next_positions = torch.zeros_like(self.slot_positions[:, 0])
 
+    def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Refused: a ring's slots move, so the layer fills it (see [`extend`][mha.rolling.RollingKVCache.extend])."""
+        raise TypeError(
+            "a RollingKVCache is filled by the attention layer it was made for (its slots roll); "
+            "call the layer with cache=..., or use extend()"
+        )
+
     def check_room(self, s: int) -> None:
         """A ring is never full: nothing to check."""
 

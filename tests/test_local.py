@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from mha import Attention, KVCache, MultiHeadAttention, RollingKVCache, RotaryEmbedding, _blockwise, masks
+from mha import Attention, KVCache, MultiHeadAttention, RollingKVCache, RotaryEmbedding, _blockwise, masks, to_torch
 from mha.functional import attention
 
 
@@ -323,6 +323,14 @@ def test_bad_options_are_named():
         m.new_cache(1, sliding_window=5)
     with pytest.raises(ValueError, match="max_len is required"):
         MultiHeadAttention(8, 2).new_cache(1)
+    with pytest.raises(TypeError, match="a RollingKVCache is filled by the attention layer"):
+        m.new_cache(1).update(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))
+    with pytest.raises(ValueError, match="nn.MultiheadAttention has no equivalent of sliding_window=3"):
+        to_torch(m)
+    sharded = Attention(8, 2, alibi=True)
+    sharded.shards = 2  # as mha.parallel.parallelize sets it
+    with pytest.raises(ValueError, match="alibi=True is not supported under tensor parallelism"):
+        sharded(torch.randn(1, 3, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 4))
 
 
 def test_explain_says_which_layout_runs_and_why():

@@ -273,6 +273,52 @@ def context_parallel_figures() -> None:
     (SNIPPETS / "context-parallel-table.md").write_text("\n".join(rows) + "\n")
 
 
+def local_attention_figures() -> None:
+    """Window, documents and ALiBi against their dense masks (benchmarks/local_attention.py)."""
+    result = json.loads((RESULTS / "local_attention.json").read_text())
+    machine = result["machine"]
+    colors = {"mha": "#3f51b5", "dense": "#ee6c4d", "other": "#8d99ae"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    rows = [r for r in result["window"] if r["dtype"] == "float32"]
+    for i, r in enumerate(rows):
+        t = r["times_s"]
+        dense = t.get("dense masked")
+        bars = [("mha", t["mha window"] * 1e3), ("other", t["causal, no window"] * 1e3)]
+        if dense is not None:
+            bars.append(("dense", dense * 1e3))
+        for j, (kind, value) in enumerate(bars):
+            left.bar(i + (j - 1) * 0.27, value, 0.25, color=colors[kind])
+            left.text(i + (j - 1) * 0.27, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+        if dense is None:
+            left.text(i + 0.27, 0, "not run", ha="center", va="bottom", fontsize=8, rotation=90)
+    left.set_xticks(range(len(rows)), [f"s = {r['s']:,}" for r in rows])
+    left.set_yscale("log")
+    left.set_ylabel("milliseconds (median, log scale)")
+    left.set_title("Window 512, causal: mha blockwise (blue),\nfull causal (grey), dense band mask (orange)")
+    labels, values, kinds = [], [], []
+    for r in result["documents"]:
+        for name, kind in (("mha documents", "mha"), ("batch of documents", "other"), ("dense block-diagonal", "dense")):
+            if name in r["times_s"]:
+                labels.append(f"{name}\n{r['dtype']}")
+                values.append(r["times_s"][name] * 1e3)
+                kinds.append(kind)
+    for r in result["alibi"]:
+        for name, kind in (("mha alibi", "mha"), ("plain causal", "other")):
+            labels.append(f"{name} s={r['s']:,}\n{r['dtype']}")
+            values.append(r["times_s"][name] * 1e3)
+            kinds.append(kind)
+    right.barh(range(len(values)), values, color=[colors[k] for k in kinds])
+    for i, value in enumerate(values):
+        right.text(value, i, f" {value:.0f}", va="center", fontsize=8)
+    right.set_yticks(range(len(labels)), labels, fontsize=7)
+    right.invert_yaxis()
+    right.set_xlabel("milliseconds (median)")
+    right.set_title("16 documents x 1,024 packed; ALiBi")
+    fig.suptitle(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; 16 heads, 4 key/value heads, d=64", fontsize=9)
+    fig.savefig(IMAGES / "local-attention.png", dpi=110)
+    plt.close(fig)
+
+
 def main(tables_only: bool = False) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     SNIPPETS.mkdir(parents=True, exist_ok=True)
@@ -280,6 +326,7 @@ def main(tables_only: bool = False) -> None:
         attention_figures()
     performance_figures()
     context_parallel_figures()
+    local_attention_figures()
     print(f"wrote figures to {IMAGES} and tables to {SNIPPETS}")
 
 
