@@ -48,7 +48,7 @@ from mha import MultiHeadAttention  # noqa: E402
 from mha.functional import attention  # noqa: E402
 
 N_H, N_KV, D, WINDOW = 16, 4, 64, 512
-DENSE_SECONDS = 20.0  # skip a dense call estimated to take longer than this
+CAP_SECONDS = 25.0  # skip a call estimated to take longer than this (the whole run must stay short)
 DENSE_BYTES = 2 << 30  # or to need a mask larger than this
 TARGETS = {"window_time": 0.15, "window_memory": 1.2, "documents_dense": 0.15, "documents_batch": 1.2,
            "alibi_time": 1.3, "decode_flat": 1.2}
@@ -84,41 +84,66 @@ def band(s: int) -> torch.Tensor:
     return (distance >= 0) & (distance < WINDOW)
 
 
-def run(cases: dict, repeats: int) -> tuple[dict[str, float], dict[str, int]]:
+# Seconds per unit of work of each contender, from the sizes that ran: work is s² for a
+# dense or full causal call, s for a window, so a skipped size gets an estimate.
+PER_UNIT: dict[tuple[str, str], float] = {}
+
+
+def run(
+    cases: dict, repeats: int, work: dict[str, int], dtype: torch.dtype
+) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
+    """Peak memory (one call each), then interleaved medians; a call estimated above CAP_SECONDS is skipped."""
+    skipped = {}
+    for name in list(cases):
+        estimate = PER_UNIT.get((name, str(dtype)), 0.0) * work[name]
+        if estimate > CAP_SECONDS and not name.startswith("mha"):  # mha's own calls always run
+            skipped[name] = f"skipped: ~{estimate:.0f} s a call (extrapolated from the smaller size)"
+            del cases[name]
     with torch.inference_mode():
-        times = interleaved_medians(cases, repeats=repeats, warmup=1)
-        memory = {name: peak_bytes(fn) for name, fn in cases.items()}
-    return times, memory
+        memory, single = {}, {}
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            memory[name] = peak_bytes(fn)
+            single[name] = time.perf_counter() - start
+        # Repeat what is cheap enough; a long call's single time is its time.
+        cheap = {n: fn for n, fn in cases.items() if single[n] * repeats < CAP_SECONDS}
+        times = dict(single)
+        if cheap:
+            times.update(interleaved_medians(cheap, repeats=repeats, warmup=0))
+    for name, t in times.items():
+        PER_UNIT[(name, str(dtype))] = t / work[name]
+    return times, memory, skipped
 
 
-def window_rows(dtype: torch.dtype, lengths: list[int], repeats: int, dense_per_s2: dict) -> list[dict]:
-    return [window_row(dtype, s, repeats, dense_per_s2) for s in lengths]
+def window_rows(dtype: torch.dtype, lengths: list[int], repeats: int) -> list[dict]:
+    return [window_row(dtype, s, repeats) for s in lengths]
 
 
-def window_row(dtype: torch.dtype, s: int, repeats: int, dense_per_s2: dict) -> dict:
+def window_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
     q, k, v = heads(1, s, dtype)
     cases = {
         "mha window": lambda: attention(q, k, v, is_causal=True, sliding_window=WINDOW),
         "causal, no window": lambda: sdpa(q, k, v, is_causal=True),
     }
-    estimate = dense_per_s2.get(dtype, 0.0) * s * s
-    skipped = None
-    if s * s > DENSE_BYTES:
-        skipped = f"skipped: the (s, s) mask alone would need {s * s / 2**30:.1f} GiB"
-    elif estimate > DENSE_SECONDS:
-        skipped = f"skipped: would take ~{estimate:.0f} s a call (s² from the size that ran)"
-    else:
+    work = {"mha window": s, "causal, no window": s * s, "dense masked": s * s}
+    too_big = s * s > DENSE_BYTES
+    if not too_big and PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s <= CAP_SECONDS:
         mask = band(s)
         cases["dense masked"] = lambda: sdpa(q, k, v, attn_mask=mask)
-    times, memory = run(cases, repeats)
-    if "dense masked" in times:
-        dense_per_s2[dtype] = times["dense masked"] / (s * s)
-    dense = times.get("dense masked", estimate)
+    times, memory, skipped = run(cases, repeats, work, dtype)
+    if "dense masked" not in times and "dense masked" not in skipped:
+        estimate = PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s
+        skipped["dense masked"] = (
+            f"skipped: the (s, s) mask alone would need {s * s / 2**30:.1f} GiB" if too_big
+            else f"skipped: ~{estimate:.0f} s a call (extrapolated from the smaller size)"
+        )
+    dense = times.get("dense masked", PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s)
+    causal = times.get("causal, no window")
     return {
         "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory,
-        "dense_masked": "measured" if skipped is None else skipped,
-        "window_vs_dense": times["mha window"] / dense,
-        "window_memory_vs_causal": memory["mha window"] / max(1, memory["causal, no window"]),
+        "skipped": skipped, "dense_estimated": "dense masked" not in times,
+        "window_vs_dense": times["mha window"] / dense if dense else None,
+        "window_memory_vs_causal": memory["mha window"] / memory["causal, no window"] if causal else None,
         "flex_eager": f"skipped: eager flex_attention materialises n_h·s² scores ({N_H * s * s * 4 / 2**30:.1f} GiB)",
     }
 
@@ -139,17 +164,17 @@ def flex_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
         with torch.inference_mode():
             flex(q, k, v, block_mask=block_mask, enable_gqa=True)
         compile_s = time.perf_counter() - start
-        times, memory = run({
+        times, memory, _ = run({
             "flex compiled": lambda: flex(q, k, v, block_mask=block_mask, enable_gqa=True),
             "mha window": lambda: attention(q, k, v, is_causal=True, sliding_window=WINDOW),
-        }, repeats)
+        }, repeats, {"flex compiled": s, "mha window": s}, dtype)
         return {"dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory,
                 "compile_s": compile_s}
     except Exception as e:  # noqa: BLE001 - reported, not hidden
         return {"dtype": str(dtype).removeprefix("torch."), "s": s, "error": f"{type(e).__name__}: {e}"[:300]}
 
 
-def documents_row(dtype: torch.dtype, repeats: int, dense_per_s2: dict) -> dict:
+def documents_row(dtype: torch.dtype, repeats: int) -> dict:
     n, length = 16, 1024
     s = n * length
     q, k, v = heads(1, s, dtype)
@@ -159,18 +184,18 @@ def documents_row(dtype: torch.dtype, repeats: int, dense_per_s2: dict) -> dict:
         "mha documents": lambda: attention(q, k, v, is_causal=True, document_ids=ids),
         "batch of documents": lambda: sdpa(*batch, is_causal=True),
     }
-    estimate = dense_per_s2.get(dtype, 0.0) * s * s
-    skipped = None
-    if estimate > DENSE_SECONDS:
-        skipped = f"skipped: would take ~{estimate:.0f} s a call (s² from the window table)"
-    else:
+    # The dense block-diagonal call costs what the dense band mask costs at this length.
+    per_unit = PER_UNIT.get(("dense masked", str(dtype)), 0.0)
+    if per_unit * s * s <= CAP_SECONDS:
         mask = (ids[0, :, None] == ids[0, None]) & torch.ones(s, s, dtype=torch.bool).tril()
         cases["dense block-diagonal"] = lambda: sdpa(q, k, v, attn_mask=mask)
-    times, memory = run(cases, repeats)
-    dense = times.get("dense block-diagonal", estimate)
+    times, memory, skipped = run(cases, repeats, {"mha documents": s, "batch of documents": s, "dense block-diagonal": s * s}, dtype)
+    dense = times.get("dense block-diagonal", per_unit * s * s)
+    if "dense block-diagonal" not in times:
+        skipped["dense block-diagonal"] = f"skipped: ~{dense:.0f} s a call (the dense band mask's time per s², at s={s:,})"
     return {
-        "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory,
-        "dense": "measured" if skipped is None else skipped,
+        "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory, "skipped": skipped,
+        "dense_estimated": "dense block-diagonal" not in times,
         "documents_vs_dense": times["mha documents"] / dense if dense else None,
         "documents_vs_batch": times["mha documents"] / times["batch of documents"],
     }
@@ -178,13 +203,14 @@ def documents_row(dtype: torch.dtype, repeats: int, dense_per_s2: dict) -> dict:
 
 def alibi_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
     q, k, v = heads(1, s, dtype)
-    times, memory = run({
+    times, memory, skipped = run({
         "mha alibi": lambda: attention(q, k, v, is_causal=True, alibi=True),
         "plain causal": lambda: sdpa(q, k, v, is_causal=True),
-    }, repeats)
+    }, repeats, {"mha alibi": s * s, "plain causal": s * s}, dtype)
+    both = "mha alibi" in times and "plain causal" in times
     return {
-        "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory,
-        "alibi_vs_causal": times["mha alibi"] / times["plain causal"],
+        "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory, "skipped": skipped,
+        "alibi_vs_causal": times["mha alibi"] / times["plain causal"] if both else None,
         "dense_bias_bytes": N_H * s * s * 4,
     }
 
@@ -223,43 +249,49 @@ def main() -> None:
     start = time.perf_counter()
     lengths = [4096] if args.quick else [4096, 16384, 32768]
     alibi_length = 4096 if args.quick else 16384
-    dense_per_s2: dict = {}
     results: dict[str, list] = {"window": [], "flex": [], "documents": [], "alibi": [], "decode": []}
     for dtype in (torch.float32, torch.bfloat16):
-        results["window"] += window_rows(dtype, lengths, args.repeats, dense_per_s2)
+        results["window"] += window_rows(dtype, lengths, args.repeats)
         if args.flex:
             results["flex"].append(flex_row(dtype, 4096, args.repeats))
-        results["documents"].append(documents_row(dtype, args.repeats, dense_per_s2))
-        results["alibi"].append(alibi_row(dtype, alibi_length, args.repeats))
+        results["documents"].append(documents_row(dtype, args.repeats))
+        for length in sorted({4096, alibi_length}):
+            results["alibi"].append(alibi_row(dtype, length, args.repeats))
         results["decode"].append(decode_row(dtype, WINDOW))
     mib = 2**20
+
+    def ms(r: dict, name: str) -> str:
+        return f"{r['times_s'][name] * 1e3:.0f}" if name in r["times_s"] else r["skipped"].get(name, "-")
+
+    def mem(r: dict, name: str) -> str:
+        return f"{r['peak_bytes'][name] / mib:.0f}" if name in r["peak_bytes"] else "-"
+
+    def ratio(value: float | None, estimated: bool = False) -> str:
+        return "-" if value is None else f"{value:.3f}" + (" (est.)" if estimated else "")
+
     print(f"\nWindow {WINDOW}, causal (target at 16k: <= {TARGETS['window_time']}x dense-masked time, "
           f"<= {TARGETS['window_memory']}x the unmasked call's peak)")
     print_table(
         ["dtype", "s", "mha ms", "dense masked ms", "causal ms", "vs dense", "mha MiB", "causal MiB", "mem ratio"],
-        [[r["dtype"], r["s"], f"{r['times_s']['mha window'] * 1e3:.0f}",
-          f"{r['times_s']['dense masked'] * 1e3:.0f}" if "dense masked" in r["times_s"] else r["dense_masked"],
-          f"{r['times_s']['causal, no window'] * 1e3:.0f}", f"{r['window_vs_dense']:.3f}",
-          f"{r['peak_bytes']['mha window'] / mib:.0f}", f"{r['peak_bytes']['causal, no window'] / mib:.0f}",
-          f"{r['window_memory_vs_causal']:.2f}"] for r in results["window"]],
+        [[r["dtype"], r["s"], ms(r, "mha window"), ms(r, "dense masked"), ms(r, "causal, no window"),
+          ratio(r["window_vs_dense"], r["dense_estimated"]), mem(r, "mha window"), mem(r, "causal, no window"),
+          ratio(r["window_memory_vs_causal"])] for r in results["window"]],
     )
     for r in results["flex"]:
         print("flex:", r)
     print(f"\n16 documents x 1,024 packed (target: <= {TARGETS['documents_dense']}x dense, "
           f"<= {TARGETS['documents_batch']}x the batch)")
     print_table(
-        ["dtype", "mha ms", "batch ms", "dense ms", "vs dense", "vs batch"],
-        [[r["dtype"], f"{r['times_s']['mha documents'] * 1e3:.0f}", f"{r['times_s']['batch of documents'] * 1e3:.0f}",
-          f"{r['times_s']['dense block-diagonal'] * 1e3:.0f}" if "dense block-diagonal" in r["times_s"] else r["dense"],
-          f"{r['documents_vs_dense']:.3f}" if r["documents_vs_dense"] else "-", f"{r['documents_vs_batch']:.2f}"]
-         for r in results["documents"]],
+        ["dtype", "mha ms", "batch ms", "dense ms", "vs dense", "vs batch", "mha MiB", "batch MiB"],
+        [[r["dtype"], ms(r, "mha documents"), ms(r, "batch of documents"), ms(r, "dense block-diagonal"),
+          ratio(r["documents_vs_dense"], r["dense_estimated"]), ratio(r["documents_vs_batch"]),
+          mem(r, "mha documents"), mem(r, "batch of documents")] for r in results["documents"]],
     )
     print(f"\nALiBi, causal (target: <= {TARGETS['alibi_time']}x plain causal; bounded memory)")
     print_table(
-        ["dtype", "s", "mha ms", "causal ms", "ratio", "mha peak MiB", "dense bias would be MiB"],
-        [[r["dtype"], r["s"], f"{r['times_s']['mha alibi'] * 1e3:.0f}", f"{r['times_s']['plain causal'] * 1e3:.0f}",
-          f"{r['alibi_vs_causal']:.2f}", f"{r['peak_bytes']['mha alibi'] / mib:.0f}",
-          f"{r['dense_bias_bytes'] / mib:.0f}"] for r in results["alibi"]],
+        ["dtype", "s", "mha ms", "causal ms", "ratio", "mha peak MiB", "causal peak MiB", "dense bias MiB"],
+        [[r["dtype"], r["s"], ms(r, "mha alibi"), ms(r, "plain causal"), ratio(r["alibi_vs_causal"]),
+          mem(r, "mha alibi"), mem(r, "plain causal"), f"{r['dense_bias_bytes'] / mib:.0f}"] for r in results["alibi"]],
     )
     print(f"\nDecoding 4w tokens with a RollingKVCache (target: last/first quarter <= {TARGETS['decode_flat']})")
     print_table(
