@@ -471,7 +471,7 @@ def attention(
 def check_pattern(
     sliding_window: object, alibi: object, document_ids: object, b: int, s_q: int, s_kv: int, device: torch.device
 ) -> Pattern | None:
-    """Check the options of a [`Pattern`][mha._blockwise.Pattern]; `None` when none is set."""
+    """Check the options of a `mha._blockwise.Pattern`; `None` when none is set."""
     if sliding_window is not None:
         _checks.positive_int("sliding_window", sliding_window)
     _checks.flag("alibi", alibi)
