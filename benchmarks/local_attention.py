@@ -112,6 +112,7 @@ def run(
             times.update(interleaved_medians(cheap, repeats=repeats, warmup=0))
     for name, t in times.items():
         PER_UNIT[(name, str(dtype))] = t / work[name]
+    print(f"  {dtype}: " + ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in times.items()), flush=True)
     return times, memory, skipped
 
 
