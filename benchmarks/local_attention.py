@@ -244,6 +244,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4k only: the window at 4k, ALiBi at 4k")
     parser.add_argument("--flex", action="store_true", help="also time a compiled flex_attention at 4k")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, e.g. float32")
     args = parser.parse_args()
     info = machine()
     print(f"CPU: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['torch_threads']} threads")
@@ -251,7 +252,7 @@ def main() -> None:
     lengths = [4096] if args.quick else [4096, 16384, 32768]
     alibi_length = 4096 if args.quick else 16384
     results: dict[str, list] = {"window": [], "flex": [], "documents": [], "alibi": [], "decode": []}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in [getattr(torch, name) for name in args.dtypes.split(",")]:
         results["window"] += window_rows(dtype, lengths, args.repeats)
         if args.flex:
             results["flex"].append(flex_row(dtype, 4096, args.repeats))

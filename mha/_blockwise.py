@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mha import masks
@@ -125,6 +126,8 @@ def position_mask(
         A bool mask, or a float one with ALiBi, `(b or 1, 1 or n_h, s_q, s_kv)`.
     """
     distance = q_pos[:, None, :, None] - k_pos[:, None, None, :]  # (b|1, 1, s_q, s_kv)
+    if pattern.alibi:
+        distance = distance.to(dtype)  # one conversion here rather than in every product below
     allowed: Tensor | None = None
     if is_causal:
         allowed = distance >= 0
@@ -233,27 +236,41 @@ def attend(
         groups: list[tuple[slice, int, int]] = [(slice(0, b), 0, s_kv)]
     else:
         groups = list(_documents(pattern.documents))
+    # Every block whose keys start at the same distance has the same mask: build it once.
+    local_masks: dict[tuple[int, int, int], Tensor | None] = {}
+    group = n_h // key.shape[1]
     for rows, lo, hi in groups:
         first = max(lo, offset)  # the document's first query position
         for a, e, ka, ke in _spans(pattern, first, hi, lo, hi, is_causal, block):
             user = _slice(mask, rows, a - offset, e - offset, ka, ke)
+            q_blk, k_blk, v_blk = query[rows, :, a - offset : e - offset], key[rows, :, ka:ke], value[rows, :, ka:ke]
             if plain and user is None and a == ka:
                 # A whole document from its start, nothing else to mask: the kernel's
                 # own causal flag (or none) is exact and skips the blocked half.
-                block_mask, causal = None, is_causal
+                local, causal = None, is_causal
             else:
-                q_pos = torch.arange(a, e, device=query.device)[None]
-                k_pos = torch.arange(ka, ke, device=query.device)[None]
-                # Within one document no document mask is needed.
-                local = position_mask(
-                    Pattern(pattern.window, pattern.alibi), q_pos, k_pos, is_causal=is_causal, num_heads=n_h,
-                    dtype=dtype,
+                geometry = (e - a, ke - ka, a - ka)
+                if geometry not in local_masks:
+                    q_pos = torch.arange(a, e, device=query.device)[None]
+                    k_pos = torch.arange(ka, ke, device=query.device)[None]
+                    # Within one document no document mask is needed.
+                    local_masks[geometry] = position_mask(
+                        Pattern(pattern.window, pattern.alibi), q_pos, k_pos, is_causal=is_causal, num_heads=n_h,
+                        dtype=dtype,
+                    )
+                local, causal = local_masks[geometry], False
+            if user is None and not options:
+                # Each query's own position is among its keys, so no row is empty:
+                # straight to the kernel, without the guard for empty rows.
+                if local is not None and local.dtype != torch.bool:
+                    local = local.to(query.dtype)  # the kernel takes a float mask in the query's dtype
+                context = F.scaled_dot_product_attention(
+                    q_blk, k_blk, v_blk, attn_mask=local, dropout_p=dropout_p, is_causal=causal, scale=scale,
+                    enable_gqa=group > 1,
                 )
-                block_mask, causal = masks.combine_masks(local, user), False  # ALiBi's float32 first
-            context, _ = kernel(
-                query[rows, :, a - offset : e - offset], key[rows, :, ka:ke], value[rows, :, ka:ke],
-                block_mask, causal, scale, dropout_p, "fused", **options,
-            )
+            else:
+                block_mask = masks.combine_masks(local, user)  # ALiBi's float32 first
+                context, _ = kernel(q_blk, k_blk, v_blk, block_mask, causal, scale, dropout_p, "fused", **options)
             out[rows, :, a - offset : e - offset] = context
     return out
 
