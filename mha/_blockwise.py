@@ -236,7 +236,8 @@ def attend(
         groups: list[tuple[slice, int, int]] = [(slice(0, b), 0, s_kv)]
     else:
         groups = list(_documents(pattern.documents))
-    # Every block whose keys start at the same distance has the same mask: build it once.
+    # Consecutive blocks of the same shape and offset (a window's) share one mask: keep the
+    # last one only, so memory stays one block's (ALiBi's blocks all differ).
     local_masks: dict[tuple[int, int, int], Tensor | None] = {}
     group = n_h // key.shape[1]
     for rows, lo, hi in groups:
@@ -251,6 +252,7 @@ def attend(
             else:
                 geometry = (e - a, ke - ka, a - ka)
                 if geometry not in local_masks:
+                    local_masks.clear()
                     q_pos = torch.arange(a, e, device=query.device)[None]
                     k_pos = torch.arange(ka, ke, device=query.device)[None]
                     # Within one document no document mask is needed.

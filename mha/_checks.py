@@ -90,14 +90,21 @@ def tensor(name: str, value: object) -> Tensor:
     """Return `value` if it is a Tensor, else raise `TypeError`."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.is_nested:
-        # Refused here, where every tensor enters: causal masks, weights and rotary
-        # positions otherwise fail deep inside torch on a jagged dimension.
+    return value
+
+
+def not_nested(name: str, value: object) -> None:
+    """Raise `TypeError` if `value` is a nested (jagged) tensor.
+
+    Causal masks, weights and rotary positions otherwise fail deep inside
+    torch on a jagged dimension; only the drop-in `TorchMultiheadAttention`
+    passes them on, as `nn.MultiheadAttention` does, for what works.
+    """
+    if isinstance(value, Tensor) and value.is_nested:
         raise TypeError(
             f"{name} is a nested (jagged) tensor, which mha does not take: pad the sequences and pass "
             "mask=mha.masks.padding_mask(lengths), or pack them into one sequence with document_ids"
         )
-    return value
 
 
 def sizes(value: Tensor | Sequence[int]) -> str:

@@ -310,6 +310,8 @@ class Attention(nn.Module):
                 non-bool flag, or a cache of another dtype.
         """
         query = _checks.floating("query", _checks.tensor("query", query))
+        if query.is_nested:
+            self._check_nested(mask, is_causal, need_weights, cache, document_ids)
         width = self.num_heads * self.head_dim // self.shards
         if query.ndim != 3 or query.shape[-1] != width:
             name = "h" if self.num_heads * self.head_dim == self.hidden_size else "n_h * d"
@@ -327,6 +329,24 @@ class Attention(nn.Module):
             _checks.same_device(name, t, "query", query.device)
         self._check_options(query, key.shape[1], mask, is_causal, need_weights, cache, token_mask, document_ids)
         return self._attend(query, key, value, mask, is_causal, need_weights, cache, token_mask, document_ids)
+
+    def _check_nested(
+        self, mask: object, is_causal: object, need_weights: object, cache: object, document_ids: object
+    ) -> None:
+        """A nested query passes (for the drop-in TorchMultiheadAttention) only where torch computes it whole."""
+        given = [
+            name for name, on in (
+                ("is_causal=True", is_causal is True), ("need_weights=True", need_weights is True),
+                ("a mask", mask is not None), ("a cache", cache is not None),
+                ("document_ids", document_ids is not None), ("rotary positions", self.positional is not None),
+                ("sliding_window", self.sliding_window is not None), ("alibi", self.alibi),
+            ) if on
+        ]
+        if given:
+            raise TypeError(
+                f"query is a nested (jagged) tensor, which mha does not take with {', '.join(given)}: pad the "
+                "sequences and pass mask=mha.masks.padding_mask(lengths), or pack them with document_ids"
+            )
 
     def _check_options(
         self, query: Tensor, s_kv: int, mask: object, is_causal: object, need_weights: object,
@@ -880,6 +900,8 @@ class MultiHeadAttention(nn.Module):
             context = cast(Attention, modules["attention"])._attend_token(q, k, v, cast(KVCache, cache))
             return project(projections[3], context)
         cross = key is not None and key is not query
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            _checks.not_nested(name, t)
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)

@@ -145,6 +145,8 @@ def _with_sinks(dispatch: Dispatch, sinks: bool) -> Dispatch:
 
 def _check_heads(query: object, key: object, value: object | None, mask: object | None) -> None:
     """Shapes of split heads: q (b, n_h, s_q, d), k (b, n_kv, s_kv, d), v (b, n_kv, s_kv, d_v)."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _checks.not_nested(name, t)
     query = _checks.floating("query", _checks.tensor("query", query))
     if query.ndim != 4:
         raise ValueError(f"query must have shape (b, n_h, s_q, d), got {_checks.sizes(query)}")

@@ -11,6 +11,8 @@ Shape letters are those of [`mha`][mha].
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import torch
 from torch import Tensor
 
@@ -18,6 +20,13 @@ from mha import _checks
 from mha.cache import KVCache
 
 __all__ = ["RollingKVCache"]
+
+
+def _refuse() -> NoReturn:
+    raise TypeError(
+        "a RollingKVCache is filled by the attention layer it was made for (its slots roll); "
+        "call the layer with cache=..., or use extend()"
+    )
 
 
 class RollingKVCache(KVCache):
@@ -82,10 +91,19 @@ class RollingKVCache(KVCache):
 
     def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Refused: a ring's slots move, so the layer fills it (see [`extend`][mha.rolling.RollingKVCache.extend])."""
-        raise TypeError(
-            "a RollingKVCache is filled by the attention layer it was made for (its slots roll); "
-            "call the layer with cache=..., or use extend()"
-        )
+        _refuse()
+
+    def write(self, key: Tensor, value: Tensor, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Refused, as [`update`][mha.rolling.RollingKVCache.update]."""
+        _refuse()
+
+    def write_token(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Refused, as [`update`][mha.rolling.RollingKVCache.update]."""
+        _refuse()
+
+    def visible(self, s: int) -> Tensor:
+        """Refused, as [`update`][mha.rolling.RollingKVCache.update]: the layer masks the ring by position."""
+        _refuse()
 
     def check_room(self, s: int) -> None:
         """A ring is never full: nothing to check."""

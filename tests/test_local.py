@@ -299,6 +299,9 @@ def test_nested_inputs_are_refused_at_the_entry(make, call):
         m(x, **call)
     with pytest.raises(TypeError, match="query is a nested"):
         attention(x, x, x)
+    if call.get("is_causal") or call.get("need_weights"):  # the core layer too, which the drop-in calls
+        with pytest.raises(TypeError, match=r"query is a nested \(jagged\) tensor, which mha does not take with"):
+            m.attention(x, x, x, **call)
 
 
 def test_bad_options_are_named():
