@@ -24,14 +24,12 @@ from mha.cache import KVCache
 from mha.convert_hf import from_hf, to_hf
 from mha.functional import Dispatch
 from mha.interop import TorchMultiheadAttention, from_torch, replace_torch_attention, to_torch
-from mha.rolling import RollingKVCache
 from mha.rotary import RotaryEmbedding
 
 __all__ = [
     "Attention",
     "MultiHeadAttention",
     "KVCache",
-    "RollingKVCache",
     "RotaryEmbedding",
     "Dispatch",
     "TorchMultiheadAttention",

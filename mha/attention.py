@@ -1005,7 +1005,7 @@ class MultiHeadAttention(nn.Module):
         It holds this module's key/value heads (the local ones on a
         tensor-parallel rank). `dtype` and `device` default to the
         parameters'. For a module with a `sliding_window` (or given
-        `sliding_window=w`) it is a [`RollingKVCache`][mha.RollingKVCache] of `w`
+        `sliding_window=w`) it is a [`mha.rolling.RollingKVCache`][mha.rolling.RollingKVCache] of `w`
         positions: decoding then runs past `max_len`, which it does not need
         (if given, it bounds nothing).
 

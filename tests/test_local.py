@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from mha import Attention, KVCache, MultiHeadAttention, RollingKVCache, RotaryEmbedding, _blockwise, masks, to_torch
+from mha import Attention, KVCache, MultiHeadAttention, RotaryEmbedding, _blockwise, masks, to_torch
 from mha.functional import attention
+from mha.rolling import RollingKVCache
 
 
 def reference(q, k, v, *, window=None, alibi=False, documents=None, causal=False, allowed=None):

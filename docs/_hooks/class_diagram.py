@@ -63,7 +63,6 @@ def samples() -> dict[type, object]:
         mha.MultiHeadAttention: inner,
         mha.Attention: inner.attention,
         mha.KVCache: inner.new_cache(1, 2),
-        mha.RollingKVCache: inner.new_cache(1, sliding_window=2),
         mha.RotaryEmbedding: inner.attention.positional,
         Dispatch: inner.explain(),
         mha.TorchMultiheadAttention: mha.TorchMultiheadAttention(8, 2, add_bias_kv=True),
