@@ -43,6 +43,7 @@ class RollingKVCache(KVCache):
         window: `w`, the positions kept (the layer's `sliding_window`).
         num_kv_heads: `n_kv`.
         head_dim: `d`.
+        v_head_dim: `d_v`, the width of a value head; defaults to `d`.
         dtype: of the buffers.
         device: of the buffers.
 
@@ -73,12 +74,14 @@ class RollingKVCache(KVCache):
         *,
         num_kv_heads: int,
         head_dim: int,
+        v_head_dim: int | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         self.window = _checks.positive_int("window", window)
         super().__init__(
-            batch_size, window + 1, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device
+            batch_size, window + 1, num_kv_heads=num_kv_heads, head_dim=head_dim, v_head_dim=v_head_dim,
+            dtype=dtype, device=device,
         )
         self.slot_positions = torch.full((batch_size, window + 1), -1, dtype=torch.long, device=device)
         self.next_positions = torch.zeros(batch_size, dtype=torch.long, device=device)  # each sample's next

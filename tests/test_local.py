@@ -344,3 +344,22 @@ def test_explain_says_which_layout_runs_and_why():
     assert "pass length=" in m.explain().reason
     assert MultiHeadAttention(64, 4).explain(length=16384, documents=True).layout == "blockwise"
     assert MultiHeadAttention(64, 4).explain(length=16384).layout == "dense"
+
+
+@torch.no_grad()
+def test_a_window_combines_with_sinks_as_gpt_oss_uses_them(monkeypatch):
+    """Sinks join each query's softmax once; a block holds each query's whole row, so blockwise stays exact."""
+    m = MultiHeadAttention(24, 6, num_kv_heads=2, sliding_window=3, sinks=True).eval()
+    m.attention.sinks.copy_(torch.linspace(-1.0, 2.0, 6))
+    x = torch.randn(2, 9, 24)
+    dense = m(x, is_causal=True)
+    monkeypatch.setattr(_blockwise, "MIN_LENGTH", 1)
+    monkeypatch.setattr(_blockwise, "BLOCK", 2)
+    torch.testing.assert_close(m(x, is_causal=True), dense, atol=1e-6, rtol=1e-6)
+    _, weights = m(x, is_causal=True, need_weights=True)
+    allowed = masks.sliding_window_mask(9, window=3) & masks.causal_mask(9)
+    assert (weights.masked_select(~allowed) == 0).all()
+    assert (weights.sum(-1) < 1).all()  # the sink takes its share
+    cache = m.new_cache(2)
+    steps = [m(x[:, :4], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(4, 9)]
+    torch.testing.assert_close(torch.cat(steps, 1), dense, atol=1e-6, rtol=1e-6)

@@ -330,7 +330,8 @@ def _local_table(result: dict) -> str:
     def ratio(value: float | None, target: float, estimated: bool = False) -> str:
         if value is None:
             return "-"
-        return _target(value, target) + (" (est.)" if estimated else "")
+        shown = f"{value:.2f}" if value <= target else f"**{value:.2f}**"  # bold where it misses the target
+        return shown + (" (est.)" if estimated else "")
 
     rows = ["| case | dtype | mha | compared with | ratio | target |", "|---|---|---|---|---|---|"]
     for r in result["window"]:
