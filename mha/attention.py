@@ -15,12 +15,11 @@ from typing import Literal, Protocol, cast, overload
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as module_hooks
 
-from mha import _blockwise, _checks, masks
+from mha import _blockwise, _checks, _token_step, masks
 from mha._blockwise import Pattern
 from mha.cache import KVCache
-from mha.functional import BACKENDS, Backend, Dispatch, attend, attend_token, check_pattern, choose_path, path_for
+from mha.functional import BACKENDS, Backend, Dispatch, attend, check_pattern, choose_path, path_for
 from mha.rolling import RollingKVCache
 from mha.rotary import Angles, RotaryEmbedding
 
@@ -570,27 +569,6 @@ class Attention(nn.Module):
         )
         return q, keys, values, masks.combine_masks(mask, (key_positions >= 0)[:, None, None, :])
 
-    def _attend_token(self, query: Tensor, key: Tensor, value: Tensor, cache: KVCache) -> Tensor:
-        """[`_attend`][mha.Attention._attend] for one token per sample through a cache, in eager mode.
-
-        What `_attend` does for this call, with nothing left to decide: one
-        position needs no mask, and a table row holds its rotary angles.
-        The caller checked everything (see `MultiHeadAttention._is_token_step`).
-
-        Shape:
-            query: `(b, 1, n_h * d)`; key, value: `(b, 1, n_kv * d)`; output: `(b, 1, n_h * d)`.
-        """
-        b, d = query.shape[0], self.head_dim
-        q, k = query.reshape(b, -1, d), key.reshape(b, -1, d)  # (b, n_h, d), (b, n_kv, d)
-        if self.positional is not None:
-            angles = self.positional.angles_at(cache.length, 1, q.dtype, q.device)  # (1, d/2)
-            n_h = q.shape[1]
-            # One rotation of both: in 16 bits each rotation also converts to float32 and back.
-            qk = self.positional.rotate(torch.cat((q, k), dim=1), angles)
-            q, k = qk[:, :n_h], qk[:, n_h:]
-        keys, values = cache.write_token(k, value.reshape(b, -1, self.v_head_dim))
-        return attend_token(q, keys, values, self.scale).view(b, 1, -1)
-
     def _attend_across_ranks(self, layout: SequenceLayout, q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
         """Context parallelism: local shards in, this rank's shard of the context out."""
         if self.positional is not None:
@@ -641,33 +619,6 @@ class Attention(nn.Module):
         if self.softcap is not None:
             options.append(f"softcap={self.softcap}")
         return "".join(f", {option}" for option in options)
-
-
-def _is_bare_linear(module: nn.Module) -> bool:
-    """Whether calling `module` is exactly `F.linear` on its weight and bias.
-
-    True for a plain `nn.Linear` without hooks of its own and without a
-    compiled forward: a decoding step then skips `nn.Module.__call__`, whose
-    Python costs as much as the kernel at one token (`nn.MultiheadAttention`
-    never calls its projections as modules at all).
-    """
-    return type(module) is nn.Linear and module._compiled_call_impl is None and not (
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
-    )
-
-
-def _global_hooks() -> bool:
-    """Whether hooks registered for every module exist (`nn.modules.module.register_module_forward_hook`...)."""
-    return bool(
-        module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
-        or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks
-    )
-
-
-def _linear(module: nn.Module, x: Tensor) -> Tensor:
-    """A bare `nn.Linear`'s output (see `_is_bare_linear`), read from its parameters."""
-    parameters = module._parameters
-    return nn.functional.linear(x, parameters["weight"], parameters["bias"])  # type: ignore[arg-type]
 
 
 class MultiHeadAttention(nn.Module):
@@ -890,15 +841,8 @@ class MultiHeadAttention(nn.Module):
                 parameters', a mask of the wrong dtype, a non-bool flag, or a
                 cache of another dtype.
         """
-        if self._is_token_step(query, key, value, mask, is_causal, need_weights, cache, token_mask):
-            # Submodules straight from _modules: nn.Module.__getattr__ is a Python call per lookup.
-            modules = cast(dict[str, nn.Module], self._modules)
-            projections = modules["q_proj"], modules["k_proj"], modules["v_proj"], modules["out_proj"]
-            bare = all(map(_is_bare_linear, projections)) and not _global_hooks()
-            project = _linear if bare else nn.Module.__call__
-            q, k, v = project(projections[0], query), project(projections[1], query), project(projections[2], query)
-            context = cast(Attention, modules["attention"])._attend_token(q, k, v, cast(KVCache, cache))
-            return project(projections[3], context)
+        if _token_step.applies(self, query, key, value, mask, is_causal, need_weights, cache, token_mask):
+            return _token_step.run(self, query, cast(KVCache, cache))
         cross = key is not None and key is not query
         for name, t in (("query", query), ("key", key), ("value", value)):
             _checks.not_nested(name, t)
@@ -918,42 +862,6 @@ class MultiHeadAttention(nn.Module):
             context, weights = result
             return self.out_proj(context), weights
         return self.out_proj(result)
-
-    def _is_token_step(
-        self, query: object, key: object, value: object, mask: object, is_causal: object, need_weights: object,
-        cache: object, token_mask: object,
-    ) -> bool:
-        """Whether this call is one eager decoding step that every check of the full path would pass.
-
-        Decoding calls the module once per token, and with so few numbers per
-        call the Python around the kernels is much of its cost (see "Speed" in
-        the decoding guide). These tests are few and cheap, and together they
-        imply the full checks; a call that fails any of them, bad input
-        included, takes the full path, which raises its usual errors.
-        """
-        if torch.compiler.is_compiling():
-            return False  # compiled steps attend over all max_len slots; Dynamo would also guard on every test below
-        if not (
-            key is None and value is None and mask is None and token_mask is None and need_weights is False
-            and (is_causal is False or is_causal is True) and type(cache) is KVCache and type(query) is Tensor
-        ):
-            return False
-        attention, keys = cast(Attention, self._modules["attention"]), cache.keys
-        if attention.sliding_window is not None or attention.alibi or query.is_nested:
-            return False  # the full path masks by position
-        weight = cast(nn.Linear, self._modules["out_proj"]).weight
-        return (
-            query.shape == (cache.batch_size, 1, attention.hidden_size)
-            and query.dtype == weight.dtype == keys.dtype and query.device == weight.device == keys.device
-            and cache.length < cache.max_len and cache.token_mask is None
-            and cache.num_kv_heads * attention.shards == attention.num_kv_heads
-            and cache.head_dim == attention.head_dim and cache.v_head_dim == attention.v_head_dim
-            and attention.context_parallel is None and attention.backend != "math" and attention._plain
-            and (not attention.training or attention.dropout == 0.0)
-            # Autocast on any device sends the call to the full path: one C call, where
-            # torch.is_autocast_enabled(device_type) would parse a string and cost 3x more.
-            and not torch.is_grad_enabled() and not torch._C._is_any_autocast_enabled()
-        )
 
     def _check_cross(self, document_ids: object) -> None:
         """Windows, ALiBi and documents measure distances between query and key positions of one sequence."""

@@ -205,13 +205,14 @@ def test_a_512_step_compiled_decode_loop_makes_at_most_3_graphs():
 
 def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
     """The step's cost follows what is filled, not max_len."""
+    import mha._token_step
     import mha.attention
 
     seen = []
-    for name in ("attend", "attend_token"):  # the full path, and the one-token step's
-        function = getattr(mha.attention, name)
+    for module, name in ((mha.attention, "attend"), (mha._token_step, "attend_token")):  # full path, one-token step
+        function = getattr(module, name)
         spy = lambda q, k, *args, function=function, **kwargs: seen.append(k.shape[2]) or function(q, k, *args, **kwargs)  # noqa: E731
-        monkeypatch.setattr(mha.attention, name, spy)
+        monkeypatch.setattr(module, name, spy)
     m = MultiHeadAttention(16, 2).eval()
     cache = m.new_cache(1, 4096)
     with torch.no_grad():
@@ -282,19 +283,19 @@ def test_a_write_never_modifies_buffers_an_earlier_step_saved_for_backward():
 def test_one_token_steps_take_the_short_path_and_compute_what_the_full_path_does(
     monkeypatch, num_kv_heads, rotary, dtype
 ):
-    import mha.attention
+    import mha._token_step
 
     m = MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads, positional=RotaryEmbedding(8) if rotary else None)
     m = m.eval().to(dtype)
     x = torch.randn(3, 9, 32, dtype=dtype)
     steps = []
-    attend_token = mha.attention.attend_token
-    monkeypatch.setattr(mha.attention, "attend_token", lambda *args: steps.append(1) or attend_token(*args))
+    attend_token = mha._token_step.attend_token
+    monkeypatch.setattr(mha._token_step, "attend_token", lambda *args: steps.append(1) or attend_token(*args))
     with torch.inference_mode():
         short_cache = m.new_cache(3, 11)
         short = decode(m, x, 2, short_cache)
         assert len(steps) == 7  # every one-token step
-        monkeypatch.setattr(MultiHeadAttention, "_is_token_step", lambda *args: False)
+        monkeypatch.setattr(mha._token_step, "applies", lambda *args: False)
         full_cache = m.new_cache(3, 11)
         full = decode(m, x, 2, full_cache)
     assert len(steps) == 7
