@@ -15,9 +15,10 @@ math path when the model asks for the weights (`output_attentions=True`).
 
 Every keyword a model passes to the attention function is in one of three
 tables: folded into the mask (`position_bias`, `indices`, `block_indices`),
-known to need nothing (`sliding_window` is already in the mask, ...), or
-refused with the feature's name (`s_aux`/`sinks`, `softcap`). Any other
-keyword with a value raises, so a new feature in a new model fails loudly.
+passed to [`attend`][mha.functional.attend] (`s_aux`/`sinks` as one sink
+logit per head, `softcap`), or known to need nothing (`sliding_window` is
+already in the mask, ...). Any other keyword with a value raises, so a new
+feature in a new model fails loudly.
 
 `transformers` is an optional dependency (`pip install "mha[hf]"`), imported
 only by this module. Shape letters are those of [`mha`][mha].
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mha import masks
+from mha import _checks, masks
 from mha.functional import attend
 
 __all__ = ["NAME", "attention_forward", "mask_function", "register"]
@@ -57,15 +58,13 @@ _NO_EFFECT = {
     "use_cache": "not about attention (the cache was read before the call)",
     "return_dict": "not about attention",
 }
-# Keywords mha cannot compute yet: keyword -> the feature's name. When the core
-# takes them, move each to _CORE_OPTIONS (one line each).
-_REFUSED = {
-    "s_aux": "attention sinks",
-    "sinks": "attention sinks",
-    "softcap": "logit soft-capping",
-}
+# Keywords mha cannot compute: keyword -> the feature's name. Empty today; a
+# keyword whose value mha cannot take in some models is refused by its check below.
+_REFUSED: dict[str, str] = {}
 # Keywords passed through to mha.functional.attend: Transformers' keyword -> attend's.
-_CORE_OPTIONS: dict[str, str] = {}
+# gpt-oss, DeepSeek-V4, Granite-SWA, ... pass their sinks as s_aux; Gemma 2 and
+# VaultGemma pass softcap, applied as cap * tanh(scores / cap) before the mask, as mha does.
+_CORE_OPTIONS = {"s_aux": "sinks", "sinks": "sinks", "softcap": "softcap"}
 
 
 def attention_forward(
@@ -99,8 +98,12 @@ def attention_forward(
             the scores; `indices` (`(b, s_q, k)` key positions, DeepSeek-V3.2
             sparse attention) and `block_indices` (`(b, n_i, s_q, k)` key
             blocks, -1 = none) restrict each query to the keys they select.
-            `cu_seq_lens_q`/`cu_seq_lens_k` are accepted where the mask
-            already separates the sequences. Keywords that need nothing
+            `s_aux` or `sinks` (`(n_h,)`, gpt-oss) is one sink logit per
+            head, joining the softmax without a value (fused path, rescaled
+            by the kernel's log-sum-exp); `softcap` bounds the scores to
+            `softcap * tanh(scores / softcap)` before the mask (Gemma 2; math
+            path in query chunks). `cu_seq_lens_q`/`cu_seq_lens_k` are
+            accepted where the mask already separates the sequences. Keywords that need nothing
             (`sliding_window`, ...) are accepted; the rest raise.
 
     Returns:
@@ -108,10 +111,15 @@ def attention_forward(
         expects; weights `(b, n_h, s_q, s_kv)` when requested, else `None`.
 
     Raises:
-        ValueError: for a keyword `mha` cannot compute (sinks, soft-capping)
-            or does not know, naming it and the model's attention class.
+        ValueError: for a keyword `mha` does not know, or sinks other than
+            one logit per head (Inkling 2's per-token sinks), naming it and
+            the model's attention class.
     """
     options = _check_keywords(module, attention_mask, kwargs)
+    if "sinks" in options:
+        _check_sinks(module, options["sinks"], query.shape[1], "s_aux" if "s_aux" in kwargs else "sinks")
+    if "softcap" in options:
+        options["softcap"] = _checks.positive_number("softcap", options["softcap"])
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     # A None mask is causal aligned bottom-right or no mask at all: mask_function
     # materialises every other case, so the queries may be any suffix of the keys.
@@ -148,6 +156,16 @@ def _check_keywords(module: nn.Module, attention_mask: Tensor | None, kwargs: di
                 "use attn_implementation='eager' for this model"
             )
     return {_CORE_OPTIONS[k]: v for k, v in kwargs.items() if k in _CORE_OPTIONS and v is not None}
+
+
+def _check_sinks(module: nn.Module, sinks: Any, n_h: int, name: str) -> None:
+    """mha takes one sink logit per query head; refuse any other shape (per-token sinks) by name."""
+    if not isinstance(sinks, Tensor) or tuple(sinks.shape) != (n_h,) or not sinks.is_floating_point():
+        raise ValueError(
+            f"attn_implementation='mha' takes {name} as one floating-point sink logit per query head, shape "
+            f"(n_h={n_h},), but {_owner(module)} passes {name}={_show(sinks)} (per-token or per-batch sinks are "
+            "not supported); use attn_implementation='eager' for this model"
+        )
 
 
 def _check_packed(module: nn.Module, name: str, value: Any, attention_mask: Tensor | None) -> None:

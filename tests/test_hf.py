@@ -22,6 +22,7 @@ from transformers import (  # noqa: E402
     Gemma2Config,
     Gemma4TextConfig,
     GPT2Config,
+    GptOssConfig,
     GPTNeoConfig,
     LlamaConfig,
     MistralConfig,
@@ -217,22 +218,98 @@ def test_an_unknown_keyword_is_refused_naming_it_and_the_model():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("keyword", "feature"), [("s_aux", "attention sinks"), ("sinks", "attention sinks"),
-                                                  ("softcap", "logit soft-capping")])
-def test_sinks_and_softcap_are_refused_by_name(keyword, feature):
+# --- sinks and soft-capping, computed by mha's core ----------------------------------------
+
+
+def _gpt_oss(**overrides) -> GptOssConfig:
+    # Sliding layers with a window (5) shorter than the inputs, and full layers.
+    return GptOssConfig(**{**_decoder(), "head_dim": 8, "num_hidden_layers": 2, "num_local_experts": 3,
+                           "num_experts_per_tok": 2, "sliding_window": 5,
+                           "layer_types": ["sliding_attention", "full_attention"], **overrides})
+
+
+def _random_sinks(model) -> None:
+    # gpt-oss initialises its sinks at 0 in some versions: make them matter.
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(getattr(module, "sinks", None), torch.nn.Parameter):
+                module.sinks.copy_(torch.randn(module.sinks.shape, generator=g) * 2)
+
+
+def _exact_against_eager(config, calls, dtype=torch.float32, tolerance=1e-5, gain=1.0):
+    reference, ours = _pair(config, "eager")
+    _random_sinks(reference)
+    with torch.no_grad():  # large scores, so that a soft-cap of 50 bends them
+        for module in reference.modules():
+            if hasattr(module, "q_proj"):
+                module.q_proj.weight.mul_(gain)
+                module.k_proj.weight.mul_(gain)
+    ours.load_state_dict(reference.state_dict())
+    reference, ours = reference.to(dtype), ours.to(dtype)
+    ids, mask = _batch()
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask).logits
+        assert calls["n"] == 0
+        got = ours(ids, attention_mask=mask).logits
+    assert calls["n"] == 2  # one call per layer
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=tolerance, rtol=tolerance)
+    kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
+    return reference, ours
+
+
+def test_gpt_oss_sinks_with_sliding_layers_equal_eager(calls):
+    _exact_against_eager(_gpt_oss(), calls)
+    assert "s_aux" in calls["keywords"] and "sliding_window" in calls["keywords"]
+
+
+def test_gpt_oss_sinks_train_with_eager_gradients(calls):
+    reference, ours = _pair(_gpt_oss(), "eager")
+    _random_sinks(reference)
+    ours.load_state_dict(reference.state_dict())
+    reference.train(), ours.train()
+    ids, mask = _batch(11)
+    labels = ids.masked_fill(mask == 0, -100)
+    for model in (reference, ours):
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+    assert calls["n"] == 2
+    grads = dict(reference.named_parameters())
+    checked = 0
+    for name, parameter in ours.named_parameters():
+        if parameter.grad is None:  # experts no token was routed to
+            assert grads[name].grad is None, name
+            continue
+        torch.testing.assert_close(parameter.grad, grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+        checked += name.endswith("sinks")
+    assert checked == 2  # the sinks of both layers learn, as in eager
+
+
+def test_sinks_of_another_shape_are_refused_by_name():
     q = torch.randn(1, 2, 3, 4)
-    value = 50.0 if keyword == "softcap" else torch.zeros(2)
-    with pytest.raises(ValueError, match=rf"cannot compute {keyword}=.* \({feature}\) that NewFeatureAttention"):
-        mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, **{keyword: value})
+    per_token = torch.zeros(1, 2, 3, 1)  # Inkling 2's sink_proj gives one sink per query
+    with pytest.raises(ValueError, match=r"takes sinks as one floating-point sink logit per query head, shape "
+                                         r"\(n_h=2,\), but NewFeatureAttention passes sinks=<tensor of shape "
+                                         r"\(1, 2, 3, 1\)>"):
+        mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, sinks=per_token)
+    with pytest.raises(ValueError, match=r"softcap"):
+        mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, softcap=-1.0)
 
 
-def test_gemma2_softcap_is_refused_on_the_first_call():
-    config = Gemma2Config(**_decoder(), head_dim=8, attn_logit_softcapping=50.0)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="mha").eval()
-    with pytest.raises(ValueError, match=r"softcap=50.0 \(logit soft-capping\) that Gemma2Attention "
-                                         r"\(model_type 'gemma2'\).*attn_implementation='eager'"):
-        model(torch.randint(3, VOCAB, (1, 5)))
+def test_gemma2_softcap_50_equals_eager(calls):
+    config = Gemma2Config(**_decoder(), head_dim=8, attn_logit_softcapping=50.0, final_logit_softcapping=None,
+                          sliding_window=5)
+    reference, ours = _exact_against_eager(config, calls, gain=100.0)
+    assert "softcap" in calls["keywords"]
+    ids, mask = _batch()
+    with torch.no_grad():
+        capped = reference(ids, attention_mask=mask).logits
+        for module in reference.modules():
+            if hasattr(module, "attn_logit_softcapping"):
+                module.attn_logit_softcapping = None
+        uncapped = reference(ids, attention_mask=mask).logits
+    assert (capped - uncapped)[mask.bool()].abs().max() > 1e-2  # the cap bends these scores
 
 
 # --- keywords folded into the mask --------------------------------------------------------
