@@ -20,7 +20,8 @@ family:
 
 Run: `PYTHONPATH=. python3 benchmarks/hf_families.py [model_type ...]`. Writes
 `benchmarks/results/hf_families.json` and `docs/_snippets/hf-families-table.md`
-(only for a full run).
+(only for a full run; `--update model_type ...` reruns those families and
+replaces their records in both files).
 """
 
 from __future__ import annotations
@@ -348,6 +349,8 @@ def main() -> None:
     parser.add_argument("model_types", nargs="*", help="only these families (the files are not written)")
     parser.add_argument("--workers", type=int, default=2, help="processes, each taking every n-th family")
     parser.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--update", action="store_true",
+                        help="with model_types: replace their records in the saved results and rewrite the table")
     parser.add_argument("--resume", type=Path, default=None,
                         help="JSON lines of families already checked (as saved next to the results): skip them")
     args = parser.parse_args()
@@ -387,6 +390,15 @@ def main() -> None:
     records.sort(key=lambda r: r["model_type"])
     print(table(records))
     print(f"{time.perf_counter() - start:.0f} s")
+    if args.update and args.model_types:
+        saved = json.loads(RESULTS.read_text())
+        fresh = {r["model_type"] for r in records}
+        records = sorted([r for r in saved["records"] if r["model_type"] not in fresh] + records,
+                         key=lambda r: r["model_type"])
+        saved["records"], saved["transformers"], saved["torch"] = records, transformers.__version__, torch.__version__
+        RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
+        SNIPPET.write_text(table(records))
+        print(table(records))
     if not args.model_types and args.shard is None:
         RESULTS.write_text(json.dumps({
             "transformers": transformers.__version__, "torch": torch.__version__,
