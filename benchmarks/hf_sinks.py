@@ -16,11 +16,12 @@ process held before the call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import resource
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from common import interleaved_medians, machine, print_table, write_results
@@ -54,14 +55,27 @@ def rows(dtype: torch.dtype) -> dict[str, Callable[[], object]]:
 
 
 def memory_child(name: str, dtype_name: str) -> None:
-    """In a fresh process: the peak resident memory growth (MiB) of one call of row `name`."""
+    """In a fresh process: the peak resident memory growth (MiB) of one call of row `name`.
+
+    Reads the address space's own high-water mark (`VmHWM`), reset before the
+    call: `ru_maxrss` would also count the parent's resident size at fork,
+    which Linux carries across exec.
+    """
     call = rows(getattr(torch, dtype_name))[name]
     with torch.inference_mode():
-        pages = int(open("/proc/self/statm").read().split()[1])
-        before = pages * resource.getpagesize() // 1024
+        with contextlib.suppress(OSError):  # resets VmHWM to the current size (Linux >= 4.0)
+            Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kib("VmRSS")
         call()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        peak = _status_kib("VmHWM")
     print(json.dumps({"peak_mib": (peak - before) / 1024}))
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def peak_memory(names: list[str], dtype_name: str) -> dict[str, float]:
