@@ -62,7 +62,8 @@ def unmatched_numbers(markdown: str, tables: str, allowed: set[str] = frozenset(
 
 # The tables docs/_scripts/make_figures.py writes from benchmarks/results/*.json.
 BENCHMARK_TABLES = {"decoding-table.md", "dtypes-table.md", "performance-table.md", "context-parallel-table.md",
-                    "hf-decoding-table.md", "hf-decoding-ratios-table.md", "hf-decoding-deep-table.md"}
+                    "hf-decoding-table.md", "hf-decoding-ratios-table.md", "hf-decoding-deep-table.md",
+                    "modern-layers-table.md"}
 PAGES = [page for page in GUIDES
          if any(Path(name).name in BENCHMARK_TABLES for name in SNIPPET.findall(page.read_text(encoding="utf-8")))]
 
@@ -70,7 +71,7 @@ PAGES = [page for page in GUIDES
 def test_the_pages_with_tables_are_checked():
     names = {page.name for page in PAGES}
     assert {"decoding.md", "decoding.zh.md", "performance.md", "performance.zh.md",
-            "scaling-out.md", "scaling-out.zh.md"} <= names, names
+            "scaling-out.md", "scaling-out.zh.md", "modern-layers.md", "modern-layers.zh.md"} <= names, names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
