@@ -195,10 +195,10 @@ class Attention(nn.Module):
         sinks = _checks.flag("sinks", sinks)
         self.softcap = None if softcap is None else _checks.positive_number("softcap", softcap)
         self.qk_norm_eps = eps
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else None
+        self.q_norm: nn.RMSNorm | None = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else None
+        self.k_norm: nn.RMSNorm | None = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else None
         # gpt-oss initialises its sinks at random; zeros give a sink the weight of a key scored 0.
-        self.sinks = nn.Parameter(torch.zeros(self.num_heads)) if sinks else None
+        self.sinks: nn.Parameter | None = nn.Parameter(torch.zeros(self.num_heads)) if sinks else None
         # Whether a one-token decoding step may take MultiHeadAttention's shortcut (plain attention only).
         self._plain = not (qk_norm or sinks or self.softcap is not None)
 

@@ -126,7 +126,9 @@ def declared_types(cls: type) -> dict[str, str]:
 
 
 def _type_name(annotation: str) -> str:
-    """'Tensor | tuple[Tensor, Tensor]' -> 'Tensor or tuple': mermaid reads no brackets or bars."""
+    """'Tensor | tuple[Tensor, Tensor]' -> 'Tensor or tuple', 'nn.RMSNorm | None' -> 'RMSNorm':
+    mermaid reads no brackets or bars, and the diagram names classes without their module."""
+    annotation = re.sub(r"\b[a-z_][\w]*\.", "", annotation)
     return re.sub(r"\[.*\]", "", annotation).replace(" | None", "").replace(" | ", " or ")
 
 
