@@ -375,6 +375,8 @@ def _local_table(result: dict) -> str:
             f"≤ {targets['decode_flat']} |"
         )
     return "\n".join(rows) + "\n"
+
+
 def modern_table() -> None:
     """Sinks, soft-capping, q/k-norm and head_dim against the same call without them (benchmarks/modern.py)."""
     result = json.loads((RESULTS / "modern.json").read_text())
