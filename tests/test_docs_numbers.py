@@ -71,7 +71,7 @@ PAGES = [page for page in GUIDES
 def test_the_pages_with_tables_are_checked():
     names = {page.name for page in PAGES}
     assert {"decoding.md", "decoding.zh.md", "performance.md", "performance.zh.md",
-            "scaling-out.md", "scaling-out.zh.md", "modern-layers.md", "modern-layers.zh.md"} <= names, names
+            "scaling-out.md", "scaling-out.zh.md"} <= names, names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -379,6 +379,8 @@ def _local_table(result: dict) -> str:
 
 def modern_table() -> None:
     """Sinks, soft-capping, q/k-norm and head_dim against the same call without them (benchmarks/modern.py)."""
+    if not (RESULTS / "modern.json").exists():  # not measured yet: the guide shows no table
+        return
     result = json.loads((RESULTS / "modern.json").read_text())
     shape, machine = result["shape"], result["machine"]
     rows = [
