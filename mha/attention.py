@@ -427,7 +427,8 @@ class Attention(nn.Module):
 
     def _check_rolling(self, cache: RollingKVCache, mask: object) -> None:
         """A rolling cache: its window is this layer's, and its slots move, so a mask over them means nothing."""
-        if self.sliding_window is not None and cache.window != self.sliding_window:
+        # A windowless layer given a rolling cache would silently attend to its window only.
+        if cache.window != self.sliding_window:
             raise ValueError(
                 f"cache holds a window of {cache.window} positions, but this layer's sliding_window is "
                 f"{self.sliding_window}; make it with new_cache()"
@@ -912,14 +913,17 @@ class MultiHeadAttention(nn.Module):
 
         It holds this module's key/value heads (the local ones on a
         tensor-parallel rank). `dtype` and `device` default to the
-        parameters'. For a module with a `sliding_window` (or given
-        `sliding_window=w`) it is a [`mha.rolling.RollingKVCache`][mha.rolling.RollingKVCache] of `w`
+        parameters'. For a module with a `sliding_window` it is a
+        [`mha.rolling.RollingKVCache`][mha.rolling.RollingKVCache] of `w`
         positions: decoding then runs past `max_len`, which it does not need
-        (if given, it bounds nothing).
+        (if given, it bounds nothing). The window is always the module's:
+        `sliding_window`, if given, must equal it (a windowless module
+        decoding through a rolling cache would forget what its full pass sees).
 
         Raises:
-            ValueError: if `sliding_window` differs from the module's, or
-                neither `max_len` nor a window is given.
+            ValueError: if `sliding_window` differs from the module's (also
+                when the module has none), or neither `max_len` nor a window
+                is given.
 
         Examples:
             >>> import torch
@@ -933,9 +937,9 @@ class MultiHeadAttention(nn.Module):
         own = self.attention.sliding_window
         if sliding_window is not None:
             sliding_window = _checks.positive_int("sliding_window", sliding_window)
-            if own is not None and sliding_window != own:
+            if sliding_window != own:
                 raise ValueError(f"sliding_window must be this module's ({own}), got {sliding_window}")
-        window = own if sliding_window is None else sliding_window
+        window = own
         if window is not None:
             return RollingKVCache(
                 batch_size,

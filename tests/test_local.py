@@ -273,6 +273,27 @@ def test_a_plain_cache_on_a_windowed_layer_masks_by_position():
     torch.testing.assert_close(torch.cat(outs, 1), m(x, is_causal=True), atol=1e-6, rtol=1e-6)
 
 
+def test_a_rolling_cache_must_hold_the_layers_own_window():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 12)
+    m = MultiHeadAttention(12, 3).eval()  # no window: a rolling cache would forget what the full pass sees
+    with pytest.raises(ValueError, match=r"sliding_window must be this module's \(None\), got 2"):
+        m.new_cache(2, sliding_window=2)
+    refused = r"cache holds a window of \d positions, but this layer's sliding_window is None"
+    for cache in (RollingKVCache(2, 2, num_kv_heads=3, head_dim=4), MultiHeadAttention(12, 3, sliding_window=3).new_cache(2)):
+        for chunk in (1, 2):  # the one-token shortcut and the full path
+            with pytest.raises(ValueError, match=refused), torch.no_grad():
+                m(x[:, :chunk], is_causal=True, cache=cache)
+        assert cache.length == 0  # refused before anything was written
+    windowed = MultiHeadAttention(12, 3, sliding_window=3).eval()
+    with pytest.raises(ValueError, match="cache holds a window of 2 positions, but this layer's sliding_window is 3"):
+        windowed(x[:, :2], is_causal=True, cache=RollingKVCache(2, 2, num_kv_heads=3, head_dim=4))
+    cache = windowed.new_cache(2, sliding_window=3)
+    with torch.no_grad():
+        steps = torch.cat([windowed(x[:, t : t + 1], is_causal=True, cache=cache) for t in range(5)], 1)
+        torch.testing.assert_close(steps, windowed(x, is_causal=True))
+
+
 def test_rolling_cache_memory_follows_the_window_and_resets():
     m = _windowed(5)
     cache = m.new_cache(1, 1000)  # max_len bounds nothing for a windowed cache
