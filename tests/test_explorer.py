@@ -56,7 +56,8 @@ def test_head_table_is_computed_from_the_weights():
     rows = table.splitlines()[2:]
     assert len(rows) == 1 + lookup_model.LAYERS * lookup_model.HEADS
     assert rows[0].endswith("| 100.0% | 100.0% |")  # none silenced: every answer right
-    assert "第 1 层第 2 个头" in explorer_weights.head_table("zh")
+    assert "| layer 0, head 1 |" in table  # numbered from 0, as the code indexes them
+    assert "层 0 头 1" in explorer_weights.head_table("zh")
 
 
 def _weights(digits: str, layer: int, head: int) -> torch.Tensor:
@@ -68,7 +69,7 @@ def _weights(digits: str, layer: int, head: int) -> torch.Tensor:
 
 def _check_page_weights(page, digits: str, layer: int, head: int, token: int) -> None:
     page.wait_for_function(f"document.querySelector('.mha-explorer').dataset.ready === '{digits}'")
-    page.select_option("[data-explorer=layer]", index=layer)  # by index: the labels are 1-based numbers
+    page.select_option("[data-explorer=layer]", index=layer)  # the labels are the indices, from 0
     page.select_option("[data-explorer=head]", index=head)
     page.locator(f"[data-token='{token}']").focus()
     got = page.eval_on_selector_all("[data-token]", "els => els.map(e => [+e.dataset.token, +e.dataset.weight])")
@@ -80,7 +81,7 @@ def _check_page_weights(page, digits: str, layer: int, head: int, token: int) ->
     assert page.locator("[data-explorer=output]").inner_text().replace(" ", "").replace("\n", "") == answers
     # rows are labelled by position and digit, so repeated digits stay apart
     labels = page.eval_on_selector_all("[data-explorer=heatmap] th[scope=row]", "els => els.map(e => e.textContent)")
-    assert labels == [f"{i + 1}: {d}" for i, d in enumerate(digits)]
+    assert labels == [f"{i}: {d}" for i, d in enumerate(digits)]  # positions from 0, as in the code
 
 
 @pytest.mark.browser

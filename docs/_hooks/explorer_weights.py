@@ -31,7 +31,7 @@ HEADINGS = {
            "silenced: queries right"),
     "zh": ("头", "看列表中的下一个数字", "看匹配数字之后的数字", "屏蔽后：列表全对", "屏蔽后：查询全对"),
 }
-HEAD = {"en": "layer {layer}, head {head}", "zh": "第 {layer} 层第 {head} 个头"}
+HEAD = {"en": "layer {layer}, head {head}", "zh": "层 {layer} 头 {head}"}  # numbered from 0, as the code indexes them
 NONE = {"en": "none silenced", "zh": "不屏蔽"}
 
 
@@ -69,7 +69,7 @@ def measurements() -> tuple[tuple[str | None, dict[str, float], float, float], .
     rows = [(None, {}, lm.accuracy(model, held_out, slice(0, 4)), lm.accuracy(model, held_out, slice(4, 8)))]
     for (layer, head), scores in lm.head_scores(model, held_out).items():
         silenced = lm.ablated(model, layer, head)
-        rows.append((f"{layer + 1},{head + 1}", scores, lm.accuracy(silenced, held_out, slice(0, 4)),
+        rows.append((f"{layer},{head}", scores, lm.accuracy(silenced, held_out, slice(0, 4)),
                      lm.accuracy(silenced, held_out, slice(4, 8))))
     return tuple(rows)
 

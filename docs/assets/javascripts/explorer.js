@@ -124,7 +124,7 @@
     const heatmap = $("heatmap"), layerSelect = $("layer"), headSelect = $("head");
     const typedOption = examples.querySelector("option[value='']");
     const state = { result: null, digits: [], selected: null };
-    const label = (i) => `${i + 1}: ${state.digits[i]}`; // position (1-based) and digit
+    const label = (i) => `${i}: ${state.digits[i]}`; // position (from 0, as the code indexes it) and digit
 
     function paintSelection() {
       const { result, selected } = state;
@@ -147,7 +147,7 @@
 
     function drawHeatmap() {
       const w = state.result.weights[+layerSelect.value][+headSelect.value];
-      const head = `<tr><th scope="col"></th>${w.map((_, j) => `<th scope="col" aria-label="${label(j)}"><small>${j + 1}</small><br>${state.digits[j]}</th>`).join("")}</tr>`;
+      const head = `<tr><th scope="col"></th>${w.map((_, j) => `<th scope="col" aria-label="${label(j)}"><small>${j}</small><br>${state.digits[j]}</th>`).join("")}</tr>`;
       const rows = w.map((row, i) => `<tr data-row="${i}"><th scope="row">${label(i)}</th>${row
         .map((v) => `<td style="--weight:${v.toFixed(4)}"${v > 0.5 ? ' class="strong"' : ""} title="${v.toFixed(3)}">${Math.round(v * 100)}</td>`)
         .join("")}</tr>`);
@@ -170,7 +170,7 @@
       state.result = run(model, digits);
       tokens.innerHTML = digits
         .map((t, i) => `<button type="button" class="explorer-token" data-token="${i}" aria-pressed="false" `
-          + `aria-label="${label(i)}"><small>${i + 1}</small>${t}</button>`)
+          + `aria-label="${label(i)}"><small>${i}</small>${t}</button>`)
         .join("");
       for (const el of tokens.querySelectorAll("[data-token]")) {
         const i = +el.dataset.token;
