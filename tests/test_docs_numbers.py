@@ -30,6 +30,10 @@ VERSION = re.compile(r"(?:torch|Python|PyTorch|CUDA)\s+$")
 # Numbers in these pages' prose that are not measurements, with what they are.
 NOT_MEASURED = {
     "scaling-out": {"1e-5"},  # the tolerance the test suite checks the ranks to
+    "performance": {"25"},  # the benchmark's limit on a call it runs, not a measurement
+    # the tests' tolerance, a model's version ("Llama 3.1"), float32's resolution of an
+    # angle at 128k and of `1 + w`: arithmetic the text explains, not measurements
+    "transformers": {"1e-5", "3.1", "0.004", "6e-8"},
 }
 
 
@@ -63,15 +67,34 @@ def unmatched_numbers(markdown: str, tables: str, allowed: set[str] = frozenset(
 # The tables docs/_scripts/make_figures.py writes from benchmarks/results/*.json.
 BENCHMARK_TABLES = {"decoding-table.md", "dtypes-table.md", "performance-table.md", "context-parallel-table.md",
                     "hf-decoding-table.md", "hf-decoding-ratios-table.md", "hf-decoding-deep-table.md",
-                    "modern-layers-table.md"}
+                    "modern-layers-table.md", "local-attention-table.md", "hf-static-prefill-table.md"}
+
+
+def _table_name(include: str) -> str:
+    """The English name of an included table: NAME.zh.md is NAME.md in Chinese, the same numbers."""
+    return Path(include).name.replace(".zh.md", ".md")
+
+
 PAGES = [page for page in GUIDES
-         if any(Path(name).name in BENCHMARK_TABLES for name in SNIPPET.findall(page.read_text(encoding="utf-8")))]
+         if any(_table_name(name) in BENCHMARK_TABLES for name in SNIPPET.findall(page.read_text(encoding="utf-8")))]
 
 
 def test_the_pages_with_tables_are_checked():
     names = {page.name for page in PAGES}
     assert {"decoding.md", "decoding.zh.md", "performance.md", "performance.zh.md",
-            "scaling-out.md", "scaling-out.zh.md"} <= names, names
+            "scaling-out.md", "scaling-out.zh.md", "transformers.md", "transformers.zh.md"} <= names, names
+
+
+@pytest.mark.parametrize("page", [p for p in GUIDES if p.name.endswith(".zh.md")], ids=lambda p: p.name)
+def test_chinese_pages_include_the_chinese_tables(page):
+    """A zh page shows each benchmark table in Chinese: NAME.zh.md, whose numbers are NAME.md's."""
+    for name in SNIPPET.findall(page.read_text(encoding="utf-8")):
+        if _table_name(name) in BENCHMARK_TABLES:
+            assert name.endswith(".zh.md"), f"{page.name} includes the English {name}"
+            english = (ROOT / name.replace(".zh.md", ".md")).read_text(encoding="utf-8")
+            chinese = (ROOT / name).read_text(encoding="utf-8")
+            numbers = [sorted(m[1].rstrip(",") for m in NUMBER.finditer(text)) for text in (english, chinese)]
+            assert numbers[0] == numbers[1], name
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

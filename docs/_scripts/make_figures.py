@@ -19,6 +19,7 @@ benchmarks/results/*.json; modern-layers from benchmarks/results/modern.json).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -47,6 +48,84 @@ PADDED = SENTENCE[:6] + ["<pad>", "<pad>"]
 # #only-dark: transparent, with text in the palette's foreground colour.
 SCHEMES = {"": "#1f1f1f", "-dark": "#e2e4e9"}  # file suffix -> text and axis colour
 FONT = 15  # points; at dpi 110 a 550-px image shown on a 390-px phone keeps them at ~15 px
+
+
+# The tables in Chinese: the same numbers, headers and words translated. Each
+# table NAME.md gets a NAME.zh.md that the Chinese pages include. Longer
+# phrases first, so a phrase is translated before the words inside it.
+ZH = [
+    ("Measured on ", "测于 "), (", Python ", "，Python "),
+    (": medians of interleaved repetitions, same weights. Times and memory: lower is better; a ratio below 1 means "
+     "`mha` takes less. A float32 2048³ GEMM ran at ", "：交错重复测量的中位数，权重相同。时间和内存越低越好；比值小于 1 表示 `mha` "
+     "用得更少。同一次运行中 float32 2048³ GEMM 的速度为 "),
+    (" GFLOP/s in the same run.", " GFLOP/s。"),
+    ("GEMM 2048³ in the same run: ", "同一次运行中的 GEMM 2048³："),
+    ("bare SDPA module", "裸 SDPA 模块"), ("mha, of the GEMM", "mha 占 GEMM 的比例"),
+    ("| inference |", "| 推理 |"), ("| training |", "| 训练 |"), ("| memory |", "| 内存 |"),
+    (", forward peak", "，前向峰值"), (", forward+backward", "，前向+反向"), (", forward |", "，前向 |"),
+    ("one step, of the GEMM", "一步占 GEMM 的比例"), ("% of ", "%（GEMM 为 "),
+    (": a step reads every weight for a few FLOPs each (", "）：每一步为每个权重只做几次浮点运算（"),
+    ("faster than float32", "相对 float32 的加速"), ("of the GEMM", "占 GEMM 的比例"),
+    ("largest error against float64, relative to the output", "相对 float64 的最大误差（相对输出）"),
+    ("decode step, 1024 cached", "解码一步，已缓存 1024"), ("| forward b=", "| 前向 b="), ("| training b=", "| 训练 b="),
+    ("| measure | value |", "| 指标 | 数值 |"),
+    (" tokens, KV cache |", " 个词元，KV 缓存 |"), (" tokens, recomputing the causal pass |", " 个词元，每步重算因果前向 |"),
+    ("speed-up of the cache over recomputing (higher is better)", "缓存相对重算的加速（越高越好）"),
+    (" tokens, bare kernels (no module, no checks) |", " 个词元，裸内核（无模块、无检查） |"),
+    (" s: ", " s，"), ("x faster than recomputing, the least an eager step can cost",
+                      "x（相对重算的加速），是 eager 模式下一步的最低开销"),
+    ("one step, 64 positions filled, ", "一步，已填 64 个位置，"),
+    (" (1 = the buffer's size costs nothing)", "（1 表示缓冲区大小不影响耗时）"), ("step at ", "一步耗时："),
+    (" / at 128", " / 128 时"),
+    ("), so memory bounds it", "），瓶颈在内存"),
+    ("per-token time, last quarter of the 512 tokens / first quarter (1 = flat)",
+     "每词元耗时：512 个词元的最后四分之一 / 最前四分之一（1 表示不变）"),
+    ("cache memory, ", "缓存内存，"), (" key/value heads |", " 个键/值头 |"), (" (4x smaller)", "（小 4x）"),
+    ("| dtype | filled |", "| dtype | 已填 |"), ("HF DynamicCache, per layer", "HF DynamicCache，每层"),
+    ("mha, per layer", "mha，每层"), ("bare kernels", "裸内核"), ("bare / dynamic", "裸 / dynamic"),
+    ("| tokens | layers | set-up | step (lower is better) | speed-up over 1 thread | peak memory per rank | memory / 1 process |",
+     "| 词元 | 层数 | 配置 | 每步（越低越好） | 相对 1 线程的加速 | 每个 rank 的峰值内存 | 内存 / 1 进程 |"),
+    ("1 process, 1 thread", "1 进程 1 线程"), ("1 process, 2 threads", "1 进程 2 线程"),
+    ("2 ranks, 1 thread each", "2 个 rank，各 1 线程"),
+    ("| case | dtype | mha | compared with | ratio | target |", "| 情形 | dtype | mha | 对照 | 比值 | 目标 |"),
+    ("| prompt | cache | mha | mha, mask skipped | SDPA, no mha | mha / mask skipped | mha / SDPA |",
+     "| 提示长度 | 缓存长度 | mha | mha，跳过掩码 | SDPA（不用 mha） | mha / 跳过掩码 | mha / SDPA |"),
+    ("window 512, s = ", "窗口 512，s = "), (", peak memory", "，峰值内存"), ("dense band mask ", "稠密带状掩码 "),
+    ("unmasked causal call ", "无掩码的因果调用 "), ("16 documents x 1,024", "16 个文档 × 1,024"),
+    ("dense block-diagonal ", "稠密块对角掩码 "), ("not run", "未运行"), ("a batch of 16 ", "16 个一批 "),
+    ("(est.)", "（估计）"), ("plain causal ", "普通因果 "), ("ALiBi, s = ", "ALiBi，s = "), ("(peak ", "(峰值 "),
+    ("; a dense bias: ", "；稠密偏置："), ("| decoding ", "| 解码 "), (" tokens, rolling cache w = ", " 个词元，滚动缓存 w = "),
+    ("last quarter ", "最后四分之一 "), ("first quarter ", "最前四分之一 "), ("ms/token", "ms/词元"),
+    ("1024, h=", "1024，h="), (", torch ", "，torch "),
+    ("| case | setup |", "| 情形 | 配置 |"), ("| case | dtype |", "| 情形 | dtype |"),
+    ("| dtype | largest", "| dtype | largest"),
+]
+
+
+def _write_table(name: str, text: str) -> None:
+    """docs/_snippets/NAME.md and its Chinese twin NAME.zh.md: the same numbers."""
+    (SNIPPETS / f"{name}.md").write_text(text)
+    for en, zh in ZH:
+        text = text.replace(en, zh)
+    text = re.sub(r" \((\d+) cores\)", r"（\1 核）", text)
+    (SNIPPETS / f"{name}.zh.md").write_text(text)
+
+
+# The charts come in a light and a dark variant, like the attention pictures,
+# with 14-pt labels on a 550-px figure: about 12.5 px on a 390-px phone.
+CHART_FONT = 14
+
+
+def _chart_variants(draw, path: Path) -> None:
+    """Call draw() once per palette and save NAME.png and NAME-dark.png, transparent."""
+    for suffix, ink in SCHEMES.items():
+        style = {"text.color": ink, "axes.labelcolor": ink, "xtick.color": ink, "ytick.color": ink,
+                 "axes.edgecolor": ink, "font.size": CHART_FONT, "legend.facecolor": "none",
+                 "legend.edgecolor": ink, "legend.fontsize": CHART_FONT - 2}
+        with plt.rc_context(style):
+            fig = draw()
+            fig.savefig(path.with_name(path.stem + suffix + path.suffix), dpi=100, transparent=True)
+            plt.close(fig)
 
 
 def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str] | None = None) -> None:
@@ -115,31 +194,36 @@ def performance_figures() -> None:
     machine = attention["machine"]
     cases = attention["cases"]
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     names = ["mha", "torch", "bare"]
-    colors = {"mha": "#3f51b5", "torch": "#ee6c4d", "bare": "#8d99ae"}
-    for i, case in enumerate(("inference", "training")):
-        for j, name in enumerate(names):
-            value = cases[case]["values"][name] * 1e3
-            left.bar(i + (j - 1) * 0.27, value, 0.25, color=colors[name], label=name if i == 0 else None)
-            left.text(i + (j - 1) * 0.27, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
-    left.set_xticks([0, 1], ["inference\nb=1 s=2048 h=768", "training step\nb=4 s=512 h=512"])
-    left.set_ylabel("milliseconds (median)")
-    left.set_title("Time per call, lower is better")
-    left.legend()
+    colors = {"mha": "#5c6bc0", "torch": "#ee6c4d", "bare": "#8d99ae"}  # mha: 3 : 1 or more on white and on the dark palette
 
-    buckets = list(decoding["per_token"])
-    cached = [decoding["per_token"][b]["cached_ms"] for b in buckets]
-    recompute = [decoding["per_token"][b]["recompute_ms"] for b in buckets]
-    right.plot(buckets, recompute, "o-", color=colors["torch"], label="recompute the causal pass")
-    right.plot(buckets, cached, "o-", color=colors["mha"], label="KV cache")
-    right.set_xlabel("generated positions")
-    right.set_ylabel("ms per token (median)")
-    right.set_title(f"Decoding {decoding['tokens']} tokens: {decoding['speedup']:.1f}x faster")
-    right.legend()
-    fig.suptitle(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, float32", fontsize=9)
-    fig.savefig(IMAGES / "performance.png", dpi=110)
-    plt.close(fig)
+    def draw():
+        # One column: two side-by-side panels would shrink every label below legibility on a phone.
+        fig, (left, right) = plt.subplots(2, 1, figsize=(5.5, 8), constrained_layout=True)
+        for i, case in enumerate(("inference", "training")):
+            for j, name in enumerate(names):
+                value = cases[case]["values"][name] * 1e3
+                left.bar(i + (j - 1) * 0.27, value, 0.25, color=colors[name], label=name if i == 0 else None)
+                left.text(i + (j - 1) * 0.27, value, f"{value:.0f}", ha="center", va="bottom")
+        left.set_xticks([0, 1], ["inference\nb=1 s=2048 h=768", "training step\nb=4 s=512 h=512"])
+        left.set_ylabel("ms (median)")
+        left.set_title("Time per call, lower is better")
+        left.margins(y=0.15)
+        left.legend(loc="upper right")
+        buckets = list(decoding["per_token"])
+        cached = [decoding["per_token"][b]["cached_ms"] for b in buckets]
+        recompute = [decoding["per_token"][b]["recompute_ms"] for b in buckets]
+        right.plot(buckets, recompute, "o-", color=colors["torch"], label="recompute")
+        right.plot(buckets, cached, "o-", color=colors["mha"], label="KV cache")
+        right.tick_params(axis="x", labelrotation=30)
+        right.set_xlabel("generated positions")
+        right.set_ylabel("ms per token")
+        right.set_title(f"Decoding {decoding['tokens']} tokens:\n{decoding['speedup']:.1f}x faster with the cache")
+        right.legend()
+        fig.suptitle(f"{machine['cores']} CPU cores, torch {machine['torch']}, float32", fontsize=CHART_FONT - 1)
+        return fig
+
+    _chart_variants(draw, IMAGES / "performance.png")
 
     rows = [
         "| case | setup | mha | nn.MultiheadAttention | bare SDPA module | mha / torch | mha / bare | mha, of the GEMM |",
@@ -159,7 +243,7 @@ def performance_figures() -> None:
         "lower is better; a ratio below 1 means `mha` takes less. "
         f"A float32 2048³ GEMM ran at {attention['gemm_gflops']:.0f} GFLOP/s in the same run."
     )
-    (SNIPPETS / "performance-table.md").write_text("\n".join(rows) + "\n")
+    _write_table("performance-table", "\n".join(rows) + "\n")
 
     d = decoding
     decode_rows = [
@@ -178,7 +262,7 @@ def performance_figures() -> None:
         f"| cache memory, 8 key/value heads | {d['cache_bytes']['num_kv_heads=8'] / 2**20:.2f} MiB |",
         f"| cache memory, 2 key/value heads | {d['cache_bytes']['num_kv_heads=2'] / 2**20:.2f} MiB (4x smaller) |",
     ]
-    (SNIPPETS / "decoding-table.md").write_text("\n".join(decode_rows) + "\n")
+    _write_table("decoding-table", "\n".join(decode_rows) + "\n")
 
     dtypes = json.loads((RESULTS / "dtypes.json").read_text())
     gemm = dtypes["gemm_gflops"]
@@ -199,7 +283,7 @@ def performance_figures() -> None:
         )
     dtype_rows += ["", "| dtype | largest error against float64, relative to the output |", "|---|---|"]
     dtype_rows += [f"| {way} | {error:.1e} |" for way, error in dtypes["error_vs_float64"].items()]
-    (SNIPPETS / "dtypes-table.md").write_text("\n".join(dtype_rows) + "\n")
+    _write_table("dtypes-table", "\n".join(dtype_rows) + "\n")
 
     hf = json.loads((RESULTS / "hf_decoding.json").read_text())
     hf_rows = [
@@ -217,8 +301,8 @@ def performance_figures() -> None:
             f"| {case['dtype']} | {case['filled']} | {r['hf dynamic']:.2f} | "
             f"{r['hf static']:.2f} | {r['bare kernels']:.2f} | {case['bare_ratios']['hf dynamic']:.2f} |"
         )
-    (SNIPPETS / "hf-decoding-ratios-table.md").write_text("\n".join(ratio_rows) + "\n")
-    (SNIPPETS / "hf-decoding-table.md").write_text("\n".join(hf_rows) + "\n")
+    _write_table("hf-decoding-ratios-table", "\n".join(ratio_rows) + "\n")
+    _write_table("hf-decoding-table", "\n".join(hf_rows) + "\n")
     deep = hf["deep"]
     deep_rows = ["| dtype | filled | mha, per layer | HF DynamicCache, per layer | mha / dynamic |", "|---|---|---|---|---|"]
     for case in deep["cases"]:
@@ -227,7 +311,7 @@ def performance_figures() -> None:
             f"| {case['dtype']} | {case['filled']} | {ms['mha']:.3f} ms | {ms['hf dynamic']:.3f} ms | "
             f"{case['ratio']:.2f} |"
         )
-    (SNIPPETS / "hf-decoding-deep-table.md").write_text("\n".join(deep_rows) + "\n")
+    _write_table("hf-decoding-deep-table", "\n".join(deep_rows) + "\n")
 
 
 def context_parallel_figures() -> None:
@@ -236,29 +320,30 @@ def context_parallel_figures() -> None:
     machine, cases = result["machine"], result["cases"]
     shapes = list(dict.fromkeys((c["length"], c["layers"]) for c in cases))  # in the benchmark's order
     setups = list(dict.fromkeys(c["setup"] for c in cases))
-    colors = ["#8d99ae", "#ee6c4d", "#3f51b5"]
+    colors = ["#8d99ae", "#ee6c4d", "#5c6bc0"]
     by = {(c["length"], c["layers"], c["setup"]): c for c in cases}
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    for ax, key, label in ((axes[0], "seconds", "seconds per training step"), (axes[1], "peak_mib_per_rank", "peak MiB per rank")):
-        for j, setup in enumerate(setups):
-            for i, (length, layers) in enumerate(shapes):
-                value = by[(length, layers, setup)][key]
-                x = i + (j - 1) * 0.27
-                ax.bar(x, value, 0.25, color=colors[j], label=setup if i == 0 else None)
-                ax.text(x, value, f"{value:.1f}" if key == "seconds" else f"{value:.0f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(shapes)), [f"{n:,} tokens\n{layers} layers" for n, layers in shapes])
-        ax.set_ylabel(label)
-    axes[0].set_title("Time per step, lower is better")
-    axes[1].set_title("Memory per rank, lower is better")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
-        f"causal self-attention layers, h={result['hidden']}, {result['heads']} heads, {result['kv_heads']} key/value heads; "
-        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, float32",
-        fontsize=9,
-    )
-    fig.savefig(IMAGES / "context-parallel.png", dpi=110)
-    plt.close(fig)
+    def draw():
+        fig, axes = plt.subplots(2, 1, figsize=(5.5, 8), constrained_layout=True)
+        panels = ((axes[0], "seconds", "seconds per step", "Time per step, lower is better"),
+                  (axes[1], "peak_mib_per_rank", "peak MiB per rank", "Memory per rank, lower is better"))
+        for ax, key, label, title in panels:
+            for j, setup in enumerate(setups):
+                for i, (length, layers) in enumerate(shapes):
+                    value = by[(length, layers, setup)][key]
+                    x = i + (j - 1) * 0.27
+                    ax.bar(x, value, 0.25, color=colors[j], label=setup if i == 0 else None)
+                    ax.text(x, value, f"{value:.0f}", ha="center", va="bottom", fontsize=CHART_FONT - 1)
+            ax.set_xticks(range(len(shapes)), [f"{n:,} tokens\n{layers} layers" for n, layers in shapes])
+            ax.set_ylabel(label)
+            ax.set_title(title)
+            ax.margins(y=0.15)
+        axes[0].legend(loc="upper right")
+        fig.suptitle(f"h={result['hidden']}, {result['heads']} heads, {result['kv_heads']} key/value heads; "
+                     f"{machine['cores']} CPU cores, float32", fontsize=CHART_FONT - 1)
+        return fig
+
+    _chart_variants(draw, IMAGES / "context-parallel.png")
 
     rows = [
         "| tokens | layers | set-up | step (lower is better) | speed-up over 1 thread | peak memory per rank | memory / 1 process |",
@@ -270,7 +355,19 @@ def context_parallel_figures() -> None:
             f"| {c['length']:,} | {c['layers']} | {c['setup']} | {c['seconds']:.2f} s | {c['speedup']:.2f}x | "
             f"{c['peak_mib_per_rank']:.0f} MiB | {c['peak_mib_per_rank'] / one[(c['length'], c['layers'])]:.2f} |"
         )
-    (SNIPPETS / "context-parallel-table.md").write_text("\n".join(rows) + "\n")
+    _write_table("context-parallel-table", "\n".join(rows) + "\n")
+
+
+def prefill_table() -> None:
+    """A static cache's first chunk with and without its mask (benchmarks/hf_static_prefill.py)."""
+    result = json.loads((RESULTS / "hf_static_prefill.json").read_text())
+    rows = ["| prompt | cache | mha | mha, mask skipped | SDPA, no mha | mha / mask skipped | mha / SDPA |",
+            "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ms = r["ms"]
+        rows.append(f"| {r['prompt']:,} | {r['cache']:,} | {ms['mha']:,.0f} ms | {ms['mha, mask skipped']:,.0f} ms | "
+                    f"{ms['sdpa']:,.0f} ms | {r['mha / mask skipped']:.2f}x | {r['mha / sdpa']:.2f}x |")
+    _write_table("hf-static-prefill-table", "\n".join(rows) + "\n")
 
 
 def local_attention_figures() -> None:
@@ -317,7 +414,7 @@ def local_attention_figures() -> None:
     fig.suptitle(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; 16 heads, 4 key/value heads, d=64", fontsize=9)
     fig.savefig(IMAGES / "local-attention.png", dpi=110)
     plt.close(fig)
-    (SNIPPETS / "local-attention-table.md").write_text(_local_table(result))
+    _write_table("local-attention-table", _local_table(result))
 
 
 def _local_table(result: dict) -> str:
@@ -416,6 +513,7 @@ def main(tables_only: bool = False) -> None:
     context_parallel_figures()
     local_attention_figures()
     modern_table()
+    prefill_table()
     print(f"wrote figures to {IMAGES} and tables to {SNIPPETS}")
 
 
