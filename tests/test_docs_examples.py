@@ -84,8 +84,11 @@ def test_figures_script_redraws_every_figure(tmp_path, monkeypatch):
     make_figures.main()
     for name in ("attention-trained.png", "attention-weights.png", "attention-padding.png", "performance.png"):
         assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
-    for name in ("attention-trained", "attention-weights", "attention-padding"):
+    for name in ("attention-trained", "attention-weights", "attention-padding", "performance", "context-parallel"):
         assert (tmp_path / "images" / f"{name}-dark.png").read_bytes().startswith(b"\x89PNG")
+    for name in ("attention-trained", "attention-weights", "attention-padding"):  # labelled in Chinese
+        for variant in ("-zh", "-zh-dark"):
+            assert (tmp_path / "images" / f"{name}{variant}.png").read_bytes().startswith(b"\x89PNG")
     for written in (tmp_path / "snippets").glob("*.md"):  # the committed tables are the JSON's
         committed = ROOT / "docs" / "_snippets" / written.name
         assert written.read_text() == committed.read_text(), written.name

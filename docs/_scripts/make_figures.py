@@ -128,35 +128,59 @@ def _chart_variants(draw, path: Path) -> None:
             plt.close(fig)
 
 
-def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str] | None = None) -> None:
-    """One panel per head of (n_h, s_q, s_kv) weights, two panels a row, in a light and a dark variant.
+# The attention pictures' words, per language (Chinese side labels stand upright,
+# one character under the other, rather than lying on their side); the Chinese pages show NAME-zh.png and NAME-zh-dark.png.
+WORDS = {
+    "en": {"head": "head {h}", "key": "key", "query": "query", "weight": "weight", "layer": "{nth} layer\nhead {h}",
+           "nth": ["first", "second", "third", "fourth"]},
+    "zh": {"head": "头 {h}", "key": "键", "query": "查\n询", "weight": "权\n重", "upright": True, "layer": "{nth}层\n头 {h}",
+           "nth": ["第一", "第二", "第三", "第四"]},
+}
+FILE_SUFFIX = {"en": "", "zh": "-zh"}
+CJK_FONTS = ["DejaVu Sans", "Noto Sans CJK SC"]  # Latin from DejaVu, Chinese from Noto
+
+
+def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path, layers: int | None = None) -> None:
+    """One panel per head of (n_h, s_q, s_kv) weights, two panels a row, light and dark, English and Chinese.
+
+    With `layers`, the panels are layers * heads, titled by layer and head.
 
     Heads are numbered from 0, as `weights[:, h]` indexes them. Two columns
     rather than one row, a 550-px-wide image and 15-pt labels: a 390-px phone
     shows the picture at about 0.65 of its size, the labels at about 15 px.
     """
-    for suffix, ink in SCHEMES.items():
-        style = {"text.color": ink, "axes.labelcolor": ink, "xtick.color": ink, "ytick.color": ink,
-                 "axes.edgecolor": ink, "font.size": FONT}
-        with plt.rc_context(style):
-            _heatmap_figure(weights, tokens, path.with_name(path.stem + suffix + path.suffix), titles)
+    for lang, words in WORDS.items():
+        if layers is None:
+            titles = [words["head"].format(h=h) for h in range(weights.shape[0])]
+        else:
+            per_layer = weights.shape[0] // layers
+            titles = [words["layer"].format(nth=words["nth"][layer], h=h) for layer in range(layers) for h in range(per_layer)]
+        for suffix, ink in SCHEMES.items():
+            style = {"text.color": ink, "axes.labelcolor": ink, "xtick.color": ink, "ytick.color": ink,
+                     "axes.edgecolor": ink, "font.size": FONT, "font.family": CJK_FONTS}
+            name = path.stem + FILE_SUFFIX[lang] + suffix + path.suffix
+            with plt.rc_context(style):
+                _heatmap_figure(weights, tokens, path.with_name(name), titles, words)
 
 
-def _heatmap_figure(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str] | None) -> None:
+def _heatmap_figure(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str],
+                    words: dict) -> None:
     n_h = weights.shape[0]
     rows = (n_h + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(5.0, 2.9 * rows), constrained_layout=True, squeeze=False)
     for head, ax in enumerate(axes.flat):
         image = ax.imshow(weights[head], vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_title(titles[head] if titles else f"head {head}", fontsize=FONT)
+        ax.set_title(titles[head], fontsize=FONT)
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=FONT)
         ax.set_yticks(range(len(tokens)), tokens if head % 2 == 0 else [], fontsize=FONT)
         if head >= n_h - 2:
-            ax.set_xlabel("key", fontsize=FONT)
+            ax.set_xlabel(words["key"], fontsize=FONT)
         if head % 2 == 0:
-            ax.set_ylabel("query", fontsize=FONT)
+            upright = {"rotation": 0, "ha": "right", "va": "center"} if words.get("upright") else {}
+            ax.set_ylabel(words["query"], fontsize=FONT, **upright)
     bar = fig.colorbar(image, ax=axes, shrink=0.6)
-    bar.set_label("weight", fontsize=FONT)
+    upright = {"rotation": 0, "ha": "left", "va": "center"} if words.get("upright") else {}
+    bar.set_label(words["weight"], fontsize=FONT, **upright)
     bar.ax.tick_params(labelsize=FONT - 1)
     bar.outline.set_visible(False)
     fig.savefig(path, dpi=110, transparent=True)
@@ -170,9 +194,7 @@ def trained_figure() -> None:
     with torch.no_grad():
         _, weights = model(torch.tensor([digits]))
     grid = torch.stack([w[0, h] for w in weights for h in range(w.shape[1])])  # (layers * heads, s, s)
-    ordinal = ["first", "second", "third", "fourth"]
-    titles = [f"{ordinal[layer]} layer\nhead {h}" for layer in range(len(weights)) for h in range(weights[0].shape[1])]
-    heatmaps(grid, [str(d) for d in digits], IMAGES / "attention-trained.png", titles)
+    heatmaps(grid, [str(d) for d in digits], IMAGES / "attention-trained.png", layers=len(weights))
 
 
 def attention_figures() -> None:
