@@ -271,7 +271,7 @@ def attend(
                     enable_gqa=group > 1,
                 )
             else:
-                block_mask = masks.combine_masks(local, user)  # ALiBi's float32 first
+                block_mask = masks._combine(local, user)  # ALiBi's float32 first
                 context, _ = kernel(q_blk, k_blk, v_blk, block_mask, causal, scale, dropout_p, "fused", **options)
             out[rows, :, a - offset : e - offset] = context
     return out

@@ -95,7 +95,7 @@ def _rows(
         allowed = torch.arange(s_kv, device=query.device) <= (
             torch.arange(start, stop, device=query.device)[:, None] + (s_kv - s_q)
         )
-        chunk_mask = masks.combine_masks(chunk_mask, allowed)
+        chunk_mask = masks._combine(chunk_mask, allowed)
     rows = query if start == 0 and stop == s_q else query[:, :, start:stop]  # no slice to trace when compiled
     return _chunk(rows, key, value, chunk_mask, scale, dropout_p, softcap, sinks)
 

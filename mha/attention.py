@@ -326,7 +326,24 @@ class Attention(nn.Module):
         for name, t in (("key", key), ("value", value)):
             _checks.same_dtype(name, t, "query", query)
             _checks.same_device(name, t, "query", query.device)
+        return self._run(
+            query, key, value, mask=mask, is_causal=is_causal, need_weights=need_weights, cache=cache,
+            token_mask=token_mask, document_ids=document_ids,
+        )
+
+    def _run(
+        self, query: Tensor, key: Tensor, value: Tensor, *, projections: tuple[nn.Module, ...] | None = None,
+        mask: Tensor | None, is_causal: bool, need_weights: bool, cache: KVCache | None,
+        token_mask: Tensor | None, document_ids: Tensor | None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The one way in after the inputs' shapes are checked: options checked, then (projected and) attended.
+
+        `MultiHeadAttention` passes its unprojected inputs with its `q/k/v`
+        `projections`, so that every option is checked before any projection runs.
+        """
         self._check_options(query, key.shape[1], mask, is_causal, need_weights, cache, token_mask, document_ids)
+        if projections is not None:
+            query, key, value = projections[0](query), projections[1](key), projections[2](value)
         return self._attend(query, key, value, mask, is_causal, need_weights, cache, token_mask, document_ids)
 
     def _check_nested(
@@ -521,9 +538,9 @@ class Attention(nn.Module):
                 # them, so "causal within the chunk" is the bottom-right causal mask.
                 is_causal = s_q > 1
             else:
-                mask = masks.combine_masks(mask, cache.visible(s_q))
+                mask = masks._combine(mask, cache.visible(s_q))
                 if pattern is not None:
-                    mask = masks.combine_masks(self._slot_mask(cache, pattern, s_q, q), mask)
+                    mask = masks._combine(self._slot_mask(cache, pattern, s_q, q), mask)
                 is_causal, pattern = False, None  # the visible slots are already causal within the chunk
 
         dropout_p = self.dropout if self.training else 0.0
@@ -568,7 +585,7 @@ class Attention(nn.Module):
             Pattern(cache.window, self.alibi), positions, key_positions, is_causal=True, num_heads=q.shape[1],
             dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
         )
-        return q, keys, values, masks.combine_masks(mask, (key_positions >= 0)[:, None, None, :])
+        return q, keys, values, masks._combine(mask, (key_positions >= 0)[:, None, None, :])
 
     def _attend_across_ranks(self, layout: SequenceLayout, q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
         """Context parallelism: local shards in, this rank's shard of the context out."""
@@ -852,12 +869,9 @@ class MultiHeadAttention(nn.Module):
         self._check_inputs(query, key, value)
         if cross:
             self._check_cross(document_ids)
-        self.attention._check_options(
-            query, key.shape[1], mask, is_causal, need_weights, cache, token_mask, document_ids
-        )
-        result = self.attention._attend(
-            self.q_proj(query), self.k_proj(key), self.v_proj(value), mask, is_causal, need_weights, cache,
-            token_mask, document_ids,
+        result = self.attention._run(
+            query, key, value, projections=(self.q_proj, self.k_proj, self.v_proj), mask=mask, is_causal=is_causal,
+            need_weights=need_weights, cache=cache, token_mask=token_mask, document_ids=document_ids,
         )
         if isinstance(result, tuple):
             context, weights = result

@@ -254,7 +254,7 @@ def _prepare_mask(
     # A causal mask alone lets the last query see every key: nothing to guard.
     guard = guard and mask is not None
     if is_causal:
-        mask = masks.combine_masks(mask, masks.causal(s_q, s_kv, device))
+        mask = masks._combine(mask, masks.causal(s_q, s_kv, device))
     if mask is None:
         return _Mask(None, False, None, None)
     if mask.ndim < 4:
@@ -556,7 +556,7 @@ def attend(
         local = _blockwise.dense_mask(
             pattern, s_q, s_kv, is_causal=is_causal, num_heads=n_h, dtype=query.dtype, device=query.device
         )
-        mask, is_causal = masks.combine_masks(local, mask), False  # ALiBi's float32 first: it sets the dtype
+        mask, is_causal = masks._combine(local, mask), False  # ALiBi's float32 first: it sets the dtype
     if softcap is not None or (sinks is not None and (path == "math" or dropout_p > 0.0)):
         from mha import _chunked  # imports this module
 
@@ -625,7 +625,7 @@ def _attend_with_sinks(
     mask, keep = prepared.mask, prepared.keep
     if mask is not None:
         # The kernels that return their log-sum-exp take an additive mask in the query's dtype.
-        mask = masks.to_additive(mask, query.dtype) if mask.dtype == torch.bool else _fit_mask(mask, query.dtype)
+        mask = masks._additive(mask, query.dtype) if mask.dtype == torch.bool else _fit_mask(mask, query.dtype)
         mask = None if mask is None else mask.to(query.dtype)
     context = _sinks.fused_with_sinks(query, key, value, sinks, mask, prepared.kernel_causal, scale)
     return context if keep is None else context.masked_fill(~keep, 0.0)

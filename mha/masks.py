@@ -308,7 +308,11 @@ def to_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         >>> to_additive(torch.tensor([True, False]))
         tensor([0., -inf])
     """
-    mask = _checks.tensor("mask", mask)
+    return _additive(_checks.tensor("mask", mask), dtype)
+
+
+def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """`to_additive` without its check, for the core, which checked its masks at the entry."""
     if mask.dtype != torch.bool:
         return mask.to(dtype)
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
@@ -335,9 +339,14 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
                 [1, 1, 0],
                 [1, 1, 0]], dtype=torch.int32)
     """
-    present = [m for m in masks if m is not None]
-    for i, m in enumerate(present):
+    for i, m in enumerate([m for m in masks if m is not None]):
         _checks.tensor(f"masks[{i}]", m)
+    return _combine(*masks)
+
+
+def _combine(*masks: Tensor | None) -> Tensor | None:
+    """`combine_masks` without its checks, for the core, which checked its masks at the entry."""
+    present = [m for m in masks if m is not None]
     if not present:
         return None
     float_dtypes = [m.dtype for m in present if m.is_floating_point()]
@@ -347,9 +356,9 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
             combined = combined & m
         return combined
     dtype = float_dtypes[0]
-    combined = to_additive(present[0], dtype)
+    combined = _additive(present[0], dtype)
     for m in present[1:]:
-        combined = combined + to_additive(m, dtype)
+        combined = combined + _additive(m, dtype)
     return combined
 
 
@@ -410,4 +419,4 @@ def from_torch_masks(
             )
         kpm = key_padding_mask[:, None, None, :]  # (b, 1, 1, s_kv)
         converted.append(~kpm if kpm.dtype == torch.bool else kpm)
-    return combine_masks(*converted)
+    return _combine(*converted)
