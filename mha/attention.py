@@ -838,7 +838,8 @@ class MultiHeadAttention(nn.Module):
                 `attn_mask` on purpose: `nn.MultiheadAttention`'s boolean
                 `attn_mask` means the opposite, and code written for it
                 should fail loudly here rather than silently invert.
-            is_causal: causal mask aligned bottom-right.
+            is_causal: causal mask aligned bottom-right. With a cache it is
+                not consulted: a multi-token chunk always attends causally.
             need_weights: also return per-head weights (uses the math path).
             cache: a [`mha.KVCache`][mha.KVCache] from [`new_cache`][mha.MultiHeadAttention.new_cache], for decoding.
             token_mask: with a cache, a bool `(b, s_q)`, True at real tokens and

@@ -625,3 +625,8 @@ def test_functional_attention_checks_the_head_shapes():
         attention(q, k, torch.randn(2, 2, 6, 8))
     with pytest.raises(ValueError, match=r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 4, 3, 5\), got shape \(3, 4\)"):
         attention(q, k, k, mask=torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_forward_docstring_says_a_cached_chunk_attends_causally():
+    for forward in (Attention.forward, MultiHeadAttention.forward):
+        assert "always attends causally" in " ".join((forward.__doc__ or "").split())
