@@ -57,20 +57,28 @@ def attend(
     softcap: float | None,
     sinks: Tensor | None,
     need_weights: bool,
+    guard: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """`mha.functional.attend` on the math path, one chunk of queries at a time.
 
+    `guard=False` skips zeroing the key/value positions the mask blocks for
+    every query of the call (as `mha.functional.attend`'s `guard`).
     Returns `(context, weights)`; `weights` (all rows) only when `need_weights`.
     """
     b, n_h, s_q = query.shape[:3]
     s_kv = key.shape[-2]
     if mask is not None and mask.ndim < 4:
         mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    rows = chunk_rows(b, n_h, s_q, s_kv, query.dtype)
+    if guard and mask is not None:
+        # Once for the whole call, not per chunk: a position blocked for every query
+        # holds anything (inf, NaN) and must not reach any row's scores or context.
+        blocked = _blocked_columns(mask, is_causal, s_q, s_kv, key.shape[1], rows)
+        key, value = functional._zero_blocked(key, blocked), functional._zero_blocked(value, blocked)
     if _tracing():
         # One chunk: a loop over symbolic sizes would pin them in the graph.
         context, w = _rows(query, key, value, mask, is_causal, 0, s_q, scale, dropout_p, softcap, sinks)
         return context, (w if need_weights else None)
-    rows = chunk_rows(b, n_h, s_q, s_kv, query.dtype)
     contexts, weights = [], []
     for start in range(0, s_q, rows):
         stop = min(start + rows, s_q)
@@ -83,19 +91,46 @@ def attend(
     return torch.cat(contexts, dim=2), (torch.cat(weights, dim=2) if need_weights else None)
 
 
+def _blocked_columns(mask: Tensor, is_causal: bool, s_q: int, s_kv: int, n_kv: int, rows: int) -> Tensor:
+    """Key/value positions no query of the call may see, `(b|1, n_kv|1, s_kv, 1)` bool, a chunk of rows at a time.
+
+    `mask` is 4-D; with `is_causal` its chunks are combined with the causal
+    mask's, so memory stays one chunk's mask.
+    """
+    step = s_q if _tracing() else rows
+    seen = torch.zeros((), dtype=torch.bool, device=mask.device)
+    for start in range(0, s_q, step):
+        chunk = _chunk_mask(mask, is_causal, start, min(start + step, s_q), s_q, s_kv, mask.device)
+        allowed = chunk if chunk.dtype == torch.bool else ~torch.isneginf(chunk)
+        seen = seen | allowed.any(dim=-2)  # (b|1, n_h|1, s_kv)
+    if seen.shape[1] != 1 and seen.shape[1] != n_kv:
+        seen = seen.unflatten(1, (n_kv, -1)).any(dim=2)  # the query heads of a group share their keys
+    return ~seen.unsqueeze(-1)
+
+
+def _chunk_mask(
+    mask: Tensor, is_causal: bool, start: int, stop: int, s_q: int, s_kv: int, device: torch.device
+) -> Tensor:
+    """The rows `start:stop` of a 4-D mask, combined with those of the causal mask."""
+    chunk_mask = mask if mask.shape[-2] == 1 else mask[..., start:stop, :]
+    return chunk_mask if not is_causal else masks._combine(chunk_mask, _causal_rows(start, stop, s_q, s_kv, device))
+
+
+def _causal_rows(start: int, stop: int, s_q: int, s_kv: int, device: torch.device) -> Tensor:
+    """Rows `start:stop` of the bottom-right causal mask: query i is position i + s_kv - s_q among the keys."""
+    return torch.arange(s_kv, device=device) <= (torch.arange(start, stop, device=device)[:, None] + (s_kv - s_q))
+
+
 def _rows(
     query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, is_causal: bool, start: int, stop: int,
     scale: float | None, dropout_p: float, softcap: float | None, sinks: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """`_chunk` for query rows `start:stop`, with their rows of the mask and of the causal mask."""
     s_q, s_kv = query.shape[2], key.shape[2]
-    chunk_mask = mask if mask is None or mask.shape[-2] == 1 else mask[..., start:stop, :]
-    if is_causal:
-        # Bottom-right: query i is position i + s_kv - s_q among the keys.
-        allowed = torch.arange(s_kv, device=query.device) <= (
-            torch.arange(start, stop, device=query.device)[:, None] + (s_kv - s_q)
-        )
-        chunk_mask = masks._combine(chunk_mask, allowed)
+    if mask is not None:
+        chunk_mask: Tensor | None = _chunk_mask(mask, is_causal, start, stop, s_q, s_kv, query.device)
+    else:
+        chunk_mask = _causal_rows(start, stop, s_q, s_kv, query.device) if is_causal else None
     rows = query if start == 0 and stop == s_q else query[:, :, start:stop]  # no slice to trace when compiled
     return _chunk(rows, key, value, chunk_mask, scale, dropout_p, softcap, sinks)
 

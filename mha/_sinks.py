@@ -49,7 +49,9 @@ class _FusedWithSinks(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         out, lse = _lse._attend_block(q, k, v, causal, scale, mask)  # lse: (b, n_h, s_q), float32 or wider
         final = torch.logaddexp(lse, sinks.to(lse.dtype).view(-1, 1))  # log(Σ e^s + e^z)
-        context = (out.to(lse.dtype) * torch.exp(lse - final).unsqueeze(-1)).to(out.dtype)
+        # In place on the kernel's fresh output: no second output-sized tensor; a
+        # half-precision output is multiplied in float32 and rounded once.
+        context = out.mul_(torch.exp(lse - final).unsqueeze(-1))
         return context, final
 
     @staticmethod

@@ -562,7 +562,7 @@ def attend(
 
         return _chunked.attend(
             query, key, value, mask, is_causal, scale, dropout_p,
-            softcap=softcap, sinks=sinks, need_weights=path == "math",
+            softcap=softcap, sinks=sinks, need_weights=path == "math", guard=guard,
         )
     prepared = _prepare_mask(
         mask, is_causal, s_q=s_q, s_kv=s_kv, scale=scale, guard=guard, n_kv=key.shape[-3], device=query.device

@@ -4,7 +4,8 @@ Hypothesis draws combinations of the options (masks of each rank and dtype,
 causal with s_q <= s_kv, MHA/GQA/MQA, one query and many, scale 0 and
 extremes, empty sequences, half types, inf/NaN keys and values at positions
 no query may see) and runs them through `mha.functional.attention` on the
-fused and the math path, `attention_weights`, and the KV cache (prefill, then
+fused and the math path (with a sink logit and soft-capping too),
+`attention_weights`, and the KV cache (prefill, then
 one token at a time, against the full causal pass). A few fixed inputs run
 under `torch.compile(fullgraph=True)`. Every input that ever failed is a
 `test_regression_*` below, with its numbers.
@@ -30,12 +31,14 @@ SETTINGS = settings(max_examples=70, deadline=None, derandomize=True)
 INF = float("inf")
 
 
-def reference(q, k, v, allowed, additive, scale):
+def reference(q, k, v, allowed, additive, scale, sinks=None, softcap=None):
     """Context and weights in float64, one query row at a time.
 
     `allowed` (b, n_h, s_q, s_kv) bool; `additive` the same shape in float64 or
     None; only allowed keys enter a row, so nothing else can matter. A row
-    with no allowed key gets zero weights and a zero context.
+    with no allowed key gets zero weights and a zero context. `softcap` maps
+    each score to `c tanh(s / c)` before the mask is added; `sinks` `(n_h,)`
+    joins each row's softmax as one more logit with no value.
     """
     q, k, v = q.double(), k.double(), v.double()
     b, n_h, s_q, d = q.shape
@@ -51,9 +54,14 @@ def reference(q, k, v, allowed, additive, scale):
                 if not cols:
                     continue
                 scores = torch.stack([(q[i, h, r] * k[i, g, j]).sum() * scale for j in cols])
+                if softcap is not None:
+                    scores = softcap * torch.tanh(scores / softcap)
                 if additive is not None:
                     scores = scores + additive[i, h, r, cols]
-                w = torch.softmax(scores, dim=0)
+                if sinks is None:
+                    w = torch.softmax(scores, dim=0)
+                else:
+                    w = torch.softmax(torch.cat([scores, sinks[h : h + 1].double()]), dim=0)[:-1]
                 weights[i, h, r, cols] = w
                 context[i, h, r] = (w[:, None] * v[i, g, cols]).sum(0)
     return context, weights
@@ -140,6 +148,22 @@ def test_fused_math_and_weights_agree_with_the_reference(case):
     assert_close(math_, expected, case["dtype"])
     assert_close(weights, expected_weights, case["dtype"])
     assert_close(attention_weights(q, k, **options), expected_weights, case["dtype"])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(case=cases(), sinks=st.booleans(), softcap=st.sampled_from([None, 0.7, 3.0]))
+def test_sinks_and_softcap_agree_with_the_reference(case, sinks, softcap):
+    # Inf/NaN at blocked positions too: the fused rescale and the chunked math path keep the guard.
+    q, k, v, mask, allowed, additive = build(case)
+    g = torch.Generator().manual_seed(case["seed"] + 1)
+    sink = (torch.randint(-4, 5, (case["n_h"],), generator=g) / 2).to(case["dtype"]) if sinks else None
+    options = {"mask": mask, "is_causal": case["is_causal"], "scale": case["scale"], "sinks": sink, "softcap": softcap}
+    expected, expected_weights = reference(q, k, v, allowed, additive, case["scale"], sink, softcap)
+    fused, _ = attention(q, k, v, **options)  # fused with a sink alone; soft-capping runs in query chunks
+    math_, weights = attention(q, k, v, need_weights=True, **options)
+    assert_close(fused, expected, case["dtype"])
+    assert_close(math_, expected, case["dtype"])
+    assert_close(weights, expected_weights, case["dtype"])
 
 
 @st.composite
