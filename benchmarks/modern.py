@@ -3,30 +3,37 @@
 b=1, s=4096 (or --seq), h=2048, 16 query heads of 128, 4 key/value heads, causal, forward
 only (inference). Attention rows time `mha.functional.attention` on split
 heads; layer rows time a whole `mha.MultiHeadAttention`. Times are medians of
-interleaved repetitions in one process; "of GEMM" is the row's nominal FLOP
+interleaved repetitions in one process;
+"of GEMM" is the row's nominal FLOP
 rate (causal counted in full) over a same-dtype 2048³ matrix product measured
-in the same run. Peak memory is the most resident memory during one call (sampled
-every 0.5 ms) in a fresh process, above what the process held before the call.
+in the same run. Peak memory is the most resident memory during a row's call
+(a thread samples /proc/self/statm every millisecond), above what the process
+held just before that call, the largest over its repetitions. So that freed
+blocks leave the resident set at once, the script re-runs itself with glibc's
+`MALLOC_MMAP_THRESHOLD_` fixed at 128 KiB (every larger block is its own
+mapping, unmapped when freed): an earlier row's freed memory cannot be reused
+unseen by a later one.
 
 Targets: sinks <= 1.05x the same call without sinks; qk_norm <= 1.10x.
 
     PYTHONPATH=$PWD python3 benchmarks/modern.py            # s = 4096
     PYTHONPATH=$PWD python3 benchmarks/modern.py --seq 1024 # what a loaded 2-core machine can do in minutes
+    PYTHONPATH=$PWD python3 benchmarks/modern.py --repeats 1 --warmup 0  # s = 4096 both dtypes in ~10 min there
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import resource
-import subprocess
+import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
 
 import torch
-from common import gemm_gflops, interleaved_medians, machine, print_table, write_results
+from common import gemm_gflops, machine, print_table, write_results
 from torch import nn
 
 from mha import MultiHeadAttention
@@ -99,56 +106,57 @@ BASELINES = {
 }
 
 
-def memory_child(name: str, dtype_name: str) -> None:
-    """In a fresh process: the peak resident memory growth (MiB) of one call of row `name`."""
-    call = rows(getattr(torch, dtype_name))[name][0]
-    # The process's high-water mark (ru_maxrss) may come from setting up every row;
-    # a thread samples the resident memory during this call instead.
-    peak, done = [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _current_rss_kib())
-            time.sleep(0.0005)
-
-    with torch.inference_mode():
-        before = _current_rss_kib()
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        call()
-        done.set()
-        sampler.join()
-    print(json.dumps({"peak_mib": (max(peak[0], _current_rss_kib()) - before) / 1024}))
+MMAP_THRESHOLD = str(128 * 1024)
 
 
 def _current_rss_kib() -> int:
-    pages = int(open("/proc/self/statm").read().split()[1])
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
     return pages * resource.getpagesize() // 1024
 
 
-def peak_memory(names: list[str], dtype_name: str) -> dict[str, float]:
-    out = {}
-    for name in names:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--memory-child", name, "--dtype", dtype_name, "--seq", str(S)],
-            capture_output=True, text=True, check=True,
-        )
-        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
-    return out
+def timed_with_peaks(
+    fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds of interleaved calls, and each row's peak resident growth (MiB) over its calls."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    peaks = dict.fromkeys(fns, 0.0)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            peak, done = [0], threading.Event()
+
+            def sample(peak: list[int] = peak, done: threading.Event = done) -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], _current_rss_kib())
+                    time.sleep(0.001)
+
+            before = _current_rss_kib()
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+            done.set()
+            sampler.join()
+            peaks[name] = max(peaks[name], (max(peak[0], _current_rss_kib()) - before) / 1024)
+    return {name: statistics.median(t) for name, t in samples.items()}, peaks
 
 
 def main() -> None:
     global S
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each row first")
     parser.add_argument("--seq", type=int, default=S, help="sequence length s")
     args = parser.parse_args()
     S = args.seq
-    if args.memory_child:
-        memory_child(args.memory_child, args.dtype)
-        return
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
+        # Fixed (not glibc's adaptive threshold): large freed blocks go back to the system.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     info = machine()
     print(f"CPU: {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads), torch {info['torch']}")
     results: dict[str, object] = {}
@@ -156,9 +164,10 @@ def main() -> None:
         dtype = getattr(torch, dtype_name)
         table = rows(dtype)
         with torch.inference_mode():
-            times = interleaved_medians({n: c for n, (c, _) in table.items()}, repeats=args.repeats, warmup=1)
-        gemm = gemm_gflops(dtype, repeats=args.repeats)
-        memory = peak_memory(list(table), dtype_name) if dtype_name == "float32" else {}
+            times, memory = timed_with_peaks(
+                {n: c for n, (c, _) in table.items()}, repeats=args.repeats, warmup=args.warmup
+            )
+        gemm = gemm_gflops(dtype, repeats=max(3, args.repeats))
         printed, saved = [], {}
         for name, (_, flops) in table.items():
             ratio = times[name] / times[BASELINES[name]] if name in BASELINES else 1.0
@@ -170,10 +179,13 @@ def main() -> None:
                 f"{fraction:.2f}", "-" if mib is None else f"{mib:.0f}",
             ])
             saved[name] = {"ms": times[name] * 1e3, "vs_baseline": ratio, "of_gemm": fraction, "peak_mib": mib}
-        print(f"\n{dtype_name}: b={B} s={S} h={H} n_h={N_H} n_kv={N_KV} d={D}, causal; GEMM {gemm:.0f} GFLOP/s")
+        print(f"\n{dtype_name}: {args.repeats} interleaved repetitions, {args.warmup} warm-up")
+        print(f"{dtype_name}: b={B} s={S} h={H} n_h={N_H} n_kv={N_KV} d={D}, causal; GEMM {gemm:.0f} GFLOP/s")
         print_table(["row", "ms", "vs without", "of GEMM", "peak MiB"], printed)
         results[dtype_name] = {"gemm_gflops": gemm, "rows": saved}
-    path = write_results("modern", {"shape": {"b": B, "s": S, "h": H, "n_h": N_H, "n_kv": N_KV, "d": D}, **results})
+    shape = {"b": B, "s": S, "h": H, "n_h": N_H, "n_kv": N_KV, "d": D}
+    runs = {"repeats": args.repeats, "warmup": args.warmup}
+    path = write_results("modern", {"shape": shape, "runs": runs, **results})
     print(f"\nwritten to {path}")
 
 
