@@ -113,9 +113,8 @@ def _chunk_mask(
 ) -> Tensor:
     """The rows `start:stop` of a 4-D mask, combined with those of the causal mask."""
     chunk_mask = mask if mask.shape[-2] == 1 else mask[..., start:stop, :]
-    if not is_causal:
-        return chunk_mask
-    return masks._combine(chunk_mask, _causal_rows(start, stop, s_q, s_kv, device))
+    combined = masks._combine(chunk_mask, _causal_rows(start, stop, s_q, s_kv, device)) if is_causal else None
+    return chunk_mask if combined is None else combined
 
 
 def _causal_rows(start: int, stop: int, s_q: int, s_kv: int, device: torch.device) -> Tensor:
