@@ -518,8 +518,9 @@ def modern_table() -> None:
         f"({machine['cores']} cores), torch {machine['torch']}: medians of interleaved repetitions in one process. "
         "Attention rows time `mha.functional.attention` on split heads, layer rows a whole "
         "`MultiHeadAttention`; ratios divide by `plain (fused)` or `layer, plain`. \"Of the GEMM\" counts the "
-        "causal scores in full, so a kernel that skips the masked half can pass 100%. Peak memory (float32) is one "
-        "call's growth in a fresh process. A same-dtype 2048³ GEMM ran at "
+        "causal scores in full, so a kernel that skips the masked half can pass 100%. Peak memory is the largest "
+        "resident growth during one of the row's calls (sampled every millisecond; glibc's mmap threshold fixed, so "
+        "freed blocks leave the resident set). A same-dtype 2048³ GEMM ran at "
         f"{result['float32']['gemm_gflops']:.0f} (float32) and {result['bfloat16']['gemm_gflops']:.0f} (bfloat16) "
         "GFLOP/s in the same run."
     )
