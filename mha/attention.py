@@ -371,8 +371,11 @@ class Attention(nn.Module):
         """Flags, mask and cache; `query` is `(b, s_q, ...)` in the dtype attention runs in."""
         _checks.flag("is_causal", is_causal)
         _checks.flag("need_weights", need_weights)
-        if need_weights and self.backend == "fused":
-            choose_path(need_weights=True, backend="fused")  # raises, saying why
+        if self.backend == "fused":  # raises, saying why, for what the fused kernels cannot run
+            choose_path(
+                need_weights=bool(need_weights), backend="fused", softcap=self.softcap,
+                sinks=self.sinks is not None, dropout=self.training and self.dropout > 0,
+            )
         b, s_q = query.shape[0], query.shape[1]
         if self.alibi and self.shards > 1:
             raise ValueError(
