@@ -152,6 +152,13 @@ def floating(name: str, value: Tensor) -> Tensor:
     return value
 
 
+def floating_dtype(name: str, value: object) -> torch.dtype | None:
+    """Raise `TypeError` unless `value` is `None` or a floating-point `torch.dtype`."""
+    if value is not None and not (isinstance(value, torch.dtype) and value.is_floating_point):
+        raise TypeError(f"{name} must be a floating-point torch.dtype or None, got {value!r}")
+    return value
+
+
 def same_dtype(name: str, value: Tensor, like_name: str, like: Tensor) -> None:
     """Raise `TypeError` unless `value` has `like`'s dtype."""
     if value.dtype != like.dtype:

@@ -758,7 +758,7 @@ class MultiHeadAttention(nn.Module):
         self.kdim = hidden_size if kdim is None else _checks.positive_int("kdim", kdim)
         self.vdim = hidden_size if vdim is None else _checks.positive_int("vdim", vdim)
         _checks.flag("bias", bias)
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": device, "dtype": _checks.floating_dtype("dtype", dtype)}
         self.attention = attention.to(device=device, dtype=dtype) if qk_norm or sinks else attention  # norms, sinks
         n_h, n_kv, d, d_v = num_heads, attention.num_kv_heads, attention.head_dim, attention.v_head_dim
         self.q_proj = nn.Linear(hidden_size, n_h * d, bias, **factory)

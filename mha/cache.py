@@ -75,6 +75,7 @@ class KVCache:
         self.head_dim = _checks.positive_int("head_dim", head_dim)
         v_head_dim = _checks.optional_positive_int("v_head_dim", v_head_dim)
         self.v_head_dim = head_dim if v_head_dim is None else v_head_dim
+        dtype = _checks.floating_dtype("dtype", dtype)
         self.keys = torch.zeros((batch_size, num_kv_heads, max_len, head_dim), dtype=dtype, device=device)
         self.values = torch.zeros((batch_size, num_kv_heads, max_len, self.v_head_dim), dtype=dtype, device=device)
         # The write position lives on the device as a tensor, so a compiled

@@ -263,7 +263,7 @@ class TorchMultiheadAttention(nn.Module):
             _checks.flag(name, value)
         self.batch_first = _checks.flag("batch_first", batch_first)
         self.add_zero_attn = add_zero_attn
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": device, "dtype": _checks.floating_dtype("dtype", dtype)}
         e = embed_dim
 
         def parameter(*shape: int) -> nn.Parameter:

@@ -151,3 +151,16 @@ def test_errors_under_compile_name_the_sizes(name, call, good, bad, message):
         compiled(*tensors(good))
         with pytest.raises(Unsupported, match=under_fullgraph(message)):
             compiled(*tensors(bad))
+
+
+@pytest.mark.parametrize("make", [
+    lambda dtype: MultiHeadAttention(16, 4, dtype=dtype),
+    lambda dtype: MultiHeadAttention(16, 4).new_cache(2, 8, dtype=dtype),
+    lambda dtype: MultiHeadAttention(16, 4, sliding_window=3).new_cache(2, dtype=dtype),
+    lambda dtype: KVCache(2, 8, num_kv_heads=2, head_dim=4, dtype=dtype),
+])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, "float32"])
+def test_a_non_floating_dtype_is_refused_by_name(make, dtype):
+    """Regression: dtype=torch.int64 gave torch's RuntimeError, and caches accepted integer dtypes."""
+    with pytest.raises(TypeError, match=r"dtype must be a floating-point torch.dtype or None, got"):
+        make(dtype)
