@@ -37,6 +37,11 @@ MIN_LENGTH = 2048
 # smaller blocks so that a block's bias (n_h, block, s_kv) stays small.
 BLOCK = 256
 BIAS_ELEMENTS = 1 << 22  # the most numbers one block's ALiBi bias may hold (16 MiB in float32)
+# Documents of different lengths are padded into one batch of documents (one kernel call) while
+# count * longest² stays within PAD_RATIO * Σ len²: a batched call runs faster than the same
+# documents one call each (1.6x at 16 x 1,024, benchmarks/local_attention.py), which repays
+# that much padding; beyond it the padded work costs more than the calls it saves.
+PAD_RATIO = 1.25
 
 Kernel = Callable[..., tuple[Tensor, "Tensor | None"]]
 
@@ -96,11 +101,14 @@ def plan(pattern: Pattern, s_q: int, s_kv: int, *, is_causal: bool, path: str) -
         "documents" if pattern.documents is not None else "",
         "alibi" if pattern.alibi else "",
     ]
-    return Plan(
-        "blockwise",
-        f"blockwise: {' + '.join(w for w in what if w)} at s_kv={s_kv} >= {MIN_LENGTH}: each block of "
-        "queries goes to the fused kernel with the keys it can reach",
-    )
+    how = "each block of queries goes to the fused kernel with the keys it can reach"
+    if pattern.alibi and is_causal:
+        how += ", ALiBi as one more query/key feature (no bias tensor)"
+    elif pattern.alibi:
+        how += ", with its block of the ALiBi bias"
+    if pattern.documents is not None and pattern.window is None and not pattern.alibi:
+        how = "documents of similar length padded into one batch of documents, one fused call per batch"
+    return Plan("blockwise", f"blockwise: {' + '.join(w for w in what if w)} at s_kv={s_kv} >= {MIN_LENGTH}: {how}")
 
 
 def position_mask(
@@ -178,10 +186,10 @@ def _spans(pattern: Pattern, start: int, end: int, lo: int, hi: int, is_causal: 
         yield a, e, ka, min(ke, hi)
 
 
-def _block_size(pattern: Pattern, num_heads: int, s_kv: int) -> int:
+def _block_size(pattern: Pattern, num_heads: int, s_kv: int, features: bool) -> int:
     if pattern.window is None and not pattern.alibi:
         return s_kv  # documents only: each one whole, in one call
-    if pattern.alibi and pattern.window is None:
+    if pattern.alibi and pattern.window is None and not features:
         # A block's bias is (n_h, block, keys): keep it under BIAS_ELEMENTS.
         return max(16, min(BLOCK, BIAS_ELEMENTS // (num_heads * s_kv)))
     return BLOCK
@@ -221,6 +229,10 @@ def attend(
     block's kernel call: per-row options (a sink logit, soft-capping) stay
     exact, since each query's row lies whole in one block.
 
+    Causal ALiBi adds no bias: see [`_alibi_features`][mha._blockwise._alibi_features].
+    Documents alone, without a caller's mask or options, go to the kernel
+    as padded batches of documents ([`_padded_documents`][mha._blockwise._padded_documents]).
+
     Shape:
         query: `(b, n_h, s_q, d)`; key, value: `(b, n_kv, s_kv, d)`;
         output: `(b, n_h, s_q, d_v)`.
@@ -228,7 +240,9 @@ def attend(
     b, n_h, s_q = query.shape[:3]
     s_kv = key.shape[2]
     offset = s_kv - s_q  # query i sits at position i + offset
-    block = _block_size(pattern, n_h, s_kv)
+    # Causal ALiBi as features; soft-capping must see the scores without the bias, so not with it.
+    features = pattern.alibi and is_causal and "softcap" not in options
+    block = _block_size(pattern, n_h, s_kv, features)
     dtype = _mask_dtype(query.dtype)
     out = query.new_empty(b, n_h, s_q, value.shape[-1])
     plain = pattern.window is None and not pattern.alibi  # documents only
@@ -236,10 +250,19 @@ def attend(
         groups: list[tuple[slice, int, int]] = [(slice(0, b), 0, s_kv)]
     else:
         groups = list(_documents(pattern.documents))
+        if plain and mask is None and not options:
+            groups = _padded_documents(query, key, value, out, groups, offset, is_causal, scale, dropout_p)
+    if scale is None:
+        scale = query.shape[-1] ** -0.5  # the features below widen d: the scale must not follow
     # Consecutive blocks of the same shape and offset (a window's) share one mask: keep the
     # last one only, so memory stays one block's (ALiBi's blocks all differ).
     local_masks: dict[tuple[int, int, int], Tensor | None] = {}
     group = n_h // key.shape[1]
+    reuse = None
+    if features and not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))):
+        # Without autograd, the features are written once into whole-length copies, the keys' column in
+        # place for each block: no per-block copies of the keys (seen: half the time of a 4k call).
+        reuse = _AlibiBuffers(query, key, value, scale=scale, row_constant="sinks" in options)
     for rows, lo, hi in groups:
         first = max(lo, offset)  # the document's first query position
         for a, e, ka, ke in _spans(pattern, first, hi, lo, hi, is_causal, block):
@@ -251,16 +274,26 @@ def attend(
                 local, causal = None, is_causal
             else:
                 geometry = (e - a, ke - ka, a - ka)
-                if geometry not in local_masks:
+                if geometry not in local_masks and features and pattern.window is None:
+                    local_masks.clear()  # causal only: a triangle, cheaper than position_mask's distances
+                    local_masks[geometry] = torch.ones(
+                        e - a, ke - ka, dtype=torch.bool, device=query.device).tril(a - ka)
+                elif geometry not in local_masks:
                     local_masks.clear()
                     q_pos = torch.arange(a, e, device=query.device)[None]
                     k_pos = torch.arange(ka, ke, device=query.device)[None]
                     # Within one document no document mask is needed.
                     local_masks[geometry] = position_mask(
-                        Pattern(pattern.window, pattern.alibi), q_pos, k_pos, is_causal=is_causal, num_heads=n_h,
-                        dtype=dtype,
+                        Pattern(pattern.window, pattern.alibi and not features), q_pos, k_pos, is_causal=is_causal,
+                        num_heads=n_h, dtype=dtype,
                     )
                 local, causal = local_masks[geometry], False
+            if features and reuse is not None:
+                q_blk, k_blk, v_blk = reuse.block(rows, a, e, ka, ke, offset)
+            elif features:
+                q_blk, k_blk, v_blk = _alibi_features(
+                    q_blk, k_blk, v_blk, a, ka, scale=scale, row_constant="sinks" in options
+                )
             if user is None and not options:
                 # Each query's own position is among its keys, so no row is empty:
                 # straight to the kernel, without the guard for empty rows.
@@ -273,8 +306,126 @@ def attend(
             else:
                 block_mask = masks._combine(local, user)  # ALiBi's float32 first
                 context, _ = kernel(q_blk, k_blk, v_blk, block_mask, causal, scale, dropout_p, "fused", **options)
-            out[rows, :, a - offset : e - offset] = context
+            out[rows, :, a - offset : e - offset] = context[..., : out.shape[-1]]
     return out
+
+
+def _alibi_features(
+    q: Tensor, k: Tensor, v: Tensor, a: int, ka: int, *, scale: float, row_constant: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Causal ALiBi for queries at positions `a, a+1, ...` and keys at `ka, ka+1, ...`, with no bias tensor.
+
+    Under a causal mask ALiBi's `-m_h · (p - j)` is `m_h · j` plus a
+    constant per row, which softmax ignores. So each query gets one more
+    feature `m_h / scale` and each key `j - c`, with `c` the middle of
+    the block of queries: `scale · (q' · k') = scale · q · k + m_h · (j - c)`.
+    The kernel stays a plain fused call over `d + 1` features. Keeping
+    `c` near the queries keeps the added scores small where the weights
+    are not: the rounding of `j - c` (exact in float32 below 2^24; in
+    bfloat16 relative 2^-9, as a bfloat16 bias `m_h · |p - j|` would be)
+    errs by at most `m_h · |j - c| · 2^-9`, on keys whose weight is about
+    `e^(-m_h · (p - j))`.
+
+    With `row_constant` (a sink logit joins the softmax, so the row's
+    constant matters) queries get a second feature `-m_h · (p - c) / scale`
+    against a key feature of 1, which makes the sum `-m_h · (p - j)` exactly.
+    Values are padded with zeros to the same width (the CPU flash kernel
+    takes one head dim for queries, keys and values); the caller drops it.
+
+    Shape:
+        q: `(b, n_h, s_q, d)`; k: `(b, n_kv, s_k, d)`; v: `(b, n_kv, s_k, d_v)`;
+        outputs `(.., d')` with `d' = max(d + 1 + row_constant, d_v)`.
+    """
+    n_h, s_q = q.shape[1], q.shape[2]
+    c = a + s_q // 2
+    slopes = masks.slopes(n_h, q.device).to(torch.float64)  # (n_h,)
+    q_extra = [(slopes / scale)[:, None].expand(n_h, s_q)]  # (n_h, s_q)
+    k_pos = torch.arange(ka, ka + k.shape[2], device=q.device, dtype=torch.float64) - c  # (s_k,)
+    k_extra = [k_pos]
+    if row_constant:
+        q_pos = torch.arange(a, a + s_q, device=q.device, dtype=torch.float64) - c
+        q_extra.append(-(slopes[:, None] * q_pos[None]) / scale)
+        k_extra.append(torch.ones_like(k_pos))
+    q_feat = torch.stack(q_extra, -1).to(q.dtype).expand(q.shape[0], n_h, s_q, len(q_extra))
+    k_feat = torch.stack(k_extra, -1).to(k.dtype).expand(*k.shape[:2], k.shape[2], len(k_extra))
+    width = max(q.shape[-1] + len(q_extra), v.shape[-1])
+    q2 = F.pad(torch.cat([q, q_feat], -1), (0, width - q.shape[-1] - len(q_extra)))
+    k2 = F.pad(torch.cat([k, k_feat], -1), (0, width - k.shape[-1] - len(k_extra)))
+    return q2, k2, F.pad(v, (0, width - v.shape[-1]))
+
+
+class _AlibiBuffers:
+    """[`_alibi_features`][mha._blockwise._alibi_features] for a whole call without autograd.
+
+    Queries and values are widened once; each block writes its own `j - c`
+    (and with `row_constant` its queries' constant) in place and reads views.
+    """
+
+    def __init__(self, query: Tensor, key: Tensor, value: Tensor, *, scale: float, row_constant: bool) -> None:
+        s_q, s_kv = query.shape[2], key.shape[2]
+        self.q, self.k, self.v = _alibi_features(query, key, value, s_kv - s_q, 0, scale=scale,
+                                                 row_constant=row_constant)
+        self.d = query.shape[-1]
+        self.slopes = masks.slopes(query.shape[1], query.device).to(torch.float64)[:, None] / scale  # (n_h, 1)
+        self.row_constant = row_constant
+
+    def block(self, rows: slice, a: int, e: int, ka: int, ke: int, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+        c = a + (e - a) // 2
+        positions = torch.arange(ka - c, ke - c, device=self.k.device, dtype=torch.float64)
+        self.k[rows, :, ka:ke, self.d] = positions.to(self.k.dtype)
+        if self.row_constant:
+            q_pos = torch.arange(a - c, e - c, device=self.q.device, dtype=torch.float64)
+            self.q[rows, :, a - offset : e - offset, self.d + 1] = (-self.slopes * q_pos).to(self.q.dtype)
+        return self.q[rows, :, a - offset : e - offset], self.k[rows, :, ka:ke], self.v[rows, :, ka:ke]
+
+
+def _padded_documents(
+    query: Tensor, key: Tensor, value: Tensor, out: Tensor, groups: list[tuple[slice, int, int]], offset: int,
+    is_causal: bool, scale: float | None, dropout_p: float,
+) -> list[tuple[slice, int, int]]:
+    """Documents queried whole, padded into batches of documents: one fused call per batch.
+
+    Writes their context into `out` and returns the documents left for the
+    block loop (the one whose queries start inside it, when `s_q < s_kv`).
+    Documents are sorted by length and joined to the batch of the longest
+    while `count · longest² <= PAD_RATIO · Σ len²`. Padding sits on the right
+    and holds zeros: under `is_causal` no real query reaches it, so no mask
+    is needed at all; without it a key-padding mask blocks it. Padded rows
+    are dropped.
+    """
+    whole = [g for g in groups if g[1] >= offset]
+    rest = [g for g in groups if g[1] < offset]
+    whole.sort(key=lambda g: g[2] - g[1], reverse=True)
+    batches: list[list[tuple[slice, int, int]]] = []
+    for g in whole:
+        batch = batches[-1] if batches else None
+        if batch is not None:
+            longest = batch[0][2] - batch[0][1]
+            squares = sum((h - lo) ** 2 for _, lo, h in batch) + (g[2] - g[1]) ** 2
+            if (len(batch) + 1) * longest**2 <= PAD_RATIO * squares:
+                batch.append(g)
+                continue
+        batches.append([g])
+    group = query.shape[1] // key.shape[1]
+    for batch in batches:
+        longest = batch[0][2] - batch[0][1]
+
+        def padded(t: Tensor, shift: int, batch: list[tuple[slice, int, int]] = batch, longest: int = longest) -> Tensor:
+            # (n_docs, heads, longest, d): each document's positions, then zeros.
+            return torch.cat([F.pad(t[rows, :, lo - shift : hi - shift], (0, 0, 0, longest - (hi - lo)))
+                              for rows, lo, hi in batch])
+
+        keep = None
+        if not is_causal and any(hi - lo < longest for _, lo, hi in batch):
+            lengths = torch.tensor([hi - lo for _, lo, hi in batch], device=query.device)
+            keep = (torch.arange(longest, device=query.device) < lengths[:, None])[:, None, None]  # (n, 1, 1, L)
+        context = F.scaled_dot_product_attention(
+            padded(query, offset), padded(key, 0), padded(value, 0), attn_mask=keep, dropout_p=dropout_p,
+            is_causal=is_causal, scale=scale, enable_gqa=group > 1,
+        )
+        for i, (rows, lo, hi) in enumerate(batch):
+            out[rows, :, lo - offset : hi - offset] = context[i : i + 1, :, : hi - lo]
+    return rest
 
 
 def _documents(documents: Tensor) -> Iterator[tuple[slice, int, int]]:
