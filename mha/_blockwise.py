@@ -410,7 +410,9 @@ def _padded_documents(
     for batch in batches:
         longest = batch[0][2] - batch[0][1]
 
-        def padded(t: Tensor, shift: int, batch: list[tuple[slice, int, int]] = batch, longest: int = longest) -> Tensor:
+        def padded(
+            t: Tensor, shift: int, batch: list[tuple[slice, int, int]] = batch, longest: int = longest
+        ) -> Tensor:
             # (n_docs, heads, longest, d): each document's positions, then zeros.
             return torch.cat([F.pad(t[rows, :, lo - shift : hi - shift], (0, 0, 0, longest - (hi - lo)))
                               for rows, lo, hi in batch])

@@ -384,3 +384,55 @@ def test_a_window_combines_with_sinks_as_gpt_oss_uses_them(monkeypatch):
     cache = m.new_cache(2)
     steps = [m(x[:, :4], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(4, 9)]
     torch.testing.assert_close(torch.cat(steps, 1), dense, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window,padded", [(None, False), (5, True)])
+def test_causal_alibi_as_features_equals_the_float64_reference(dtype, window, padded, monkeypatch):
+    """Blocks of 8 over 40 positions: the extra query/key feature, in place (no autograd) and per block (autograd)."""
+    monkeypatch.setattr(_blockwise, "MIN_LENGTH", 1)
+    monkeypatch.setattr(_blockwise, "BLOCK", 8)
+    q, k, v = _inputs(b=2, n_h=6, n_kv=2, s_q=37, s_kv=40, d=4, dtype=dtype)
+    v = torch.randn(2, 2, 40, 7).to(dtype)  # d_v = 7 > d + 1: the features pad q and k instead
+    pad = torch.ones(2, 1, 37, 40, dtype=torch.bool)
+    pad[1, ..., -3:] = False
+    mask = pad if padded else None
+    expected = reference(q, k, v, window=window, alibi=True, causal=True, allowed=mask)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+    with torch.no_grad():
+        got, _ = attention(q, k, v, mask=mask, is_causal=True, alibi=True, sliding_window=window)
+    torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+    q.requires_grad_()
+    got, _ = attention(q, k, v[..., :3], mask=mask, is_causal=True, alibi=True, sliding_window=window)
+    expected = reference(q.detach(), k, v[..., :3], window=window, alibi=True, causal=True, allowed=mask)
+    torch.testing.assert_close(got.detach().double(), expected, atol=tol, rtol=tol)
+
+
+@torch.no_grad()
+def test_causal_alibi_features_keep_the_row_constant_for_sinks(monkeypatch):
+    """A sink joins the softmax, so ALiBi's constant per row matters: blockwise equals the dense bias."""
+    m = MultiHeadAttention(20, 5, sinks=True, alibi=True).eval()
+    m.attention.sinks.copy_(torch.linspace(-1.0, 2.0, 5))
+    x = torch.randn(2, 19, 20)
+    dense = m(x, is_causal=True)
+    monkeypatch.setattr(_blockwise, "MIN_LENGTH", 1)
+    monkeypatch.setattr(_blockwise, "BLOCK", 4)
+    torch.testing.assert_close(m(x, is_causal=True), dense, atol=1e-6, rtol=1e-6)
+    assert "ALiBi as one more query/key feature" in m.explain(length=4096).reason
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("s_q", [11, 8])
+def test_documents_padded_into_one_batch_equal_the_reference(causal, s_q, monkeypatch):
+    """Documents of lengths 4, 1, 3, 3 (and one cut by s_q < s_kv) padded into one call; gradients too."""
+    monkeypatch.setattr(_blockwise, "MIN_LENGTH", 1)
+    monkeypatch.setattr(_blockwise, "PAD_RATIO", 100.0)
+    q, k, v = _inputs(b=2, n_h=4, n_kv=2, s_q=s_q, s_kv=11, d=3)
+    documents = torch.tensor([[0] * 4 + [1] + [2] * 3 + [3] * 3, [5] * 2 + [6] * 9])
+    expected = reference(q, k, v, documents=documents, causal=causal)
+    got, _ = attention(q, k, v, is_causal=causal, document_ids=documents)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: attention(q, k, v, is_causal=causal, document_ids=documents)[0], inputs, fast_mode=True
+    )
