@@ -417,6 +417,16 @@ def _padded_documents(
             return torch.cat([F.pad(t[rows, :, lo - shift : hi - shift], (0, 0, 0, longest - (hi - lo)))
                               for rows, lo, hi in batch])
 
+        if _tiled(batch, longest):
+            # Equal documents side by side in one row: views, no copies (the batch a caller would build).
+            rows, start, n = batch[0][0], batch[0][1], len(batch)
+            context = F.scaled_dot_product_attention(
+                _tile(query, rows, start - offset, n, longest), _tile(key, rows, start, n, longest),
+                _tile(value, rows, start, n, longest), dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                enable_gqa=group > 1,
+            )
+            _tile(out, rows, start - offset, n, longest).copy_(context)
+            continue
         keep = None
         if not is_causal and any(hi - lo < longest for _, lo, hi in batch):
             lengths = torch.tensor([hi - lo for _, lo, hi in batch], device=query.device)
@@ -428,6 +438,19 @@ def _padded_documents(
         for i, (rows, lo, hi) in enumerate(batch):
             out[rows, :, lo - offset : hi - offset] = context[i : i + 1, :, : hi - lo]
     return rest
+
+
+def _tiled(batch: list[tuple[slice, int, int]], length: int) -> bool:
+    """Whether `batch` is documents of one `length`, consecutive in one batch row, in order."""
+    first_rows, first = batch[0][0], batch[0][1]
+    return all(
+        rows == first_rows and lo == first + i * length and hi - lo == length for i, (rows, lo, hi) in enumerate(batch)
+    )
+
+
+def _tile(t: Tensor, rows: slice, start: int, n: int, length: int) -> Tensor:
+    """`n` documents of `length` from `start` in one batch row, as a view `(n, heads, length, d)`."""
+    return t[rows, :, start : start + n * length].unflatten(2, (n, length))[0].transpose(0, 1)
 
 
 def _documents(documents: Tensor) -> Iterator[tuple[slice, int, int]]:
