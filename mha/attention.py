@@ -16,10 +16,10 @@ from typing import Literal, Protocol, cast, overload
 import torch
 from torch import Tensor, nn
 
-from mha import _blockwise, _checks, _token_step, masks
+from mha import _attention_checks, _blockwise, _checks, _token_step, masks
 from mha._blockwise import Pattern
 from mha.cache import KVCache
-from mha.functional import BACKENDS, Backend, Dispatch, attend, check_pattern, choose_path, path_for
+from mha.functional import BACKENDS, Backend, Dispatch, attend, choose_path, path_for
 from mha.rolling import RollingKVCache
 from mha.rotary import Angles, RotaryEmbedding
 
@@ -308,24 +308,9 @@ class Attention(nn.Module):
             TypeError: on a non-tensor input, a mask of the wrong dtype, a
                 non-bool flag, or a cache of another dtype.
         """
-        query = _checks.floating("query", _checks.tensor("query", query))
-        if query.is_nested:
-            self._check_nested(mask, is_causal, need_weights, cache, document_ids)
-        width = self.num_heads * self.head_dim // self.shards
-        if query.ndim != 3 or query.shape[-1] != width:
-            name = "h" if self.num_heads * self.head_dim == self.hidden_size else "n_h * d"
-            raise ValueError(f"query must have shape (b, s_q, {name}={width}), got {_checks.sizes(query)}")
-        b = query.shape[0]
-        kv_width = self.num_kv_heads * self.head_dim // self.shards
-        v_width = self.num_kv_heads * self.v_head_dim // self.shards
-        key = _checks.shape("key", key, (b, None, kv_width), lambda: f"(b={b}, s_kv, n_kv * d={kv_width})")
-        s_kv = key.shape[1]
-        value = _checks.shape(
-            "value", value, (b, s_kv, v_width), lambda: f"(b={int(b)}, s_kv={int(s_kv)}, n_kv * d_v={v_width})"
+        query, key, value = _attention_checks.check_projected(
+            self, query, key, value, mask, is_causal, need_weights, cache, document_ids
         )
-        for name, t in (("key", key), ("value", value)):
-            _checks.same_dtype(name, t, "query", query)
-            _checks.same_device(name, t, "query", query.device)
         return self._run(
             query, key, value, mask=mask, is_causal=is_causal, need_weights=need_weights, cache=cache,
             token_mask=token_mask, document_ids=document_ids,
@@ -341,146 +326,12 @@ class Attention(nn.Module):
         `MultiHeadAttention` passes its unprojected inputs with its `q/k/v`
         `projections`, so that every option is checked before any projection runs.
         """
-        self._check_options(query, key.shape[1], mask, is_causal, need_weights, cache, token_mask, document_ids)
+        _attention_checks.check_options(
+            self, query, key.shape[1], mask, is_causal, need_weights, cache, token_mask, document_ids
+        )
         if projections is not None:
             query, key, value = projections[0](query), projections[1](key), projections[2](value)
         return self._attend(query, key, value, mask, is_causal, need_weights, cache, token_mask, document_ids)
-
-    def _check_nested(
-        self, mask: object, is_causal: object, need_weights: object, cache: object, document_ids: object
-    ) -> None:
-        """A nested query passes (for the drop-in TorchMultiheadAttention) only where torch computes it whole."""
-        given = [
-            name for name, on in (
-                ("is_causal=True", is_causal is True), ("need_weights=True", need_weights is True),
-                ("a mask", mask is not None), ("a cache", cache is not None),
-                ("document_ids", document_ids is not None), ("rotary positions", self.positional is not None),
-                ("sliding_window", self.sliding_window is not None), ("alibi", self.alibi),
-            ) if on
-        ]
-        if given:
-            raise TypeError(
-                f"query is a nested (jagged) tensor, which mha does not take with {', '.join(given)}: pad the "
-                "sequences and pass mask=mha.masks.padding_mask(lengths), or pack them with document_ids"
-            )
-
-    def _check_options(
-        self, query: Tensor, s_kv: int, mask: object, is_causal: object, need_weights: object,
-        cache: object, token_mask: object = None, document_ids: object = None,
-    ) -> None:
-        """Flags, mask and cache; `query` is `(b, s_q, ...)` in the dtype attention runs in."""
-        _checks.flag("is_causal", is_causal)
-        _checks.flag("need_weights", need_weights)
-        if self.backend == "fused":  # raises, saying why, for what the fused kernels cannot run
-            choose_path(
-                need_weights=bool(need_weights), backend="fused", softcap=self.softcap,
-                sinks=self.sinks is not None, dropout=self.training and self.dropout > 0,
-            )
-        b, s_q = query.shape[0], query.shape[1]
-        if self.alibi and self.shards > 1:
-            raise ValueError(
-                f"alibi=True is not supported under tensor parallelism (shards={self.shards}): each head's "
-                "slope depends on its global index, and a rank holds only some heads"
-            )
-        if document_ids is not None:
-            if cache is not None:
-                raise ValueError(
-                    "document_ids cannot be combined with a cache: packed documents are a training layout; "
-                    "decode each document with its own cache (or reset() it between documents)"
-                )
-            check_pattern(None, False, document_ids, b, s_q, s_kv, query.device)
-        if self.context_parallel is not None:
-            self._check_context_parallel(s_q, s_kv, mask, is_causal, need_weights, cache)
-            if self.sliding_window is not None or self.alibi or document_ids is not None:
-                raise ValueError(
-                    "sliding_window, alibi and document_ids are not supported under context parallelism: "
-                    "the ring attends over whole shards"
-                )
-        if cache is not None:
-            if not isinstance(cache, KVCache):
-                raise TypeError(f"cache must be a mha.KVCache, got {type(cache).__name__}")
-            if s_kv != s_q:
-                raise ValueError(
-                    f"with a cache, query and key must be the same chunk: got s_q={s_q} and s_kv={s_kv}"
-                )
-            self._check_cache_fits(cache, query)
-            s_kv = cache.max_len
-            if isinstance(cache, RollingKVCache):
-                self._check_rolling(cache, mask)
-            if token_mask is not None:
-                token_mask = _checks.shape("token_mask", token_mask, (b, s_q), lambda: f"(b={b}, s_q={s_q})")
-                if token_mask.dtype != torch.bool:
-                    raise TypeError(
-                        f"token_mask must be a bool tensor (True = real token), got dtype {token_mask.dtype}"
-                    )
-                _checks.same_device("token_mask", token_mask, "query", query.device)
-        elif token_mask is not None:
-            raise ValueError("token_mask goes with a cache (it marks the padding the cache keeps); got cache=None")
-        if mask is not None:
-            mask = _checks.mask("mask", mask, (b, self.num_heads // self.shards, s_q, s_kv), "(b, n_h, s_q, s_kv)")
-            _checks.same_device("mask", mask, "query", query.device)
-
-    def _check_context_parallel(
-        self, s_q: int, s_kv: int, mask: object, is_causal: object, need_weights: object, cache: object
-    ) -> None:
-        """Refuse what ring attention cannot do exactly, rather than attend within the local shard."""
-        refused = (
-            ("need_weights=True", need_weights),
-            ("a mask", mask is not None),
-            ("a KV cache", cache is not None),
-            ("dropout in training", self.training and self.dropout > 0),
-            ("sinks=True", self.sinks is not None),
-            (f"softcap={self.softcap}", self.softcap is not None),
-            (f"v_head_dim={self.v_head_dim} != head_dim={self.head_dim}", self.v_head_dim != self.head_dim),
-        )
-        for what, given in refused:
-            if given:
-                detail = f" (dropout={self.dropout})" if what.startswith("dropout") else ""
-                raise ValueError(
-                    f"{what}{detail} is not supported under context parallelism: each rank holds only part "
-                    "of the sequence, and the ring computes attention without weights, masks, "
-                    "caches, dropout, sinks, soft-capping or a value width of its own; use is_causal=True "
-                    "for causal masking, or .eval() for dropout"
-                )
-        layout = cast(SequenceLayout, self.context_parallel)
-        layout.check(s_q, s_kv, is_causal=bool(is_causal), rotary=self.positional is not None)
-
-    def _check_rolling(self, cache: RollingKVCache, mask: object) -> None:
-        """A rolling cache: its window is this layer's, and its slots move, so a mask over them means nothing."""
-        # A windowless layer given a rolling cache would silently attend to its window only.
-        if cache.window != self.sliding_window:
-            raise ValueError(
-                f"cache holds a window of {cache.window} positions, but this layer's sliding_window is "
-                f"{self.sliding_window}; make it with new_cache()"
-            )
-        if mask is not None:
-            raise ValueError(
-                "mask cannot be combined with a RollingKVCache (its slots move as it rolls); "
-                "mark padding with token_mask instead"
-            )
-
-    def _check_cache_fits(self, cache: KVCache, query: Tensor) -> None:
-        """Raise before the cache is written to, naming the cache as what does not fit."""
-        b, s = query.shape[0], query.shape[1]
-        n_kv = self.num_kv_heads // self.shards
-        held = (cache.batch_size, cache.num_kv_heads, cache.head_dim, cache.v_head_dim)
-        wanted = (b, n_kv, self.head_dim, self.v_head_dim)
-        if held != wanted:
-            names = ("b", "n_kv", "d", "d_v") if held[3] != held[2] or wanted[3] != wanted[2] else ("b", "n_kv", "d")
-            def sizes(values: tuple[int, ...]) -> str:
-                return ", ".join(f"{name}={value}" for name, value in zip(names, values, strict=False))
-
-            raise ValueError(f"cache does not fit this call: it holds ({sizes(held)}), this call has ({sizes(wanted)})")
-        device = query.device.type
-        # Under autocast the projections, and so attention, run in the autocast dtype.
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
-        if cache.keys.dtype != dtype or cache.keys.device != query.device:
-            raise TypeError(
-                f"cache has dtype {cache.keys.dtype} on {cache.keys.device}, but this call "
-                f"computes in {dtype} on {query.device}; make it with "
-                f"new_cache(..., dtype={dtype}, device='{query.device}')"
-            )
-        cache.check_room(s)
 
     def _attend(
         self,
@@ -870,9 +721,9 @@ class MultiHeadAttention(nn.Module):
             _checks.not_nested(name, t)
         key = query if key is None else key
         value = key if value is None else value
-        self._check_inputs(query, key, value)
+        _attention_checks.check_inputs(self, query, key, value)
         if cross:
-            self._check_cross(document_ids)
+            _attention_checks.check_cross(self, document_ids)
         result = self.attention._run(
             query, key, value, projections=(self.q_proj, self.k_proj, self.v_proj), mask=mask, is_causal=is_causal,
             need_weights=need_weights, cache=cache, token_mask=token_mask, document_ids=document_ids,
@@ -881,42 +732,6 @@ class MultiHeadAttention(nn.Module):
             context, weights = result
             return self.out_proj(context), weights
         return self.out_proj(result)
-
-    def _check_cross(self, document_ids: object) -> None:
-        """Windows, ALiBi and documents measure distances between query and key positions of one sequence."""
-        attention = self.attention
-        given = [
-            name for name, on in (
-                (f"sliding_window={attention.sliding_window}", attention.sliding_window is not None),
-                ("alibi=True", attention.alibi), ("document_ids", document_ids is not None),
-            ) if on
-        ]
-        if given:
-            raise ValueError(
-                f"{', '.join(given)} needs self-attention (distances between positions of one sequence), "
-                "but this call passes a separate key (cross-attention)"
-            )
-
-    def _check_inputs(self, query: object, key: object, value: object) -> None:
-        h, kdim, vdim = self.hidden_size, self.kdim, self.vdim
-        query = _checks.shape("query", query, (None, None, h), lambda: f"(b, s_q, h={h})")
-        self_attention = key is query and value is query
-        if not self_attention:  # self-attention: key and value are the query just checked
-            b = query.shape[0]
-            key = _checks.shape("key", key, (b, None, kdim), lambda: f"(b={b}, s_kv, kdim={kdim})")
-            s_kv = key.shape[1]
-            _checks.shape("value", value, (b, s_kv, vdim), lambda: f"(b={b}, s_kv={s_kv}, vdim={vdim})")
-        weight = self.out_proj.weight  # out_proj: q_proj may be wrapped (a whole-width norm after it)
-        _checks.floating("query", query)
-        if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):
-            raise TypeError(
-                f"query must have the parameters' dtype {weight.dtype}, got {query.dtype} "
-                f"(convert the input, or the module with .to({query.dtype}))"
-            )
-        for name, t in (("query", query), ("key", key), ("value", value))[: 1 if self_attention else 3]:
-            _checks.same_device(name, t, "the parameters", weight.device)  # type: ignore[arg-type]
-            if name != "query":
-                _checks.same_dtype(name, t, "query", query)  # type: ignore[arg-type]
 
     def new_cache(
         self,
