@@ -203,7 +203,7 @@ def check_cross(module: MultiHeadAttention, document_ids: object) -> None:
     ]
     if given:
         raise ValueError(
-            f"{', '.join(given)} needs module-attention (distances between positions of one sequence), "
+            f"{', '.join(given)} needs self-attention (distances between positions of one sequence), "
             "but this call passes a separate key (cross-attention)"
         )
 
@@ -212,7 +212,7 @@ def check_inputs(module: MultiHeadAttention, query: object, key: object, value: 
     h, kdim, vdim = module.hidden_size, module.kdim, module.vdim
     query = _checks.shape("query", query, (None, None, h), lambda: f"(b, s_q, h={h})")
     self_attention = key is query and value is query
-    if not self_attention:  # module-attention: key and value are the query just checked
+    if not self_attention:  # self-attention: key and value are the query just checked
         b = query.shape[0]
         key = _checks.shape("key", key, (b, None, kdim), lambda: f"(b={b}, s_kv, kdim={kdim})")
         s_kv = key.shape[1]
