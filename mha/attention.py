@@ -133,6 +133,7 @@ class Attention(nn.Module):
         >>> attn = Attention(8, 2, sinks=True)
         >>> with torch.no_grad():
         ...     _ = attn.sinks.fill_(1.0)
+        ...
         >>> _, weights = attn(q, k, v, need_weights=True)
         >>> bool((weights.sum(-1) < 1).all())
         True

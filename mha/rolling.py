@@ -63,6 +63,7 @@ class RollingKVCache(KVCache):
         >>> with torch.no_grad():
         ...     for _ in range(5):
         ...         _ = m(torch.randn(1, 1, 16), cache=cache)
+        ...
         >>> cache.slot_positions[0, :3].tolist()  # positions 2, 3, 4 in slots 4 % 3, 3 % 3, 2 % 3 ...
         [3, 4, 2]
     """

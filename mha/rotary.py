@@ -105,9 +105,11 @@ class RotaryEmbedding(nn.Module):
         >>> llama31 = RotaryEmbedding(128, 500000.0, interleaved=False, scaling={
         ...     "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
         ...     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+        ...
         >>> yarn = RotaryEmbedding(64, 150000.0, interleaved=False, scaling={
         ...     "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
         ...     "original_max_position_embeddings": 4096, "truncate": False})
+        ...
         >>> round(yarn.attention_factor, 4)  # cos and sin are scaled by 0.1 ln(32) + 1
         1.3466
     """
