@@ -90,7 +90,9 @@ def peak_memory(seq: int) -> dict[str, float]:
     for name in ("mha", "bare"):
         proc = subprocess.run(
             [sys.executable, __file__, "--memory-child", name, "--seq", str(seq)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
     return out
@@ -117,9 +119,7 @@ def main() -> None:
     rows, results, ok = [], {}, True
     for case, (desc, values, unit) in cases.items():
         ratios = {f"mha/{ref}": values["mha"] / values[ref] for ref in values if ref != "mha"}
-        checks = {
-            f"mha/{ref} <= {limit}": ratios[f"mha/{ref}"] <= limit for ref, limit in TARGETS[case].items()
-        }
+        checks = {f"mha/{ref} <= {limit}": ratios[f"mha/{ref}"] <= limit for ref, limit in TARGETS[case].items()}
         ok &= all(checks.values())
         results[case] = {"description": desc, "values": values, "ratios": ratios, "targets": checks}
         fraction = "-"
@@ -127,13 +127,16 @@ def main() -> None:
             results[case]["gflops"] = flops[case] / values["mha"] / 1e9
             results[case]["fraction_of_gemm"] = results[case]["gflops"] / gemm
             fraction = f"{results[case]['gflops']:.0f} GFLOP/s = {results[case]['fraction_of_gemm']:.0%}"
-        rows.append([
-            case, desc,
-            *(f"{values[k] * unit:.1f}" if k in values else "-" for k in ("mha", "torch", "bare")),
-            ", ".join(f"{k}={v:.2f}" for k, v in ratios.items()),
-            fraction,
-            "PASS" if all(checks.values()) else "FAIL",
-        ])
+        rows.append(
+            [
+                case,
+                desc,
+                *(f"{values[k] * unit:.1f}" if k in values else "-" for k in ("mha", "torch", "bare")),
+                ", ".join(f"{k}={v:.2f}" for k, v in ratios.items()),
+                fraction,
+                "PASS" if all(checks.values()) else "FAIL",
+            ]
+        )
     print(f"float32 GEMM 2048³ in this run: {gemm:.0f} GFLOP/s\n")
     print_table(["case", "setup", "mha", "torch", "bare", "ratios", "mha of GEMM", "targets"], rows)
     path = write_results("attention", {"gemm_gflops": gemm, "cases": results, "all_targets_met": ok})

@@ -132,12 +132,25 @@ def main() -> None:
         base = statistics.median(times["1 process, 1 thread"])
         for name in SETUPS:
             seconds = statistics.median(times[name])
-            cases.append({
-                "length": length, "layers": layers, "setup": name, "seconds": seconds,
-                "speedup": base / seconds, "peak_mib_per_rank": memory[name],
-            })
+            cases.append(
+                {
+                    "length": length,
+                    "layers": layers,
+                    "setup": name,
+                    "seconds": seconds,
+                    "speedup": base / seconds,
+                    "peak_mib_per_rank": memory[name],
+                }
+            )
     rows = [
-        [c["length"], c["layers"], c["setup"], f"{c['seconds']:.2f}", f"{c['speedup']:.2f}x", f"{c['peak_mib_per_rank']:.0f}"]
+        [
+            c["length"],
+            c["layers"],
+            c["setup"],
+            f"{c['seconds']:.2f}",
+            f"{c['speedup']:.2f}x",
+            f"{c['peak_mib_per_rank']:.0f}",
+        ]
         for c in cases
     ]
     print_table(["tokens", "layers", "set-up", "step (s)", "speed-up", "peak MiB per rank"], rows)

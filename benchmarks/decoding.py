@@ -146,13 +146,27 @@ def main() -> None:
             ["speedup", f"{speedup:.1f}x", ">= 20: " + ("PASS" if targets["speedup >= 20"] else "FAIL")],
             ["total, bare kernels", f"{sum(bare):.2f} s", f"the floor for eager steps: {bare_speedup:.1f}x"],
             *[[f"step, 64 filled, max_len {n}", f"{t * 1e3:.3f} ms", ""] for n, t in by_max_len.items()],
-            ["step at max_len 128, of the GEMM", f"{step_gflops:.1f} GFLOP/s = {step_gflops / gemm:.1%} of {gemm:.0f}",
-             f"weights read at {step_weight_gbs:.1f} GB/s: bound by memory, not FLOPs"],
-            ["step at max_len 16384 / 128", f"{max_len_ratio:.2f}",
-             "<= 1.3: " + ("PASS" if targets["step at max_len 16384 / at 128 <= 1.3"] else "FAIL")],
-            ["per-token time, last/first quarter", f"{flatness:.2f}", "PASS" if targets["last/first quarter per-token time <= 1.5"] else "FAIL"],
+            [
+                "step at max_len 128, of the GEMM",
+                f"{step_gflops:.1f} GFLOP/s = {step_gflops / gemm:.1%} of {gemm:.0f}",
+                f"weights read at {step_weight_gbs:.1f} GB/s: bound by memory, not FLOPs",
+            ],
+            [
+                "step at max_len 16384 / 128",
+                f"{max_len_ratio:.2f}",
+                "<= 1.3: " + ("PASS" if targets["step at max_len 16384 / at 128 <= 1.3"] else "FAIL"),
+            ],
+            [
+                "per-token time, last/first quarter",
+                f"{flatness:.2f}",
+                "PASS" if targets["last/first quarter per-token time <= 1.5"] else "FAIL",
+            ],
             ["cache, num_kv_heads=8", f"{memory['num_kv_heads=8'] / 2**20:.2f} MiB", ""],
-            ["cache, num_kv_heads=2", f"{memory['num_kv_heads=2'] / 2**20:.2f} MiB", f"{shrink:.0f}x smaller: " + ("PASS" if targets["GQA cache 4x smaller"] else "FAIL")],
+            [
+                "cache, num_kv_heads=2",
+                f"{memory['num_kv_heads=2'] / 2**20:.2f} MiB",
+                f"{shrink:.0f}x smaller: " + ("PASS" if targets["GQA cache 4x smaller"] else "FAIL"),
+            ],
         ],
     )
     path = write_results(

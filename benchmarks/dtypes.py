@@ -111,8 +111,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     gemm = {"float32": gemm_gflops(torch.float32, args.repeats), "bfloat16": gemm_gflops(torch.bfloat16, args.repeats)}
-    cases = {"forward b=1 s=2048 h=768": forward_case, "training b=4 s=512 h=512": training_case,
-             "decode step, 1024 cached, h=512": decoding_case}
+    cases = {
+        "forward b=1 s=2048 h=768": forward_case,
+        "training b=4 s=512 h=512": training_case,
+        "decode step, 1024 cached, h=512": decoding_case,
+    }
     rows, results = [], []
     for case, run in cases.items():
         for way in WAYS:
@@ -120,22 +123,44 @@ def main() -> None:
             limit = gemm["float32" if way == "float32" else "bfloat16"]
             achieved = flops / times["mha"] / 1e9
             bare = times["mha"] / times["bare"] if "bare" in times else None
-            results.append({"case": case, "way": way, "ms": {k: v * 1e3 for k, v in times.items()},
-                            "gflops": achieved, "fraction_of_gemm": achieved / limit, "mha_over_bare": bare})
-            rows.append([case, way, f"{times['mha'] * 1e3:.2f}", f"{achieved:.0f}", f"{achieved / limit:.0%}",
-                         "-" if bare is None else f"{bare:.2f}"])
+            results.append(
+                {
+                    "case": case,
+                    "way": way,
+                    "ms": {k: v * 1e3 for k, v in times.items()},
+                    "gflops": achieved,
+                    "fraction_of_gemm": achieved / limit,
+                    "mha_over_bare": bare,
+                }
+            )
+            rows.append(
+                [
+                    case,
+                    way,
+                    f"{times['mha'] * 1e3:.2f}",
+                    f"{achieved:.0f}",
+                    f"{achieved / limit:.0%}",
+                    "-" if bare is None else f"{bare:.2f}",
+                ]
+            )
     errors = accuracy()
     bf16_forward = next(r for r in results if r["case"].startswith("forward") and r["way"] == "bfloat16")
     met = bf16_forward["mha_over_bare"] <= TARGET
-    print(f"GEMM 2048³: float32 {gemm['float32']:.0f} GFLOP/s, bfloat16 {gemm['bfloat16']:.0f} GFLOP/s "
-          f"({gemm['bfloat16'] / gemm['float32']:.1f}x)\n")
+    print(
+        f"GEMM 2048³: float32 {gemm['float32']:.0f} GFLOP/s, bfloat16 {gemm['bfloat16']:.0f} GFLOP/s "
+        f"({gemm['bfloat16'] / gemm['float32']:.1f}x)\n"
+    )
     print_table(["case", "dtype", "mha ms", "GFLOP/s", "of GEMM", "mha/bare"], rows)
     print()
     print_table(["dtype", "max error vs float64 (relative)"], [[w, f"{e:.1e}"] for w, e in errors.items()])
-    print(f"\nmha bfloat16 forward / bare SDPA bfloat16 = {bf16_forward['mha_over_bare']:.2f} "
-          f"(target <= {TARGET}: {'PASS' if met else 'FAIL'})")
-    path = write_results("dtypes", {"gemm_gflops": gemm, "cases": results, "error_vs_float64": errors,
-                                    "target": TARGET, "all_targets_met": met})
+    print(
+        f"\nmha bfloat16 forward / bare SDPA bfloat16 = {bf16_forward['mha_over_bare']:.2f} "
+        f"(target <= {TARGET}: {'PASS' if met else 'FAIL'})"
+    )
+    path = write_results(
+        "dtypes",
+        {"gemm_gflops": gemm, "cases": results, "error_vs_float64": errors, "target": TARGET, "all_targets_met": met},
+    )
     print(f"wrote {path}")
 
 

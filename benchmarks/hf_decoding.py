@@ -57,8 +57,14 @@ def build(dtype: torch.dtype):
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
-    config = LlamaConfig(hidden_size=HIDDEN, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                         intermediate_size=2 * HIDDEN, num_hidden_layers=1, max_position_embeddings=MAX_LEN + 64)
+    config = LlamaConfig(
+        hidden_size=HIDDEN,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=1,
+        max_position_embeddings=MAX_LEN + 64,
+    )
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     hf = LlamaAttention(config, layer_idx=0).eval()
@@ -66,8 +72,12 @@ def build(dtype: torch.dtype):
     positional = RotaryEmbedding(HEAD_DIM, base=config.rope_parameters["rope_theta"], interleaved=False)
     ours = MultiHeadAttention(HIDDEN, HEADS, num_kv_heads=KV_HEADS, bias=False, positional=positional).eval()
     with torch.no_grad():
-        for ours_proj, theirs_proj in ((ours.q_proj, hf.q_proj), (ours.k_proj, hf.k_proj),
-                                       (ours.v_proj, hf.v_proj), (ours.out_proj, hf.o_proj)):
+        for ours_proj, theirs_proj in (
+            (ours.q_proj, hf.q_proj),
+            (ours.k_proj, hf.k_proj),
+            (ours.v_proj, hf.v_proj),
+            (ours.out_proj, hf.o_proj),
+        ):
             ours_proj.weight.copy_(theirs_proj.weight)
     return config, hf.to(dtype), rope, ours.to(dtype)
 
@@ -136,18 +146,16 @@ class Contenders:
         if name == "hf static" and s == 1:
             # What the model's mask says for one new token: the filled slots, itself included.
             mask = (torch.arange(MAX_LEN) <= self.position)[None, None, None]
-        return self.hf(x, position_embeddings=(cos.to(self.dtype), sin.to(self.dtype)), attention_mask=mask, cache=cache)[0]
+        return self.hf(
+            x, position_embeddings=(cos.to(self.dtype), sin.to(self.dtype)), attention_mask=mask, cache=cache
+        )[0]
 
     def check_same_outputs(self, tolerance: float) -> float:
         x = torch.randn(1, 1, HIDDEN, dtype=self.dtype)
         outs = {name: self.step(name, x) for name in self.caches}
         self.position += 1
-        worst = max(
-            (outs[name] - outs["mha"]).abs().max().item() / outs["mha"].abs().max().item() for name in outs
-        )
-        prompt_worst = max(
-            (self.outputs[name] - self.outputs["mha"]).abs().max().item() for name in self.outputs
-        )
+        worst = max((outs[name] - outs["mha"]).abs().max().item() / outs["mha"].abs().max().item() for name in outs)
+        prompt_worst = max((self.outputs[name] - self.outputs["mha"]).abs().max().item() for name in self.outputs)
         if worst > tolerance or prompt_worst > tolerance * 10:
             raise AssertionError(f"contenders disagree: {worst:.2e} (step), {prompt_worst:.2e} (prompt)")
         return worst
@@ -224,26 +232,77 @@ def main() -> None:
                 met = all(ratios[ref] <= TARGET for ref in ("hf dynamic", "hf static"))
                 ok &= met
                 name = str(dtype).removeprefix("torch.")
-                results.append({"dtype": name, "filled": filled, "ms": {k: v * 1e3 for k, v in times.items()},
-                                "ratios": ratios, "bare_ratios": floor, "relative_difference": error,
-                                "target_met": met})
-                rows.append([name, filled, *(f"{times[k] * 1e3:.3f}" for k in contenders.caches),
-                             *(f"{ratios[k]:.2f}" for k in ratios), f"{floor['hf dynamic']:.2f}",
-                             "PASS" if met else "FAIL"])
+                results.append(
+                    {
+                        "dtype": name,
+                        "filled": filled,
+                        "ms": {k: v * 1e3 for k, v in times.items()},
+                        "ratios": ratios,
+                        "bare_ratios": floor,
+                        "relative_difference": error,
+                        "target_met": met,
+                    }
+                )
+                rows.append(
+                    [
+                        name,
+                        filled,
+                        *(f"{times[k] * 1e3:.3f}" for k in contenders.caches),
+                        *(f"{ratios[k]:.2f}" for k in ratios),
+                        f"{floor['hf dynamic']:.2f}",
+                        "PASS" if met else "FAIL",
+                    ]
+                )
                 deep = deep_step_times(dtype, filled, args.layers, args.steps // 2)
                 deep_ratio = deep["mha"] / deep["hf dynamic"]
-                deep_results.append({"dtype": name, "filled": filled, "ms_per_layer": {k: v * 1e3 for k, v in deep.items()},
-                                     "ratio": deep_ratio})
-                deep_rows.append([name, filled, *(f"{deep[k] * 1e3:.3f}" for k in deep), f"{deep_ratio:.2f}",
-                                  "PASS" if deep_ratio <= TARGET else "FAIL"])
-    print(f"one layer, hidden {HIDDEN}, {HEADS} heads, {KV_HEADS} key/value heads, rotary; "
-          f"mha cache sized {MAX_LEN}; ms per token, median of {args.steps - 2} interleaved steps\n")
-    print_table(["dtype", "filled", "mha", "hf dynamic", "hf static", "bare", "mha/dynamic", "mha/static",
-                 "mha/bare", "bare/dynamic", f"<= {TARGET}"], rows)
+                deep_results.append(
+                    {
+                        "dtype": name,
+                        "filled": filled,
+                        "ms_per_layer": {k: v * 1e3 for k, v in deep.items()},
+                        "ratio": deep_ratio,
+                    }
+                )
+                deep_rows.append(
+                    [
+                        name,
+                        filled,
+                        *(f"{deep[k] * 1e3:.3f}" for k in deep),
+                        f"{deep_ratio:.2f}",
+                        "PASS" if deep_ratio <= TARGET else "FAIL",
+                    ]
+                )
+    print(
+        f"one layer, hidden {HIDDEN}, {HEADS} heads, {KV_HEADS} key/value heads, rotary; "
+        f"mha cache sized {MAX_LEN}; ms per token, median of {args.steps - 2} interleaved steps\n"
+    )
+    print_table(
+        [
+            "dtype",
+            "filled",
+            "mha",
+            "hf dynamic",
+            "hf static",
+            "bare",
+            "mha/dynamic",
+            "mha/static",
+            "mha/bare",
+            "bare/dynamic",
+            f"<= {TARGET}",
+        ],
+        rows,
+    )
     print(f"\n{args.layers} layers of each, one token through all of them in turn; ms per layer\n")
     print_table(["dtype", "filled", "mha", "hf dynamic", "mha/dynamic", f"<= {TARGET}"], deep_rows)
-    path = write_results("hf_decoding", {"cases": results, "deep": {"layers": args.layers, "cases": deep_results},
-                                         "target": TARGET, "all_targets_met": ok})
+    path = write_results(
+        "hf_decoding",
+        {
+            "cases": results,
+            "deep": {"layers": args.layers, "cases": deep_results},
+            "target": TARGET,
+            "all_targets_met": ok,
+        },
+    )
     print(f"\nwrote {path}")
 
 

@@ -349,10 +349,17 @@ def main() -> None:
     parser.add_argument("model_types", nargs="*", help="only these families (the files are not written)")
     parser.add_argument("--workers", type=int, default=2, help="processes, each taking every n-th family")
     parser.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--update", action="store_true",
-                        help="with model_types: replace their records in the saved results and rewrite the table")
-    parser.add_argument("--resume", type=Path, default=None,
-                        help="JSON lines of families already checked (as saved next to the results): skip them")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with model_types: replace their records in the saved results and rewrite the table",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="JSON lines of families already checked (as saved next to the results): skip them",
+    )
     args = parser.parse_args()
     found = families()
     chosen = args.model_types or sorted(found)
@@ -366,8 +373,11 @@ def main() -> None:
         return
     start = time.perf_counter()
     workers = [
-        subprocess.Popen([sys.executable, __file__, *chosen, "--workers", str(args.workers), "--shard", str(i)],
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, __file__, *chosen, "--workers", str(args.workers), "--shard", str(i)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for i in range(args.workers)
     ]
     records = list(earlier)
@@ -379,32 +389,52 @@ def main() -> None:
                 if not args.model_types:  # a full run: keep each record, for --resume
                     with PARTIAL.open("a") as partial:
                         partial.write(line)
-                print(f"{record['model_type']:28} {record['status']:22} "
-                      f"{record.get('reason', record.get('max_abs_logit_delta', ''))}"[:200], flush=True)
+                print(
+                    f"{record['model_type']:28} {record['status']:22} "
+                    f"{record.get('reason', record.get('max_abs_logit_delta', ''))}"[:200],
+                    flush=True,
+                )
         worker.wait()
     done = {r["model_type"] for r in records}
-    for model_type in args.model_types or sorted(found):  # a worker that died (memory) leaves its family unrecorded: say so
+    for model_type in args.model_types or sorted(
+        found
+    ):  # a worker that died (memory) leaves its family unrecorded: say so
         if model_type not in done:
-            records.append({"model_type": model_type, "kind": found[model_type][0], "status": "other",
-                            "reason": "the worker process died"})
+            records.append(
+                {
+                    "model_type": model_type,
+                    "kind": found[model_type][0],
+                    "status": "other",
+                    "reason": "the worker process died",
+                }
+            )
     records.sort(key=lambda r: r["model_type"])
     print(table(records))
     print(f"{time.perf_counter() - start:.0f} s")
     if args.update and args.model_types:
         saved = json.loads(RESULTS.read_text())
         fresh = {r["model_type"] for r in records}
-        records = sorted([r for r in saved["records"] if r["model_type"] not in fresh] + records,
-                         key=lambda r: r["model_type"])
+        records = sorted(
+            [r for r in saved["records"] if r["model_type"] not in fresh] + records, key=lambda r: r["model_type"]
+        )
         saved["records"], saved["transformers"], saved["torch"] = records, transformers.__version__, torch.__version__
         RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
         SNIPPET.write_text(table(records))
         print(table(records))
     if not args.model_types and args.shard is None:
-        RESULTS.write_text(json.dumps({
-            "transformers": transformers.__version__, "torch": torch.__version__,
-            "machine": platform.machine(), "seconds": round(time.perf_counter() - start),
-            "records": records,
-        }, indent=1) + "\n")
+        RESULTS.write_text(
+            json.dumps(
+                {
+                    "transformers": transformers.__version__,
+                    "torch": torch.__version__,
+                    "machine": platform.machine(),
+                    "seconds": round(time.perf_counter() - start),
+                    "records": records,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         SNIPPET.write_text(table(records))
 
 

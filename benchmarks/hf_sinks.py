@@ -83,7 +83,9 @@ def peak_memory(names: list[str], dtype_name: str) -> dict[str, float]:
     for name in names:
         proc = subprocess.run(
             [sys.executable, __file__, "--memory-child", name, "--dtype", dtype_name, "--seq", str(S)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
     return out

@@ -49,8 +49,15 @@ def main() -> None:
     mha.hf.register()
     AttentionInterface.register("mha_skipped", _skipped)
     AttentionMaskInterface.register("mha_skipped", sdpa_mask)
-    config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
     torch.manual_seed(0)
     models = {}
     for name, implementation in (("mha", "mha"), ("mha, mask skipped", "mha_skipped"), ("sdpa", "sdpa")):
@@ -73,9 +80,15 @@ def main() -> None:
         for name in models:
             torch.testing.assert_close(outputs[name], outputs["sdpa"], atol=1e-4, rtol=1e-4)
         medians = {name: statistics.median(t[1:]) for name, t in times.items()}
-        rows.append({"prompt": prompt, "cache": 2 * prompt, "ms": {k: round(v * 1e3, 1) for k, v in medians.items()},
-                     "mha / mask skipped": round(medians["mha"] / medians["mha, mask skipped"], 2),
-                     "mha / sdpa": round(medians["mha"] / medians["sdpa"], 2)})
+        rows.append(
+            {
+                "prompt": prompt,
+                "cache": 2 * prompt,
+                "ms": {k: round(v * 1e3, 1) for k, v in medians.items()},
+                "mha / mask skipped": round(medians["mha"] / medians["mha, mask skipped"], 2),
+                "mha / sdpa": round(medians["mha"] / medians["sdpa"], 2),
+            }
+        )
         print(rows[-1], flush=True)
     RESULTS.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=1) + "\n")
 

@@ -50,8 +50,14 @@ from mha.functional import attention  # noqa: E402
 N_H, N_KV, D, WINDOW = 16, 4, 64, 512
 CAP_SECONDS = 25.0  # skip a call estimated to take longer than this (the whole run must stay short)
 DENSE_BYTES = 2 << 30  # or to need a mask larger than this
-TARGETS = {"window_time": 0.15, "window_memory": 1.2, "documents_dense": 0.15, "documents_batch": 1.2,
-           "alibi_time": 1.3, "decode_flat": 1.2}
+TARGETS = {
+    "window_time": 0.15,
+    "window_memory": 1.2,
+    "documents_dense": 0.15,
+    "documents_batch": 1.2,
+    "alibi_time": 1.3,
+    "decode_flat": 1.2,
+}
 
 
 def _status(name: str) -> int:
@@ -135,14 +141,19 @@ def window_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
     if "dense masked" not in times and "dense masked" not in skipped:
         estimate = PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s
         skipped["dense masked"] = (
-            f"skipped: the (s, s) mask alone would need {s * s / 2**30:.1f} GiB" if too_big
+            f"skipped: the (s, s) mask alone would need {s * s / 2**30:.1f} GiB"
+            if too_big
             else f"skipped: ~{estimate:.0f} s a call (extrapolated from the smaller size)"
         )
     dense = times.get("dense masked", PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s)
     causal = times.get("causal, no window")
     return {
-        "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory,
-        "skipped": skipped, "dense_estimated": "dense masked" not in times,
+        "dtype": str(dtype).removeprefix("torch."),
+        "s": s,
+        "times_s": times,
+        "peak_bytes": memory,
+        "skipped": skipped,
+        "dense_estimated": "dense masked" not in times,
         "window_vs_dense": times["mha window"] / dense if dense else None,
         "window_memory_vs_causal": memory["mha window"] / memory["causal, no window"] if causal else None,
         "flex_eager": f"skipped: eager flex_attention materialises n_h·s² scores ({N_H * s * s * 4 / 2**30:.1f} GiB)",
@@ -165,12 +176,22 @@ def flex_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
         with torch.inference_mode():
             flex(q, k, v, block_mask=block_mask, enable_gqa=True)
         compile_s = time.perf_counter() - start
-        times, memory, _ = run({
-            "flex compiled": lambda: flex(q, k, v, block_mask=block_mask, enable_gqa=True),
-            "mha window": lambda: attention(q, k, v, is_causal=True, sliding_window=WINDOW),
-        }, repeats, {"flex compiled": s, "mha window": s}, dtype)
-        return {"dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory,
-                "compile_s": compile_s}
+        times, memory, _ = run(
+            {
+                "flex compiled": lambda: flex(q, k, v, block_mask=block_mask, enable_gqa=True),
+                "mha window": lambda: attention(q, k, v, is_causal=True, sliding_window=WINDOW),
+            },
+            repeats,
+            {"flex compiled": s, "mha window": s},
+            dtype,
+        )
+        return {
+            "dtype": str(dtype).removeprefix("torch."),
+            "s": s,
+            "times_s": times,
+            "peak_bytes": memory,
+            "compile_s": compile_s,
+        }
     except Exception as e:  # noqa: BLE001 - reported, not hidden
         return {"dtype": str(dtype).removeprefix("torch."), "s": s, "error": f"{type(e).__name__}: {e}"[:300]}
 
@@ -180,7 +201,9 @@ def documents_row(dtype: torch.dtype, repeats: int) -> dict:
     s = n * length
     q, k, v = heads(1, s, dtype)
     ids = torch.arange(n).repeat_interleave(length)[None]
-    batch = tuple(t.view(t.shape[1], n, length, D).transpose(0, 1).contiguous() for t in (q, k, v))  # (n, heads, len, d)
+    batch = tuple(
+        t.view(t.shape[1], n, length, D).transpose(0, 1).contiguous() for t in (q, k, v)
+    )  # (n, heads, len, d)
     cases = {
         "mha documents": lambda: attention(q, k, v, is_causal=True, document_ids=ids),
         "batch of documents": lambda: sdpa(*batch, is_causal=True),
@@ -190,12 +213,20 @@ def documents_row(dtype: torch.dtype, repeats: int) -> dict:
     if per_unit * s * s <= CAP_SECONDS:
         mask = (ids[0, :, None] == ids[0, None]) & torch.ones(s, s, dtype=torch.bool).tril()
         cases["dense block-diagonal"] = lambda: sdpa(q, k, v, attn_mask=mask)
-    times, memory, skipped = run(cases, repeats, {"mha documents": s, "batch of documents": s, "dense block-diagonal": s * s}, dtype)
+    times, memory, skipped = run(
+        cases, repeats, {"mha documents": s, "batch of documents": s, "dense block-diagonal": s * s}, dtype
+    )
     dense = times.get("dense block-diagonal", per_unit * s * s)
     if "dense block-diagonal" not in times:
-        skipped["dense block-diagonal"] = f"skipped: ~{dense:.0f} s a call (the dense band mask's time per s², at s={s:,})"
+        skipped["dense block-diagonal"] = (
+            f"skipped: ~{dense:.0f} s a call (the dense band mask's time per s², at s={s:,})"
+        )
     return {
-        "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory, "skipped": skipped,
+        "dtype": str(dtype).removeprefix("torch."),
+        "s": s,
+        "times_s": times,
+        "peak_bytes": memory,
+        "skipped": skipped,
         "dense_estimated": "dense block-diagonal" not in times,
         "documents_vs_dense": times["mha documents"] / dense if dense else None,
         "documents_vs_batch": times["mha documents"] / times["batch of documents"],
@@ -204,13 +235,22 @@ def documents_row(dtype: torch.dtype, repeats: int) -> dict:
 
 def alibi_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
     q, k, v = heads(1, s, dtype)
-    times, memory, skipped = run({
-        "mha alibi": lambda: attention(q, k, v, is_causal=True, alibi=True),
-        "plain causal": lambda: sdpa(q, k, v, is_causal=True),
-    }, repeats, {"mha alibi": s * s, "plain causal": s * s}, dtype)
+    times, memory, skipped = run(
+        {
+            "mha alibi": lambda: attention(q, k, v, is_causal=True, alibi=True),
+            "plain causal": lambda: sdpa(q, k, v, is_causal=True),
+        },
+        repeats,
+        {"mha alibi": s * s, "plain causal": s * s},
+        dtype,
+    )
     both = "mha alibi" in times and "plain causal" in times
     return {
-        "dtype": str(dtype).removeprefix("torch."), "s": s, "times_s": times, "peak_bytes": memory, "skipped": skipped,
+        "dtype": str(dtype).removeprefix("torch."),
+        "s": s,
+        "times_s": times,
+        "peak_bytes": memory,
+        "skipped": skipped,
         "alibi_vs_causal": times["mha alibi"] / times["plain causal"] if both else None,
         "dense_bias_bytes": N_H * s * s * 4,
     }
@@ -233,9 +273,14 @@ def decode_row(dtype: torch.dtype, window: int) -> dict:
     last = sorted(per_token[-quarter:])[quarter // 2]
     cache_bytes = sum(t.numel() * t.element_size() for t in (cache.keys, cache.values))
     return {
-        "dtype": str(dtype).removeprefix("torch."), "window": window, "steps": steps,
-        "first_quarter_s": first, "last_quarter_s": last, "last_vs_first": last / first,
-        "cache_bytes": cache_bytes, "plain_cache_bytes": cache_bytes * steps // (window + 1),
+        "dtype": str(dtype).removeprefix("torch."),
+        "window": window,
+        "steps": steps,
+        "first_quarter_s": first,
+        "last_quarter_s": last,
+        "last_vs_first": last / first,
+        "cache_bytes": cache_bytes,
+        "plain_cache_bytes": cache_bytes * steps // (window + 1),
     }
 
 
@@ -274,36 +319,82 @@ def main() -> None:
     def ratio(value: float | None, estimated: bool = False) -> str:
         return "-" if value is None else f"{value:.3f}" + (" (est.)" if estimated else "")
 
-    print(f"\nWindow {WINDOW}, causal (target at 16k: <= {TARGETS['window_time']}x dense-masked time, "
-          f"<= {TARGETS['window_memory']}x the unmasked call's peak)")
+    print(
+        f"\nWindow {WINDOW}, causal (target at 16k: <= {TARGETS['window_time']}x dense-masked time, "
+        f"<= {TARGETS['window_memory']}x the unmasked call's peak)"
+    )
     print_table(
         ["dtype", "s", "mha ms", "dense masked ms", "causal ms", "vs dense", "mha MiB", "causal MiB", "mem ratio"],
-        [[r["dtype"], r["s"], ms(r, "mha window"), ms(r, "dense masked"), ms(r, "causal, no window"),
-          ratio(r["window_vs_dense"], r["dense_estimated"]), mem(r, "mha window"), mem(r, "causal, no window"),
-          ratio(r["window_memory_vs_causal"])] for r in results["window"]],
+        [
+            [
+                r["dtype"],
+                r["s"],
+                ms(r, "mha window"),
+                ms(r, "dense masked"),
+                ms(r, "causal, no window"),
+                ratio(r["window_vs_dense"], r["dense_estimated"]),
+                mem(r, "mha window"),
+                mem(r, "causal, no window"),
+                ratio(r["window_memory_vs_causal"]),
+            ]
+            for r in results["window"]
+        ],
     )
     for r in results["flex"]:
         print("flex:", r)
-    print(f"\n16 documents x 1,024 packed (target: <= {TARGETS['documents_dense']}x dense, "
-          f"<= {TARGETS['documents_batch']}x the batch)")
+    print(
+        f"\n16 documents x 1,024 packed (target: <= {TARGETS['documents_dense']}x dense, "
+        f"<= {TARGETS['documents_batch']}x the batch)"
+    )
     print_table(
         ["dtype", "mha ms", "batch ms", "dense ms", "vs dense", "vs batch", "mha MiB", "batch MiB"],
-        [[r["dtype"], ms(r, "mha documents"), ms(r, "batch of documents"), ms(r, "dense block-diagonal"),
-          ratio(r["documents_vs_dense"], r["dense_estimated"]), ratio(r["documents_vs_batch"]),
-          mem(r, "mha documents"), mem(r, "batch of documents")] for r in results["documents"]],
+        [
+            [
+                r["dtype"],
+                ms(r, "mha documents"),
+                ms(r, "batch of documents"),
+                ms(r, "dense block-diagonal"),
+                ratio(r["documents_vs_dense"], r["dense_estimated"]),
+                ratio(r["documents_vs_batch"]),
+                mem(r, "mha documents"),
+                mem(r, "batch of documents"),
+            ]
+            for r in results["documents"]
+        ],
     )
     print(f"\nALiBi, causal (target: <= {TARGETS['alibi_time']}x plain causal; bounded memory)")
     print_table(
         ["dtype", "s", "mha ms", "causal ms", "ratio", "mha peak MiB", "causal peak MiB", "dense bias MiB"],
-        [[r["dtype"], r["s"], ms(r, "mha alibi"), ms(r, "plain causal"), ratio(r["alibi_vs_causal"]),
-          mem(r, "mha alibi"), mem(r, "plain causal"), f"{r['dense_bias_bytes'] / mib:.0f}"] for r in results["alibi"]],
+        [
+            [
+                r["dtype"],
+                r["s"],
+                ms(r, "mha alibi"),
+                ms(r, "plain causal"),
+                ratio(r["alibi_vs_causal"]),
+                mem(r, "mha alibi"),
+                mem(r, "plain causal"),
+                f"{r['dense_bias_bytes'] / mib:.0f}",
+            ]
+            for r in results["alibi"]
+        ],
     )
     print(f"\nDecoding 4w tokens with a RollingKVCache (target: last/first quarter <= {TARGETS['decode_flat']})")
     print_table(
         ["dtype", "w", "steps", "first ms", "last ms", "ratio", "cache MiB", "plain cache MiB"],
-        [[r["dtype"], r["window"], r["steps"], f"{r['first_quarter_s'] * 1e3:.2f}", f"{r['last_quarter_s'] * 1e3:.2f}",
-          f"{r['last_vs_first']:.2f}", f"{r['cache_bytes'] / mib:.1f}", f"{r['plain_cache_bytes'] / mib:.1f}"]
-         for r in results["decode"]],
+        [
+            [
+                r["dtype"],
+                r["window"],
+                r["steps"],
+                f"{r['first_quarter_s'] * 1e3:.2f}",
+                f"{r['last_quarter_s'] * 1e3:.2f}",
+                f"{r['last_vs_first']:.2f}",
+                f"{r['cache_bytes'] / mib:.1f}",
+                f"{r['plain_cache_bytes'] / mib:.1f}",
+            ]
+            for r in results["decode"]
+        ],
     )
     elapsed = time.perf_counter() - start
     print(f"\n{elapsed:.0f} s")

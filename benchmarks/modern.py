@@ -80,13 +80,16 @@ def rows(dtype: torch.dtype) -> dict[str, tuple[Callable[[], object], float]]:
         "plain (fused)": (lambda: attention(q, k, v, is_causal=True), attend_flops),
         "sinks, fused + lse rescale": (lambda: attention(q, k, v, is_causal=True, sinks=sinks), attend_flops),
         "sinks, math path (mha, query chunks)": (
-            lambda: attention(q, k, v, is_causal=True, sinks=sinks, backend="math"), attend_flops
+            lambda: attention(q, k, v, is_causal=True, sinks=sinks, backend="math"),
+            attend_flops,
         ),
         "sinks, Transformers gpt-oss eager (concatenated logit)": (
-            lambda: eager(holder, q, k, v, causal_bias, D**-0.5), attend_flops
+            lambda: eager(holder, q, k, v, causal_bias, D**-0.5),
+            attend_flops,
         ),
         f"softcap={SOFTCAP:g}, math path in query chunks": (
-            lambda: attention(q, k, v, is_causal=True, softcap=SOFTCAP), attend_flops
+            lambda: attention(q, k, v, is_causal=True, softcap=SOFTCAP),
+            attend_flops,
         ),
         "layer, plain": (layer(), layer_flops),
         "layer, sinks": (layer(sinks=True), layer_flops),
@@ -174,10 +177,15 @@ def main() -> None:
             fraction = flops / times[name] / 1e9 / gemm
             target = TARGETS.get(name)
             mib = memory.get(name)
-            printed.append([
-                name, f"{times[name] * 1e3:.0f}", f"{ratio:.2f}x" + (f" (target {target:.2f}x)" if target else ""),
-                f"{fraction:.2f}", "-" if mib is None else f"{mib:.0f}",
-            ])
+            printed.append(
+                [
+                    name,
+                    f"{times[name] * 1e3:.0f}",
+                    f"{ratio:.2f}x" + (f" (target {target:.2f}x)" if target else ""),
+                    f"{fraction:.2f}",
+                    "-" if mib is None else f"{mib:.0f}",
+                ]
+            )
             saved[name] = {"ms": times[name] * 1e3, "vs_baseline": ratio, "of_gemm": fraction, "peak_mib": mib}
         print(f"\n{dtype_name}: {args.repeats} interleaved repetitions, {args.warmup} warm-up")
         print(f"{dtype_name}: b={B} s={S} h={H} n_h={N_H} n_kv={N_KV} d={D}, causal; GEMM {gemm:.0f} GFLOP/s")

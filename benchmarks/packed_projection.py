@@ -64,10 +64,18 @@ def main() -> None:
             ratio = times["packed"] / times["separate"]
             name = f"{case} b={b} s={s} h={h}"
             dtype_name = str(dtype).removeprefix("torch.")
-            rows.append([name, dtype_name, f"{times['packed'] * 1e6:.1f}", f"{times['separate'] * 1e6:.1f}",
-                         f"{ratio:.2f}"])
-            results.append({"case": name, "dtype": dtype_name, "repeats": repeats,
-                            "us": {k: t * 1e6 for k, t in times.items()}, "packed_over_separate": ratio})
+            rows.append(
+                [name, dtype_name, f"{times['packed'] * 1e6:.1f}", f"{times['separate'] * 1e6:.1f}", f"{ratio:.2f}"]
+            )
+            results.append(
+                {
+                    "case": name,
+                    "dtype": dtype_name,
+                    "repeats": repeats,
+                    "us": {k: t * 1e6 for k, t in times.items()},
+                    "packed_over_separate": ratio,
+                }
+            )
     print_table(["case", "dtype", "packed µs", "3 separate µs", "packed / separate"], rows)
     path = write_results("packed_projection", {"cases": results})
     print(f"wrote {path}")

@@ -24,8 +24,15 @@ __all__: list[str] = []
 
 
 def check_projected(
-    attention: Attention, query: object, key: object, value: object, mask: object, is_causal: object,
-    need_weights: object, cache: object, document_ids: object,
+    attention: Attention,
+    query: object,
+    key: object,
+    value: object,
+    mask: object,
+    is_causal: object,
+    need_weights: object,
+    cache: object,
+    document_ids: object,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`Attention.forward`'s projected inputs: tensors of its widths, one dtype and device; returned as tensors."""
     query = _checks.floating("query", _checks.tensor("query", query))
@@ -54,12 +61,18 @@ def check_nested(
 ) -> None:
     """A nested query passes (for the drop-in TorchMultiheadAttention) only where torch computes it whole."""
     given = [
-        name for name, on in (
-            ("is_causal=True", is_causal is True), ("need_weights=True", need_weights is True),
-            ("a mask", mask is not None), ("a cache", cache is not None),
-            ("document_ids", document_ids is not None), ("rotary positions", attention.positional is not None),
-            ("sliding_window", attention.sliding_window is not None), ("alibi", attention.alibi),
-        ) if on
+        name
+        for name, on in (
+            ("is_causal=True", is_causal is True),
+            ("need_weights=True", need_weights is True),
+            ("a mask", mask is not None),
+            ("a cache", cache is not None),
+            ("document_ids", document_ids is not None),
+            ("rotary positions", attention.positional is not None),
+            ("sliding_window", attention.sliding_window is not None),
+            ("alibi", attention.alibi),
+        )
+        if on
     ]
     if given:
         raise TypeError(
@@ -69,16 +82,26 @@ def check_nested(
 
 
 def check_options(
-    attention: Attention, query: Tensor, s_kv: int, mask: object, is_causal: object, need_weights: object,
-    cache: object, token_mask: object = None, document_ids: object = None,
+    attention: Attention,
+    query: Tensor,
+    s_kv: int,
+    mask: object,
+    is_causal: object,
+    need_weights: object,
+    cache: object,
+    token_mask: object = None,
+    document_ids: object = None,
 ) -> None:
     """Flags, mask and cache; `query` is `(b, s_q, ...)` in the dtype attention runs in."""
     _checks.flag("is_causal", is_causal)
     _checks.flag("need_weights", need_weights)
     if attention.backend == "fused":  # raises, saying why, for what the fused kernels cannot run
         choose_path(
-            need_weights=bool(need_weights), backend="fused", softcap=attention.softcap,
-            sinks=attention.sinks is not None, dropout=attention.training and attention.dropout > 0,
+            need_weights=bool(need_weights),
+            backend="fused",
+            softcap=attention.softcap,
+            sinks=attention.sinks is not None,
+            dropout=attention.training and attention.dropout > 0,
         )
     b, s_q = query.shape[0], query.shape[1]
     if attention.alibi and attention.shards > 1:
@@ -104,9 +127,7 @@ def check_options(
         if not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a mha.KVCache, got {type(cache).__name__}")
         if s_kv != s_q:
-            raise ValueError(
-                f"with a cache, query and key must be the same chunk: got s_q={s_q} and s_kv={s_kv}"
-            )
+            raise ValueError(f"with a cache, query and key must be the same chunk: got s_q={s_q} and s_kv={s_kv}")
         check_cache_fits(attention, cache, query)
         s_kv = cache.max_len
         if isinstance(cache, RollingKVCache):
@@ -114,9 +135,7 @@ def check_options(
         if token_mask is not None:
             token_mask = _checks.shape("token_mask", token_mask, (b, s_q), lambda: f"(b={b}, s_q={s_q})")
             if token_mask.dtype != torch.bool:
-                raise TypeError(
-                    f"token_mask must be a bool tensor (True = real token), got dtype {token_mask.dtype}"
-                )
+                raise TypeError(f"token_mask must be a bool tensor (True = real token), got dtype {token_mask.dtype}")
             _checks.same_device("token_mask", token_mask, "query", query.device)
     elif token_mask is not None:
         raise ValueError("token_mask goes with a cache (it marks the padding the cache keeps); got cache=None")
@@ -176,6 +195,7 @@ def check_cache_fits(attention: Attention, cache: KVCache, query: Tensor) -> Non
     wanted = (b, n_kv, attention.head_dim, attention.v_head_dim)
     if held != wanted:
         names = ("b", "n_kv", "d", "d_v") if held[3] != held[2] or wanted[3] != wanted[2] else ("b", "n_kv", "d")
+
         def sizes(values: tuple[int, ...]) -> str:
             return ", ".join(f"{name}={value}" for name, value in zip(names, values, strict=False))
 
@@ -196,10 +216,13 @@ def check_cross(module: MultiHeadAttention, document_ids: object) -> None:
     """Windows, ALiBi and documents measure distances between query and key positions of one sequence."""
     attention = module.attention
     given = [
-        name for name, on in (
+        name
+        for name, on in (
             (f"sliding_window={attention.sliding_window}", attention.sliding_window is not None),
-            ("alibi=True", attention.alibi), ("document_ids", document_ids is not None),
-        ) if on
+            ("alibi=True", attention.alibi),
+            ("document_ids", document_ids is not None),
+        )
+        if on
     ]
     if given:
         raise ValueError(

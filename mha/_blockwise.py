@@ -158,7 +158,13 @@ def _mask_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def dense_mask(
-    pattern: Pattern, s_q: int, s_kv: int, *, is_causal: bool, num_heads: int, dtype: torch.dtype,
+    pattern: Pattern,
+    s_q: int,
+    s_kv: int,
+    *,
+    is_causal: bool,
+    num_heads: int,
+    dtype: torch.dtype,
     device: torch.device,
 ) -> Tensor | None:
     """[`position_mask`][mha._blockwise.position_mask] for queries at the last `s_q` of `s_kv` positions."""
@@ -166,14 +172,20 @@ def dense_mask(
     q_pos = torch.arange(s_kv - s_q, s_kv, device=device)[None]  # (1, s_q), negative when s_q > s_kv
     docs = None if pattern.documents is None else masks.runs(pattern.documents)  # (b, s_kv)
     return position_mask(
-        pattern, q_pos, k_pos, is_causal=is_causal, num_heads=num_heads, dtype=_mask_dtype(dtype),
-        q_doc=None if docs is None else docs[:, s_kv - s_q :], k_doc=docs,
+        pattern,
+        q_pos,
+        k_pos,
+        is_causal=is_causal,
+        num_heads=num_heads,
+        dtype=_mask_dtype(dtype),
+        q_doc=None if docs is None else docs[:, s_kv - s_q :],
+        k_doc=docs,
     )
 
 
-def _spans(pattern: Pattern, start: int, end: int, lo: int, hi: int, is_causal: bool, block: int) -> Iterator[
-    tuple[int, int, int, int]
-]:
+def _spans(
+    pattern: Pattern, start: int, end: int, lo: int, hi: int, is_causal: bool, block: int
+) -> Iterator[tuple[int, int, int, int]]:
     """Query blocks `[a, e)` of positions `[start, end)`, each with the keys `[ka, ke)` it can reach in `[lo, hi)`."""
     w = pattern.window
     for a in range(start, end, block):
@@ -276,16 +288,21 @@ def attend(
                 geometry = (e - a, ke - ka, a - ka)
                 if geometry not in local_masks and features and pattern.window is None:
                     local_masks.clear()  # causal only: a triangle, cheaper than position_mask's distances
-                    local_masks[geometry] = torch.ones(
-                        e - a, ke - ka, dtype=torch.bool, device=query.device).tril(a - ka)
+                    local_masks[geometry] = torch.ones(e - a, ke - ka, dtype=torch.bool, device=query.device).tril(
+                        a - ka
+                    )
                 elif geometry not in local_masks:
                     local_masks.clear()
                     q_pos = torch.arange(a, e, device=query.device)[None]
                     k_pos = torch.arange(ka, ke, device=query.device)[None]
                     # Within one document no document mask is needed.
                     local_masks[geometry] = position_mask(
-                        Pattern(pattern.window, pattern.alibi and not features), q_pos, k_pos, is_causal=is_causal,
-                        num_heads=n_h, dtype=dtype,
+                        Pattern(pattern.window, pattern.alibi and not features),
+                        q_pos,
+                        k_pos,
+                        is_causal=is_causal,
+                        num_heads=n_h,
+                        dtype=dtype,
                     )
                 local, causal = local_masks[geometry], False
             if features and reuse is not None:
@@ -300,7 +317,13 @@ def attend(
                 if local is not None and local.dtype != torch.bool:
                     local = local.to(query.dtype)  # the kernel takes a float mask in the query's dtype
                 context = F.scaled_dot_product_attention(
-                    q_blk, k_blk, v_blk, attn_mask=local, dropout_p=dropout_p, is_causal=causal, scale=scale,
+                    q_blk,
+                    k_blk,
+                    v_blk,
+                    attn_mask=local,
+                    dropout_p=dropout_p,
+                    is_causal=causal,
+                    scale=scale,
                     enable_gqa=group > 1,
                 )
             else:
@@ -363,8 +386,9 @@ class _AlibiBuffers:
 
     def __init__(self, query: Tensor, key: Tensor, value: Tensor, *, scale: float, row_constant: bool) -> None:
         s_q, s_kv = query.shape[2], key.shape[2]
-        self.q, self.k, self.v = _alibi_features(query, key, value, s_kv - s_q, 0, scale=scale,
-                                                 row_constant=row_constant)
+        self.q, self.k, self.v = _alibi_features(
+            query, key, value, s_kv - s_q, 0, scale=scale, row_constant=row_constant
+        )
         self.d = query.shape[-1]
         self.slopes = masks.slopes(query.shape[1], query.device).to(torch.float64)[:, None] / scale  # (n_h, 1)
         self.row_constant = row_constant
@@ -380,8 +404,15 @@ class _AlibiBuffers:
 
 
 def _padded_documents(
-    query: Tensor, key: Tensor, value: Tensor, out: Tensor, groups: list[tuple[slice, int, int]], offset: int,
-    is_causal: bool, scale: float | None, dropout_p: float,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    out: Tensor,
+    groups: list[tuple[slice, int, int]],
+    offset: int,
+    is_causal: bool,
+    scale: float | None,
+    dropout_p: float,
 ) -> list[tuple[slice, int, int]]:
     """Documents queried whole, padded into batches of documents: one fused call per batch.
 
@@ -414,15 +445,20 @@ def _padded_documents(
             t: Tensor, shift: int, batch: list[tuple[slice, int, int]] = batch, longest: int = longest
         ) -> Tensor:
             # (n_docs, heads, longest, d): each document's positions, then zeros.
-            return torch.cat([F.pad(t[rows, :, lo - shift : hi - shift], (0, 0, 0, longest - (hi - lo)))
-                              for rows, lo, hi in batch])
+            return torch.cat(
+                [F.pad(t[rows, :, lo - shift : hi - shift], (0, 0, 0, longest - (hi - lo))) for rows, lo, hi in batch]
+            )
 
         if _tiled(batch, longest):
             # Equal documents side by side in one row: views, no copies (the batch a caller would build).
             rows, start, n = batch[0][0], batch[0][1], len(batch)
             context = F.scaled_dot_product_attention(
-                _tile(query, rows, start - offset, n, longest), _tile(key, rows, start, n, longest),
-                _tile(value, rows, start, n, longest), dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                _tile(query, rows, start - offset, n, longest),
+                _tile(key, rows, start, n, longest),
+                _tile(value, rows, start, n, longest),
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=scale,
                 enable_gqa=group > 1,
             )
             _tile(out, rows, start - offset, n, longest).copy_(context)
@@ -432,8 +468,14 @@ def _padded_documents(
             lengths = torch.tensor([hi - lo for _, lo, hi in batch], device=query.device)
             keep = (torch.arange(longest, device=query.device) < lengths[:, None])[:, None, None]  # (n, 1, 1, L)
         context = F.scaled_dot_product_attention(
-            padded(query, offset), padded(key, 0), padded(value, 0), attn_mask=keep, dropout_p=dropout_p,
-            is_causal=is_causal, scale=scale, enable_gqa=group > 1,
+            padded(query, offset),
+            padded(key, 0),
+            padded(value, 0),
+            attn_mask=keep,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=group > 1,
         )
         for i, (rows, lo, hi) in enumerate(batch):
             out[rows, :, lo - offset : hi - offset] = context[i : i + 1, :, : hi - lo]

@@ -186,9 +186,7 @@ def mask(name: str, value: object, target: Sequence[int], legend: str) -> Tensor
     got = value.shape
     pairs = zip(reversed(got), reversed(target), strict=False)  # matched from the right
     if len(got) > len(target) or not all(g == 1 or g == t for g, t in pairs):
-        raise ValueError(
-            f"{name} must be broadcastable to {legend} = {sizes(target)}, got shape {sizes(value)}"
-        )
+        raise ValueError(f"{name} must be broadcastable to {legend} = {sizes(target)}, got shape {sizes(value)}")
     return value
 
 

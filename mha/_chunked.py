@@ -123,8 +123,17 @@ def _causal_rows(start: int, stop: int, s_q: int, s_kv: int, device: torch.devic
 
 
 def _rows(
-    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, is_causal: bool, start: int, stop: int,
-    scale: float | None, dropout_p: float, softcap: float | None, sinks: Tensor | None,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    start: int,
+    stop: int,
+    scale: float | None,
+    dropout_p: float,
+    softcap: float | None,
+    sinks: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """`_chunk` for query rows `start:stop`, with their rows of the mask and of the causal mask."""
     s_q, s_kv = query.shape[2], key.shape[2]
@@ -137,8 +146,14 @@ def _rows(
 
 
 def _chunk(
-    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float | None, dropout_p: float,
-    softcap: float | None, sinks: Tensor | None,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    scale: float | None,
+    dropout_p: float,
+    softcap: float | None,
+    sinks: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Context and weights of some query rows, all keys: `(b, n_h, rows, d_v)` and `(b, n_h, rows, s_kv)`."""
     b, n_h, rows, d = query.shape

@@ -51,7 +51,14 @@ def _block_forward(
 
 
 def _block_backward(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float | None,
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    causal: bool,
+    scale: float | None,
     mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of one block, given the *final* output and log-sum-exp of its rows.
@@ -74,7 +81,14 @@ def _block_backward(
         # its own forward's output and log-sum-exp, but wrong (by 0.7 in bfloat16)
         # with the ones merged over several blocks; its float32 backward is exact.
         grads = _block_backward(
-            grad.float(), q.float(), k.float(), v.float(), out.float(), lse, causal, scale,
+            grad.float(),
+            q.float(),
+            k.float(),
+            v.float(),
+            out.float(),
+            lse,
+            causal,
+            scale,
             None if mask is None else mask.float(),
         )
         return grads[0].to(q.dtype), grads[1].to(k.dtype), grads[2].to(v.dtype)
@@ -85,8 +99,19 @@ def _block_backward(
     q, k, v = _same_width(q, k, v, HEAD_DIM_ALIGNMENT)
     grad, out = _pad_to(grad, width).contiguous(), _pad_to(out, width).contiguous()
     dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        grad, q, k, v, bias, out, lse.contiguous(), no_seed, no_seed, 0.0, [True, True, True, False],
-        causal, scale=scale,
+        grad,
+        q,
+        k,
+        v,
+        bias,
+        out,
+        lse.contiguous(),
+        no_seed,
+        no_seed,
+        0.0,
+        [True, True, True, False],
+        causal,
+        scale=scale,
     )
     return dq[..., :d], dk[..., :d], dv[..., :d_v]
 
@@ -141,7 +166,14 @@ def _attend_block(
 
 
 def _attend_block_backward(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool, scale: float | None,
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    causal: bool,
+    scale: float | None,
     mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`_block_backward` for grouped heads, as in `_attend_block`; key/value gradients per key/value head."""
@@ -149,9 +181,7 @@ def _attend_block_backward(
     if group == 1:
         return _block_backward(grad, q, k, v, out, lse, causal, scale, mask)
     if causal or mask is not None:
-        dq, dk, dv = _block_backward(
-            grad, q, _repeat_kv(k, group), _repeat_kv(v, group), out, lse, causal, scale, mask
-        )
+        dq, dk, dv = _block_backward(grad, q, _repeat_kv(k, group), _repeat_kv(v, group), out, lse, causal, scale, mask)
         # The query heads of a group share a key/value head: sum their gradients.
         return dq, dk.unflatten(1, (-1, group)).sum(2), dv.unflatten(1, (-1, group)).sum(2)
     grad, folded_q, out, lse = (_fold_groups(t, group) for t in (grad, q, out, lse))

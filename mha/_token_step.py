@@ -30,8 +30,15 @@ __all__: list[str] = []
 
 
 def applies(
-    module: MultiHeadAttention, query: object, key: object, value: object, mask: object, is_causal: object,
-    need_weights: object, cache: object, token_mask: object,
+    module: MultiHeadAttention,
+    query: object,
+    key: object,
+    value: object,
+    mask: object,
+    is_causal: object,
+    need_weights: object,
+    cache: object,
+    token_mask: object,
 ) -> bool:
     """Whether this call is one eager decoding step that every check of the full path would pass.
 
@@ -41,8 +48,14 @@ def applies(
     if torch.compiler.is_compiling():
         return False  # compiled steps attend over all max_len slots; Dynamo would also guard on every test below
     if not (
-        key is None and value is None and mask is None and token_mask is None and need_weights is False
-        and (is_causal is False or is_causal is True) and type(cache) is KVCache and type(query) is Tensor
+        key is None
+        and value is None
+        and mask is None
+        and token_mask is None
+        and need_weights is False
+        and (is_causal is False or is_causal is True)
+        and type(cache) is KVCache
+        and type(query) is Tensor
     ):
         return False
     attention, keys = cast("Attention", module._modules["attention"]), cache.keys
@@ -51,15 +64,21 @@ def applies(
     weight = cast(nn.Linear, module._modules["out_proj"]).weight
     return (
         query.shape == (cache.batch_size, 1, attention.hidden_size)
-        and query.dtype == weight.dtype == keys.dtype and query.device == weight.device == keys.device
-        and cache.length < cache.max_len and cache.token_mask is None
+        and query.dtype == weight.dtype == keys.dtype
+        and query.device == weight.device == keys.device
+        and cache.length < cache.max_len
+        and cache.token_mask is None
         and cache.num_kv_heads * attention.shards == attention.num_kv_heads
-        and cache.head_dim == attention.head_dim and cache.v_head_dim == attention.v_head_dim
-        and attention.context_parallel is None and attention.backend != "math" and attention._plain
+        and cache.head_dim == attention.head_dim
+        and cache.v_head_dim == attention.v_head_dim
+        and attention.context_parallel is None
+        and attention.backend != "math"
+        and attention._plain
         and (not attention.training or attention.dropout == 0.0)
         # Autocast on any device sends the call to the full path: one C call, where
         # torch.is_autocast_enabled(device_type) would parse a string and cost 3x more.
-        and not torch.is_grad_enabled() and not torch._C._is_any_autocast_enabled()
+        and not torch.is_grad_enabled()
+        and not torch._C._is_any_autocast_enabled()
     )
 
 
@@ -108,16 +127,22 @@ def _is_bare_linear(module: nn.Module) -> bool:
     Python costs as much as the kernel at one token (`nn.MultiheadAttention`
     never calls its projections as modules at all).
     """
-    return type(module) is nn.Linear and module._compiled_call_impl is None and not (
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    return (
+        type(module) is nn.Linear
+        and module._compiled_call_impl is None
+        and not (
+            module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        )
     )
 
 
 def _global_hooks() -> bool:
     """Whether hooks registered for every module exist (`nn.modules.module.register_module_forward_hook`...)."""
     return bool(
-        module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
-        or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks
+        module_hooks._global_forward_hooks
+        or module_hooks._global_forward_pre_hooks
+        or module_hooks._global_backward_hooks
+        or module_hooks._global_backward_pre_hooks
     )
 
 

@@ -174,9 +174,7 @@ class Attention(nn.Module):
         self.dropout = _checks.probability("dropout", dropout)
         self.scale = None if scale is None else _checks.finite_number("scale", scale)
         if positional is not None and not isinstance(positional, RotaryEmbedding):
-            raise TypeError(
-                f"positional must be a mha.RotaryEmbedding or None, got {type(positional).__name__}"
-            )
+            raise TypeError(f"positional must be a mha.RotaryEmbedding or None, got {type(positional).__name__}")
         if positional is not None and positional.head_dim != self.head_dim:
             raise ValueError(
                 f"positional.head_dim must equal {'hidden_size / num_heads' if head_dim is None else 'head_dim'}"
@@ -203,9 +201,7 @@ class Attention(nn.Module):
         # Whether a one-token decoding step may take MultiHeadAttention's shortcut (plain attention only).
         self._plain = not (qk_norm or sinks or self.softcap is not None)
 
-    def explain(
-        self, *, need_weights: bool = False, length: int | None = None, documents: bool = False
-    ) -> Dispatch:
+    def explain(self, *, need_weights: bool = False, length: int | None = None, documents: bool = False) -> Dispatch:
         """Which path `forward` takes for these arguments, and why.
 
         With a `sliding_window`, `alibi` or `documents` (a call with
@@ -252,16 +248,32 @@ class Attention(nn.Module):
 
     @overload
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, *, mask: Tensor | None = ...,
-        is_causal: bool = ..., need_weights: Literal[False] = ..., cache: KVCache | None = ...,
-        token_mask: Tensor | None = ..., document_ids: Tensor | None = ...,
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        mask: Tensor | None = ...,
+        is_causal: bool = ...,
+        need_weights: Literal[False] = ...,
+        cache: KVCache | None = ...,
+        token_mask: Tensor | None = ...,
+        document_ids: Tensor | None = ...,
     ) -> Tensor: ...
 
     @overload
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, *, mask: Tensor | None = ...,
-        is_causal: bool = ..., need_weights: Literal[True], cache: KVCache | None = ...,
-        token_mask: Tensor | None = ..., document_ids: Tensor | None = ...,
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        mask: Tensor | None = ...,
+        is_causal: bool = ...,
+        need_weights: Literal[True],
+        cache: KVCache | None = ...,
+        token_mask: Tensor | None = ...,
+        document_ids: Tensor | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
 
     def forward(
@@ -313,14 +325,30 @@ class Attention(nn.Module):
             self, query, key, value, mask, is_causal, need_weights, cache, document_ids
         )
         return self._run(
-            query, key, value, mask=mask, is_causal=is_causal, need_weights=need_weights, cache=cache,
-            token_mask=token_mask, document_ids=document_ids,
+            query,
+            key,
+            value,
+            mask=mask,
+            is_causal=is_causal,
+            need_weights=need_weights,
+            cache=cache,
+            token_mask=token_mask,
+            document_ids=document_ids,
         )
 
     def _run(
-        self, query: Tensor, key: Tensor, value: Tensor, *, projections: tuple[nn.Module, ...] | None = None,
-        mask: Tensor | None, is_causal: bool, need_weights: bool, cache: KVCache | None,
-        token_mask: Tensor | None, document_ids: Tensor | None,
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        projections: tuple[nn.Module, ...] | None = None,
+        mask: Tensor | None,
+        is_causal: bool,
+        need_weights: bool,
+        cache: KVCache | None,
+        token_mask: Tensor | None,
+        document_ids: Tensor | None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """The one way in after the inputs' shapes are checked: options checked, then (projected and) attended.
 
@@ -406,8 +434,18 @@ class Attention(nn.Module):
             )
         else:
             context, weights = attend(
-                q, k, v, mask, is_causal, self.scale, dropout_p, path, guard=guard,
-                sinks=self._local_sinks(), softcap=self.softcap, pattern=pattern,
+                q,
+                k,
+                v,
+                mask,
+                is_causal,
+                self.scale,
+                dropout_p,
+                path,
+                guard=guard,
+                sinks=self._local_sinks(),
+                softcap=self.softcap,
+                pattern=pattern,
             )
         context = context.transpose(1, 2).flatten(2)  # (b, s_q, n_h * d_v)
         if need_weights:
@@ -423,7 +461,11 @@ class Attention(nn.Module):
             k_pos = cache.token_mask[:, :slots].long().cumsum(dim=1) - 1  # (b, slots): real tokens counted
         chunk = cache.position - s_q + torch.arange(s_q, device=q.device)  # the chunk's slots (s_q,)
         return _blockwise.position_mask(
-            pattern, k_pos[:, chunk], k_pos, is_causal=True, num_heads=q.shape[1],
+            pattern,
+            k_pos[:, chunk],
+            k_pos,
+            is_causal=True,
+            num_heads=q.shape[1],
             dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
         )
 
@@ -437,7 +479,11 @@ class Attention(nn.Module):
             q, k = self.positional.rotate(q, angles), self.positional.rotate(k, angles)
         keys, values, key_positions = cache.extend(k, v, positions, token_mask)  # (b, n_kv, w + s_q, d)
         mask = _blockwise.position_mask(
-            Pattern(cache.window, self.alibi), positions, key_positions, is_causal=True, num_heads=q.shape[1],
+            Pattern(cache.window, self.alibi),
+            positions,
+            key_positions,
+            is_causal=True,
+            num_heads=q.shape[1],
             dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
         )
         return q, keys, values, masks._combine(mask, (key_positions >= 0)[:, None, None, :])
@@ -643,9 +689,7 @@ class MultiHeadAttention(nn.Module):
         """`d_v`."""
         return self.attention.v_head_dim
 
-    def explain(
-        self, *, need_weights: bool = False, length: int | None = None, documents: bool = False
-    ) -> Dispatch:
+    def explain(self, *, need_weights: bool = False, length: int | None = None, documents: bool = False) -> Dispatch:
         """Which attention path `forward` takes, and why (see [`Attention.explain`][mha.Attention.explain]).
 
         Examples:
@@ -657,16 +701,32 @@ class MultiHeadAttention(nn.Module):
 
     @overload
     def forward(
-        self, query: Tensor, key: Tensor | None = ..., value: Tensor | None = ..., *,
-        mask: Tensor | None = ..., is_causal: bool = ..., need_weights: Literal[False] = ...,
-        cache: KVCache | None = ..., token_mask: Tensor | None = ..., document_ids: Tensor | None = ...,
+        self,
+        query: Tensor,
+        key: Tensor | None = ...,
+        value: Tensor | None = ...,
+        *,
+        mask: Tensor | None = ...,
+        is_causal: bool = ...,
+        need_weights: Literal[False] = ...,
+        cache: KVCache | None = ...,
+        token_mask: Tensor | None = ...,
+        document_ids: Tensor | None = ...,
     ) -> Tensor: ...
 
     @overload
     def forward(
-        self, query: Tensor, key: Tensor | None = ..., value: Tensor | None = ..., *,
-        mask: Tensor | None = ..., is_causal: bool = ..., need_weights: Literal[True],
-        cache: KVCache | None = ..., token_mask: Tensor | None = ..., document_ids: Tensor | None = ...,
+        self,
+        query: Tensor,
+        key: Tensor | None = ...,
+        value: Tensor | None = ...,
+        *,
+        mask: Tensor | None = ...,
+        is_causal: bool = ...,
+        need_weights: Literal[True],
+        cache: KVCache | None = ...,
+        token_mask: Tensor | None = ...,
+        document_ids: Tensor | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
 
     def forward(
@@ -726,8 +786,16 @@ class MultiHeadAttention(nn.Module):
         if cross:
             _attention_checks.check_cross(self, document_ids)
         result = self.attention._run(
-            query, key, value, projections=(self.q_proj, self.k_proj, self.v_proj), mask=mask, is_causal=is_causal,
-            need_weights=need_weights, cache=cache, token_mask=token_mask, document_ids=document_ids,
+            query,
+            key,
+            value,
+            projections=(self.q_proj, self.k_proj, self.v_proj),
+            mask=mask,
+            is_causal=is_causal,
+            need_weights=need_weights,
+            cache=cache,
+            token_mask=token_mask,
+            document_ids=document_ids,
         )
         if isinstance(result, tuple):
             context, weights = result

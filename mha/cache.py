@@ -136,9 +136,7 @@ class KVCache:
         b, n_kv, d, d_v = self.batch_size, self.num_kv_heads, self.head_dim, self.v_head_dim
         key = _checks.shape("key", key, (b, n_kv, None, d), lambda: f"(b={b}, n_kv={n_kv}, s, d={d})")
         s = key.shape[2]
-        _checks.shape(
-            "value", value, (b, n_kv, s, d_v), lambda: f"(b={b}, n_kv={n_kv}, s={int(s)}, d_v={d_v})"
-        )
+        _checks.shape("value", value, (b, n_kv, s, d_v), lambda: f"(b={b}, n_kv={n_kv}, s={int(s)}, d_v={d_v})")
         if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
             raise TypeError(f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}")
         self.check_room(key.shape[-2])

@@ -281,8 +281,10 @@ def _projections(layer: Any, q_width: int, kv_width: int) -> dict[str, tuple[Ten
         bs = (None,) * 3 if fused.bias is None else fused.bias.data.split(split)
         pairs = dict(zip("qkv", zip(ws, bs, strict=True), strict=True))
     else:
-        pairs = {k: (p.weight.data, None if p.bias is None else p.bias.data)
-                 for k, p in (("q", layer.q_proj), ("k", layer.k_proj), ("v", layer.v_proj))}
+        pairs = {
+            k: (p.weight.data, None if p.bias is None else p.bias.data)
+            for k, p in (("q", layer.q_proj), ("k", layer.k_proj), ("v", layer.v_proj))
+        }
     pairs["o"] = (o.weight.data, None if o.bias is None else o.bias.data)
     return pairs
 

@@ -103,19 +103,19 @@ def choose_path(
     if need_weights:
         if backend == "fused":
             raise ValueError(
-                'backend="fused" cannot return attention weights; got need_weights=True '
-                '(use backend="auto" or "math")'
+                'backend="fused" cannot return attention weights; got need_weights=True (use backend="auto" or "math")'
             )
-        return Dispatch(
-            "math", "need_weights=True: the fused kernels do not return attention weights"
-        )
+        return Dispatch("math", "need_weights=True: the fused kernels do not return attention weights")
     if backend == "fused":
         return _with_sinks(Dispatch("fused", 'backend="fused" was requested'), sinks)
-    return _with_sinks(Dispatch(
-        "fused",
-        "no weights requested: torch.nn.functional.scaled_dot_product_attention "
-        "picks its flash, memory-efficient or math kernel",
-    ), sinks)
+    return _with_sinks(
+        Dispatch(
+            "fused",
+            "no weights requested: torch.nn.functional.scaled_dot_product_attention "
+            "picks its flash, memory-efficient or math kernel",
+        ),
+        sinks,
+    )
 
 
 def _special_path(backend: str, softcap: float | None, sinks: bool, dropout: bool) -> Dispatch | None:
@@ -336,8 +336,14 @@ def attention_weights(
     if scale is not None:
         _checks.finite_number("scale", scale)
     prepared = _prepare_mask(
-        mask, is_causal, s_q=query.shape[-2], s_kv=key.shape[-2], scale=scale, guard=True,
-        n_kv=key.shape[-3], device=query.device,
+        mask,
+        is_causal,
+        s_q=query.shape[-2],
+        s_kv=key.shape[-2],
+        scale=scale,
+        guard=True,
+        n_kv=key.shape[-3],
+        device=query.device,
     )
     return _weights(query, _zero_blocked(key, prepared.blocked), prepared, scale)
 
@@ -480,9 +486,7 @@ def check_pattern(
     if document_ids is not None:
         document_ids = masks.check_document_ids("document_ids", document_ids)
         if document_ids.shape != (b, s_kv):
-            raise ValueError(
-                f"document_ids must have shape (b={b}, s_kv={s_kv}), got {_checks.sizes(document_ids)}"
-            )
+            raise ValueError(f"document_ids must have shape (b={b}, s_kv={s_kv}), got {_checks.sizes(document_ids)}")
         _checks.same_device("document_ids", document_ids, "query", device)
         if s_q > s_kv:
             raise ValueError(
@@ -561,8 +565,17 @@ def attend(
         from mha import _chunked  # imports this module
 
         return _chunked.attend(
-            query, key, value, mask, is_causal, scale, dropout_p,
-            softcap=softcap, sinks=sinks, need_weights=path == "math", guard=guard,
+            query,
+            key,
+            value,
+            mask,
+            is_causal,
+            scale,
+            dropout_p,
+            softcap=softcap,
+            sinks=sinks,
+            need_weights=path == "math",
+            guard=guard,
         )
     prepared = _prepare_mask(
         mask, is_causal, s_q=s_q, s_kv=s_kv, scale=scale, guard=guard, n_kv=key.shape[-3], device=query.device

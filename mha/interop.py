@@ -153,7 +153,13 @@ def to_torch(module: MultiHeadAttention, *, batch_first: bool = True) -> nn.Mult
 
 
 _TORCH_WEIGHTS = (
-    "in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v",
+    "in_proj_weight",
+    "in_proj_bias",
+    "q_proj_weight",
+    "k_proj_weight",
+    "v_proj_weight",
+    "bias_k",
+    "bias_v",
 )
 
 
@@ -308,9 +314,18 @@ class TorchMultiheadAttention(nn.Module):
         weight = module.out_proj.weight
         # skip_init: no random initialisation (nor use of the global RNG) for weights about to be overwritten.
         drop_in = nn.utils.skip_init(
-            cls, module.embed_dim, module.num_heads, module.dropout, module.in_proj_bias is not None,
-            module.bias_k is not None, module.add_zero_attn, module.kdim, module.vdim, module.batch_first,
-            device=weight.device, dtype=weight.dtype,
+            cls,
+            module.embed_dim,
+            module.num_heads,
+            module.dropout,
+            module.in_proj_bias is not None,
+            module.bias_k is not None,
+            module.add_zero_attn,
+            module.kdim,
+            module.vdim,
+            module.batch_first,
+            device=weight.device,
+            dtype=weight.dtype,
         )
         drop_in.load_state_dict(module.state_dict())
         return drop_in.train(module.training)
@@ -390,8 +405,11 @@ class TorchMultiheadAttention(nn.Module):
         """
         for name, t in (("query", query), ("key", key), ("value", value)):
             _checks.tensor(name, t)
-        for name, flag in (("need_weights", need_weights), ("average_attn_weights", average_attn_weights),
-                           ("is_causal", is_causal)):
+        for name, flag in (
+            ("need_weights", need_weights),
+            ("average_attn_weights", average_attn_weights),
+            ("is_causal", is_causal),
+        ):
             _checks.flag(name, flag)
         if query.is_nested and (need_weights or self.bias_k is not None or self.add_zero_attn):
             raise ValueError(
@@ -449,7 +467,11 @@ class TorchMultiheadAttention(nn.Module):
         return [nn.functional.linear(x, w, b) for x, w, b in zip(inputs, weights, biases, strict=True)]
 
     def _append_extra_keys(
-        self, k: Tensor, v: Tensor, attn_mask: Tensor | None, key_padding_mask: Tensor | None,
+        self,
+        k: Tensor,
+        v: Tensor,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Append `add_bias_kv`'s learned key/value, then `add_zero_attn`'s zero one; every query may see them."""
         b, e = k.shape[0], self.embed_dim
@@ -486,8 +508,7 @@ def _check_expressible(module: MultiHeadAttention) -> None:
     for name, (got, expected) in unsupported.items():
         if got != expected:
             raise ValueError(
-                f"nn.MultiheadAttention has no equivalent of {name}={got!r} "
-                f"(expected {name}={expected!r})"
+                f"nn.MultiheadAttention has no equivalent of {name}={got!r} (expected {name}={expected!r})"
             )
 
 
@@ -505,7 +526,11 @@ def _check_replacement(module: TorchMultiheadAttention, name: str, value: Tensor
 
 
 def _check_torch_inputs(
-    module: TorchMultiheadAttention, query: Tensor, key: Tensor, value: Tensor, unbatched: bool,
+    module: TorchMultiheadAttention,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    unbatched: bool,
 ) -> None:
     """query, key and value as nn.MultiheadAttention takes them, with the parameters' dtype and device."""
     e, kdim, vdim = module.embed_dim, module.kdim, module.vdim
@@ -526,8 +551,12 @@ def _check_torch_inputs(
         legend = "(b, s_kv, {})" if module.batch_first else "(s_kv, b, {})"
         key = _checks.shape("key", key, expected(None, kdim), lambda: legend.format(f"kdim={kdim}") + f" with b={b}")
         length = None if key.is_nested else key.shape[1 - batch]
-        _checks.shape("value", value, expected(length, vdim),
-                      lambda: legend.format(f"vdim={vdim}") + f" with b={b}, s_kv={length}, like key")
+        _checks.shape(
+            "value",
+            value,
+            expected(length, vdim),
+            lambda: legend.format(f"vdim={vdim}") + f" with b={b}, s_kv={length}, like key",
+        )
     _checks.floating("query", query)
     weight = module.out_proj.weight
     if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):
@@ -542,8 +571,13 @@ def _check_torch_inputs(
 
 
 def _check_torch_masks(
-    query: Tensor, key: Tensor, attn_mask: Tensor | None, key_padding_mask: Tensor | None,
-    num_heads: int, unbatched: bool, batch_first: bool,
+    query: Tensor,
+    key: Tensor,
+    attn_mask: Tensor | None,
+    key_padding_mask: Tensor | None,
+    num_heads: int,
+    unbatched: bool,
+    batch_first: bool,
 ) -> None:
     """The mask shapes nn.MultiheadAttention accepts, and no others."""
     if query.is_nested:
@@ -570,8 +604,13 @@ def _check_torch_masks(
 
 
 _HOOK_DICTS = (
-    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
 )
 
 

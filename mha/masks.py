@@ -35,9 +35,7 @@ __all__ = [
 # `causal`, `window`, `runs` and `slopes` are internal: the helpers without their checks.
 
 
-def causal_mask(
-    s_q: int, s_kv: int | None = None, *, device: torch.device | str | None = None
-) -> Tensor:
+def causal_mask(s_q: int, s_kv: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
     """A boolean causal mask, aligned bottom-right.
 
     Query `i` may attend to key `j` when `j <= i + (s_kv - s_q)`: the
@@ -290,9 +288,7 @@ def padding_mask(lengths: Tensor, s_kv: int | None = None) -> Tensor:
         s_kv = int(lengths.max())
     s_kv = _checks.positive_int("s_kv", s_kv)
     if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > s_kv):
-        raise ValueError(
-            f"lengths must be in [0, s_kv={s_kv}], got {lengths.tolist()}"
-        )
+        raise ValueError(f"lengths must be in [0, s_kv={s_kv}], got {lengths.tolist()}")
     positions = torch.arange(s_kv, device=lengths.device)  # (s_kv,)
     return (positions < lengths.unsqueeze(-1))[:, None, None, :]  # (b, 1, 1, s_kv)
 
@@ -315,9 +311,7 @@ def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """`to_additive` without its check, for the core, which checked its masks at the entry."""
     if mask.dtype != torch.bool:
         return mask.to(dtype)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-        ~mask, float("-inf")
-    )
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
 def combine_masks(*masks: Tensor | None) -> Tensor | None:
@@ -406,17 +400,13 @@ def from_torch_masks(
             attn_mask = attn_mask.view(-1, num_heads, *attn_mask.shape[1:])
         elif attn_mask.ndim != 2:
             raise ValueError(
-                "attn_mask must have shape (s_q, s_kv) or (b * n_h, s_q, s_kv), "
-                f"got {_checks.sizes(attn_mask)}"
+                f"attn_mask must have shape (s_q, s_kv) or (b * n_h, s_q, s_kv), got {_checks.sizes(attn_mask)}"
             )
         converted.append(~attn_mask if attn_mask.dtype == torch.bool else attn_mask)
     if key_padding_mask is not None:
         key_padding_mask = _checks.tensor("key_padding_mask", key_padding_mask)
         if key_padding_mask.ndim != 2:
-            raise ValueError(
-                "key_padding_mask must have shape (b, s_kv), "
-                f"got {_checks.sizes(key_padding_mask)}"
-            )
+            raise ValueError(f"key_padding_mask must have shape (b, s_kv), got {_checks.sizes(key_padding_mask)}")
         kpm = key_padding_mask[:, None, None, :]  # (b, 1, 1, s_kv)
         converted.append(~kpm if kpm.dtype == torch.bool else kpm)
     return _combine(*converted)

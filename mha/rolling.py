@@ -81,8 +81,13 @@ class RollingKVCache(KVCache):
     ) -> None:
         self.window = _checks.positive_int("window", window)
         super().__init__(
-            batch_size, window + 1, num_kv_heads=num_kv_heads, head_dim=head_dim, v_head_dim=v_head_dim,
-            dtype=dtype, device=device,
+            batch_size,
+            window + 1,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            v_head_dim=v_head_dim,
+            dtype=dtype,
+            device=device,
         )
         self.slot_positions = torch.full((batch_size, window + 1), -1, dtype=torch.long, device=device)
         self.next_positions = torch.zeros(batch_size, dtype=torch.long, device=device)  # each sample's next

@@ -44,10 +44,18 @@ _KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "yarn": (
         frozenset({"original_max_position_embeddings"}),
-        frozenset({
-            "factor", "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate",
-            "max_position_embeddings",
-        }),
+        frozenset(
+            {
+                "factor",
+                "attention_factor",
+                "beta_fast",
+                "beta_slow",
+                "mscale",
+                "mscale_all_dim",
+                "truncate",
+                "max_position_embeddings",
+            }
+        ),
     ),
 }
 _COMMON = frozenset({"rope_type", "type", "rope_theta", "partial_rotary_factor"})

@@ -210,14 +210,10 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate `x` by `positions`; see the class docstring for shapes."""
         if x.shape[-1] != self.head_dim:
-            raise ValueError(
-                f"x must have last dimension d={self.head_dim}, got shape {_checks.sizes(x)}"
-            )
+            raise ValueError(f"x must have last dimension d={self.head_dim}, got shape {_checks.sizes(x)}")
         return self.rotate(x, self.angles(positions, x.dtype, x.device))
 
-    def angles(
-        self, positions: Tensor, dtype: torch.dtype, device: torch.device, *, end: int | None = None
-    ) -> Angles:
+    def angles(self, positions: Tensor, dtype: torch.dtype, device: torch.device, *, end: int | None = None) -> Angles:
         """The rotation angles of `positions`, to rotate several tensors at the same positions.
 
         In eager mode they are one complex number `cos + i sin` per pair, and

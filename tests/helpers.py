@@ -114,7 +114,6 @@ def under_fullgraph(message: str) -> str:
     version.
     """
     if not _DYNAMO_KEEPS_TEXT:
-
         text = "-".join(["mha", "probe"])  # not literally in the source line Dynamo quotes
 
         def probe(x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,10 @@ def site(tmp_path_factory) -> Path:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "MHA_SITE_URL": SITE_URL}
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
@@ -74,8 +77,14 @@ class Browser:
     def __init__(self, playwright) -> None:
         self.chromium = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         self.blocked: list[str] = []
 
@@ -83,8 +92,10 @@ class Browser:
         """A fresh context on `url`. `wait="load"` skips networkidle's half-second quiet
         window; crawls over every page use it and wait for what they check."""
         context = self.chromium.new_context(
-            color_scheme=color_scheme, viewport={"width": width, "height": 900},
-            is_mobile=width < 600, has_touch=width < 600,
+            color_scheme=color_scheme,
+            viewport={"width": width, "height": 900},
+            is_mobile=width < 600,
+            has_touch=width < 600,
         )
         context.add_init_script(OPEN_SHADOW_ROOTS)
         context.route("**/*", self._route)
@@ -93,7 +104,10 @@ class Browser:
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("requestfailed", lambda req: errors.append(f"failed: {req.url}"))
-        page.on("response", lambda res: errors.append(f"{res.status}: {res.url}") if res.status >= 400 and res.url != url else None)
+        page.on(
+            "response",
+            lambda res: errors.append(f"{res.status}: {res.url}") if res.status >= 400 and res.url != url else None,
+        )
         page.goto(url, wait_until=wait)
         return page, errors
 

@@ -41,7 +41,7 @@ def _handler(site: Path, prefix: str) -> type[http.server.SimpleHTTPRequestHandl
             path = path.split("?", 1)[0].split("#", 1)[0]
             if not path.startswith(prefix):
                 return str(site / "__outside_the_site__")
-            return super().translate_path("/" + path[len(prefix):])
+            return super().translate_path("/" + path[len(prefix) :])
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             page = site / "404.html"

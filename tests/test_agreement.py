@@ -81,7 +81,12 @@ def assert_close(actual, expected, dtype):
 @st.composite
 def cases(draw):
     dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.float16, torch.bfloat16]))
-    b, n_kv, group, d = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    b, n_kv, group, d = (
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 4)),
+    )
     n_h = n_kv * group
     is_causal = draw(st.booleans())
     s_kv = draw(st.integers(0, 6))
@@ -91,13 +96,24 @@ def cases(draw):
     scale = draw(st.sampled_from([None, None, 0.0, -0.0, 0.3, -0.7, 1e-30, 1e-45, 1e30, -1e30]))
     mask_kind = draw(st.sampled_from([None, "bool", "float"]))
     rank = draw(st.integers(1, 4))
-    full = (b, n_h, s_q, s_kv)[4 - rank:]
+    full = (b, n_h, s_q, s_kv)[4 - rank :]
     shape = tuple(draw(st.sampled_from([n, 1])) if i < rank - 1 else n for i, n in enumerate(full))
     return {
-        "dtype": dtype, "b": b, "n_kv": n_kv, "n_h": n_h, "d": d, "s_q": s_q, "s_kv": s_kv,
-        "is_causal": is_causal, "scale": scale, "mask_kind": mask_kind, "mask_shape": shape,
-        "blocked_row": draw(st.booleans()), "nonfinite": draw(st.sampled_from([None, INF, -INF, float("nan")])),
-        "mask_dtype": draw(st.sampled_from(["query", "float32"])), "seed": draw(st.integers(0, 2**16)),
+        "dtype": dtype,
+        "b": b,
+        "n_kv": n_kv,
+        "n_h": n_h,
+        "d": d,
+        "s_q": s_q,
+        "s_kv": s_kv,
+        "is_causal": is_causal,
+        "scale": scale,
+        "mask_kind": mask_kind,
+        "mask_shape": shape,
+        "blocked_row": draw(st.booleans()),
+        "nonfinite": draw(st.sampled_from([None, INF, -INF, float("nan")])),
+        "mask_dtype": draw(st.sampled_from(["query", "float32"])),
+        "seed": draw(st.integers(0, 2**16)),
     }
 
 
@@ -169,9 +185,14 @@ def test_sinks_and_softcap_agree_with_the_reference(case, sinks, softcap):
 @st.composite
 def cached_runs(draw):
     return {
-        "n_kv": draw(st.integers(1, 2)), "group": draw(st.integers(1, 3)), "d": draw(st.sampled_from([2, 3])),
-        "b": draw(st.integers(1, 2)), "prefill": draw(st.integers(1, 4)), "steps": draw(st.integers(0, 3)),
-        "scale": draw(st.sampled_from([None, 0.0, -0.5, 1e-30])), "pad": draw(st.integers(0, 2)),
+        "n_kv": draw(st.integers(1, 2)),
+        "group": draw(st.integers(1, 3)),
+        "d": draw(st.sampled_from([2, 3])),
+        "b": draw(st.integers(1, 2)),
+        "prefill": draw(st.integers(1, 4)),
+        "steps": draw(st.integers(0, 3)),
+        "scale": draw(st.sampled_from([None, 0.0, -0.5, 1e-30])),
+        "pad": draw(st.integers(0, 2)),
         "dtype": draw(st.sampled_from([torch.float32, torch.float32, torch.bfloat16])),
         "seed": draw(st.integers(0, 2**16)),
     }

@@ -87,9 +87,7 @@ def test_matches_torch_multihead_attention(cfg):
         allowed = causal_mask(s_q, s_kv)
         kwargs["attn_mask"], is_causal = ~allowed, True
 
-    expected, expected_w = theirs(
-        query, key, value, need_weights=True, average_attn_weights=False, **kwargs
-    )
+    expected, expected_w = theirs(query, key, value, need_weights=True, average_attn_weights=False, **kwargs)
     out = ours(query, key, value, mask=ours_mask, is_causal=is_causal, need_weights=cfg["need_weights"])
     if cfg["need_weights"]:
         out, weights = out
@@ -144,9 +142,7 @@ def test_gradcheck_float64():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(
-    "mask_kind", ["none", "causal", "bool", "float", "padding", "causal+padding", "empty-row"]
-)
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "float", "padding", "causal+padding", "empty-row"])
 def test_fused_and_math_agree(dtype, mask_kind):
     n_kv = 1 if mask_kind == "padding" else N_H
     fused = MultiHeadAttention(H, N_H, num_kv_heads=n_kv, dtype=dtype)
@@ -162,7 +158,9 @@ def test_fused_and_math_agree(dtype, mask_kind):
         "float": torch.randn(B, 1, S_Q, s_kv, dtype=dtype),
         "padding": pad,
         "causal+padding": pad,
-        "empty-row": torch.zeros(B, N_H, S_Q, s_kv, dtype=torch.bool).index_fill_(-1, torch.tensor([1]), True).index_fill_(2, torch.tensor([2]), False),
+        "empty-row": torch.zeros(B, N_H, S_Q, s_kv, dtype=torch.bool)
+        .index_fill_(-1, torch.tensor([1]), True)
+        .index_fill_(2, torch.tensor([2]), False),
     }[mask_kind]
     causal = mask_kind.startswith("causal")
     a = fused(query, key, mask=mask, is_causal=causal)
@@ -376,13 +374,21 @@ def test_attn_mask_keyword_fails_loudly():
     ("kwargs", "error", "match"),
     [
         ({"hidden_size": 30, "num_heads": 4}, ValueError, r"hidden_size=30 must be divisible by num_heads=4"),
-        ({"hidden_size": 32, "num_heads": 4, "num_kv_heads": 3}, ValueError, r"num_heads=4 must be divisible by num_kv_heads=3"),
+        (
+            {"hidden_size": 32, "num_heads": 4, "num_kv_heads": 3},
+            ValueError,
+            r"num_heads=4 must be divisible by num_kv_heads=3",
+        ),
         ({"hidden_size": 32, "num_heads": 0}, ValueError, r"num_heads must be a positive int, got 0"),
         ({"hidden_size": 32, "num_heads": -2}, ValueError, r"num_heads must be a positive int, got -2"),
         ({"hidden_size": 32, "num_heads": 4.0}, TypeError, r"num_heads must be an int, got float"),
         ({"hidden_size": 32, "num_heads": 4, "dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\), got 1.0"),
         ({"hidden_size": 32, "num_heads": 4, "dropout": -0.1}, ValueError, r"dropout must be in \[0, 1\), got -0.1"),
-        ({"hidden_size": 32, "num_heads": 4, "backend": "flash"}, ValueError, r"backend must be one of \['auto', 'fused', 'math'\], got 'flash'"),
+        (
+            {"hidden_size": 32, "num_heads": 4, "backend": "flash"},
+            ValueError,
+            r"backend must be one of \['auto', 'fused', 'math'\], got 'flash'",
+        ),
         ({"hidden_size": 32, "num_heads": 4, "kdim": 0}, ValueError, r"kdim must be a positive int, got 0"),
         ({"hidden_size": 32, "num_heads": 4, "bias": 1}, TypeError, r"bias must be a bool, got int"),
     ],
@@ -398,11 +404,31 @@ def _forward_error_cases():
         ((torch.randn(2, 5, 12),), {}, ValueError, r"query must have shape \(b, s_q, h=16\), got \(2, 5, 12\)"),
         ((torch.randn(5, 16),), {}, ValueError, r"query must have shape \(b, s_q, h=16\), got \(5, 16\)"),
         ((x, torch.randn(3, 7, 16)), {}, ValueError, r"key must have shape \(b=2, s_kv, kdim=16\), got \(3, 7, 16\)"),
-        ((x, torch.randn(2, 7, 16), torch.randn(2, 6, 16)), {}, ValueError, r"value must have shape \(b=2, s_kv=7, vdim=16\), got \(2, 6, 16\)"),
+        (
+            (x, torch.randn(2, 7, 16), torch.randn(2, 6, 16)),
+            {},
+            ValueError,
+            r"value must have shape \(b=2, s_kv=7, vdim=16\), got \(2, 6, 16\)",
+        ),
         (([[1.0]],), {}, TypeError, r"query must be a torch.Tensor, got list"),
-        ((x,), {"mask": torch.ones(4, 4, dtype=torch.bool)}, ValueError, r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 4, 5, 5\), got shape \(4, 4\)"),
-        ((x,), {"mask": torch.ones(2, 5, 5, 1, 1, dtype=torch.bool)}, ValueError, r"mask must be broadcastable .* got shape \(2, 5, 5, 1, 1\)"),
-        ((x,), {"mask": torch.ones(5, 5, dtype=torch.int64)}, TypeError, r"mask must be a bool tensor \(True = may attend\) or a float tensor .* got dtype torch.int64"),
+        (
+            (x,),
+            {"mask": torch.ones(4, 4, dtype=torch.bool)},
+            ValueError,
+            r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 4, 5, 5\), got shape \(4, 4\)",
+        ),
+        (
+            (x,),
+            {"mask": torch.ones(2, 5, 5, 1, 1, dtype=torch.bool)},
+            ValueError,
+            r"mask must be broadcastable .* got shape \(2, 5, 5, 1, 1\)",
+        ),
+        (
+            (x,),
+            {"mask": torch.ones(5, 5, dtype=torch.int64)},
+            TypeError,
+            r"mask must be a bool tensor \(True = may attend\) or a float tensor .* got dtype torch.int64",
+        ),
         ((x.long(),), {}, TypeError, r"query must be a floating-point tensor, got dtype torch.int64"),
     ]
 
@@ -493,8 +519,8 @@ def test_half_precision_with_a_large_finite_negative_mask_agrees_on_both_paths(d
     """A float32 mask of finite large negatives must not turn into -inf on one path only."""
     q, k, v = (torch.randn(2, 3, 5, 8, dtype=dtype) for _ in range(3))
     mask = torch.zeros(2, 1, 5, 7)[..., :5].clone()
-    mask[:, :, 1] = fill          # row 1: every key blocked by a finite value
-    mask[:, :, 3, :2] = fill      # row 3: two keys blocked
+    mask[:, :, 1] = fill  # row 1: every key blocked by a finite value
+    mask[:, :, 3, :2] = fill  # row 3: two keys blocked
     from mha.functional import attention
 
     fused, _ = attention(q, k, v, mask=mask, backend="fused")
@@ -564,9 +590,17 @@ def test_arguments_are_checked_once_per_call(monkeypatch):
     assert calls == {"shape": 1, "floating": 1, "flag": 2, "mask": 1}  # self-attention: key, value are query
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"is_causal": True}, {"mask": "pad"}, {"num_kv_heads": 2}, {"backend": "math", "is_causal": True},
-], ids=["plain", "causal", "mask", "gqa", "math-causal"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"is_causal": True},
+        {"mask": "pad"},
+        {"num_kv_heads": 2},
+        {"backend": "math", "is_causal": True},
+    ],
+    ids=["plain", "causal", "mask", "gqa", "math-causal"],
+)
 def test_dynamic_shapes_compile_without_recompiles(options):
     """12 (batch, length) shapes make at most 2 graphs: nothing on the success path reads a size
     into a string (which would pin it), and the bad-input checks stay in place."""
@@ -623,7 +657,9 @@ def test_functional_attention_checks_the_head_shapes():
         attention_weights(q, torch.randn(2, 3, 5, 8))
     with pytest.raises(ValueError, match=r"value must have shape \(b=2, n_kv=2, s_kv=5, d_v\), got \(2, 2, 6, 8\)"):
         attention(q, k, torch.randn(2, 2, 6, 8))
-    with pytest.raises(ValueError, match=r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 4, 3, 5\), got shape \(3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 4, 3, 5\), got shape \(3, 4\)"
+    ):
         attention(q, k, k, mask=torch.ones(3, 4, dtype=torch.bool))
 
 

@@ -25,7 +25,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 def masks(draw):
     """A mask of rank 0..4 and any dtype; each dimension the target's, 1, or a wrong size."""
     rank = draw(st.integers(0, 4))
-    shape = tuple(draw(st.sampled_from([t, 1, t + 1])) for t in TARGET[4 - rank:])
+    shape = tuple(draw(st.sampled_from([t, 1, t + 1])) for t in TARGET[4 - rank :])
     dtype = draw(st.sampled_from(MASK_DTYPES))
     if dtype == torch.bool:
         mask = torch.rand(shape) > 0.3
@@ -60,8 +60,11 @@ def test_any_mask_is_computed_like_its_expansion_or_refused(mask, backend):
 @SETTINGS
 @given(
     dtype=st.sampled_from([torch.float16, torch.bfloat16]),
-    fills=st.lists(st.sampled_from([0.0, -1e4, -1e9, float(torch.finfo(torch.float32).min), float("-inf")]),
-                   min_size=S_KV, max_size=S_KV),
+    fills=st.lists(
+        st.sampled_from([0.0, -1e4, -1e9, float(torch.finfo(torch.float32).min), float("-inf")]),
+        min_size=S_KV,
+        max_size=S_KV,
+    ),
     blocked_row=st.integers(0, S_Q - 1),
 )
 def test_half_precision_paths_agree_on_large_finite_masks(dtype, fills, blocked_row):
@@ -78,8 +81,11 @@ def test_half_precision_paths_agree_on_large_finite_masks(dtype, fills, blocked_
 
 @SETTINGS
 @given(
-    s_q=st.sampled_from([0, 1, 3]), s_kv=st.sampled_from([0, 1, 4]),
-    is_causal=st.booleans(), with_mask=st.booleans(), backend=st.sampled_from(["auto", "math"]),
+    s_q=st.sampled_from([0, 1, 3]),
+    s_kv=st.sampled_from([0, 1, 4]),
+    is_causal=st.booleans(),
+    with_mask=st.booleans(),
+    backend=st.sampled_from(["auto", "math"]),
 )
 def test_empty_sequences_in_give_empty_or_zero_context_out(s_q, s_kv, is_causal, with_mask, backend):
     m = MultiHeadAttention(H, N_H, backend=backend).eval()
@@ -93,9 +99,12 @@ def test_empty_sequences_in_give_empty_or_zero_context_out(s_q, s_kv, is_causal,
 
 @SETTINGS
 @given(
-    batch=st.sampled_from([B, B + 1]), heads=st.sampled_from([N_H, 1]), head_dim=st.sampled_from([H // N_H, 2]),
+    batch=st.sampled_from([B, B + 1]),
+    heads=st.sampled_from([N_H, 1]),
+    head_dim=st.sampled_from([H // N_H, 2]),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.float16]),
-    filled=st.integers(0, 4), chunk=st.integers(1, 3),
+    filled=st.integers(0, 4),
+    chunk=st.integers(1, 3),
 )
 def test_a_cache_that_does_not_fit_is_refused_before_it_changes(batch, heads, head_dim, dtype, filled, chunk):
     m = MultiHeadAttention(H, N_H).eval()
@@ -125,13 +134,27 @@ def _functional_attention(q, k, v):
 @pytest.mark.parametrize(
     ("name", "call", "good", "bad", "message"),
     [
-        ("key's batch", lambda m, q, k: m(q, k, k), ((2, 3, 12), (2, 5, 12)), ((3, 3, 12), (2, 5, 12)),
-         r"key must have shape \(b=3, s_kv, kdim=12\), got \(2, 5, 12\)"),
-        ("mask", lambda m, q, mask: m(q, mask=mask), ((2, 3, 12), (3, 3)), ((2, 5, 12), (4, 5)),
-         r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 3, 5, 5\), got shape \(4, 5\)"),
-        ("value", lambda m, q, k, v: _functional_attention(q, k, v), ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 4)),
-         ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 6, 4)),
-         r"value must have shape \(b=2, n_kv=3, s_kv=7, d_v\), got \(2, 3, 6, 4\)"),
+        (
+            "key's batch",
+            lambda m, q, k: m(q, k, k),
+            ((2, 3, 12), (2, 5, 12)),
+            ((3, 3, 12), (2, 5, 12)),
+            r"key must have shape \(b=3, s_kv, kdim=12\), got \(2, 5, 12\)",
+        ),
+        (
+            "mask",
+            lambda m, q, mask: m(q, mask=mask),
+            ((2, 3, 12), (3, 3)),
+            ((2, 5, 12), (4, 5)),
+            r"mask must be broadcastable to \(b, n_h, s_q, s_kv\) = \(2, 3, 5, 5\), got shape \(4, 5\)",
+        ),
+        (
+            "value",
+            lambda m, q, k, v: _functional_attention(q, k, v),
+            ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 4)),
+            ((2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 6, 4)),
+            r"value must have shape \(b=2, n_kv=3, s_kv=7, d_v\), got \(2, 3, 6, 4\)",
+        ),
     ],
     ids=["key batch", "mask", "value"],
 )
@@ -153,12 +176,15 @@ def test_errors_under_compile_name_the_sizes(name, call, good, bad, message):
             compiled(*tensors(bad))
 
 
-@pytest.mark.parametrize("make", [
-    lambda dtype: MultiHeadAttention(16, 4, dtype=dtype),
-    lambda dtype: MultiHeadAttention(16, 4).new_cache(2, 8, dtype=dtype),
-    lambda dtype: MultiHeadAttention(16, 4, sliding_window=3).new_cache(2, dtype=dtype),
-    lambda dtype: KVCache(2, 8, num_kv_heads=2, head_dim=4, dtype=dtype),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda dtype: MultiHeadAttention(16, 4, dtype=dtype),
+        lambda dtype: MultiHeadAttention(16, 4).new_cache(2, 8, dtype=dtype),
+        lambda dtype: MultiHeadAttention(16, 4, sliding_window=3).new_cache(2, dtype=dtype),
+        lambda dtype: KVCache(2, 8, num_kv_heads=2, head_dim=4, dtype=dtype),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, "float32"])
 def test_a_non_floating_dtype_is_refused_by_name(make, dtype):
     """Regression: dtype=torch.int64 gave torch's RuntimeError, and caches accepted integer dtypes."""

@@ -23,7 +23,10 @@ def decode(m, x, prefill, cache, mask=None):
 @pytest.mark.parametrize("backend", ["auto", "math"])
 def test_cached_decoding_equals_the_full_causal_pass(num_kv_heads, rotary, prefill, backend):
     m = MultiHeadAttention(
-        32, 4, num_kv_heads=num_kv_heads, backend=backend,
+        32,
+        4,
+        num_kv_heads=num_kv_heads,
+        backend=backend,
         positional=RotaryEmbedding(8) if rotary else None,
     ).eval()
     x = torch.randn(3, 9, 32)
@@ -72,8 +75,11 @@ def test_overflow_and_shape_errors_name_the_sizes():
     m(torch.randn(1, 3, 16), cache=cache)
     with pytest.raises(ValueError, match=r"KVCache overflow: it holds 3 of max_len=4 positions and cannot take 2 more"):
         m(torch.randn(1, 2, 16), cache=cache)
-    with pytest.raises(ValueError, match=r"cache does not fit this call: it holds \(b=1, n_kv=2, d=8\), "
-                                         r"this call has \(b=2, n_kv=2, d=8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"cache does not fit this call: it holds \(b=1, n_kv=2, d=8\), "
+        r"this call has \(b=2, n_kv=2, d=8\)",
+    ):
         m(torch.randn(2, 1, 16), cache=cache)
     with pytest.raises(ValueError, match=r"with a cache, query and key must be the same chunk: got s_q=1 and s_kv=3"):
         m(torch.randn(1, 1, 16), torch.randn(1, 3, 16), cache=cache)
@@ -127,8 +133,11 @@ def test_cache_of_another_dtype_is_refused_before_anything_is_written():
 def test_cache_of_another_batch_or_head_count_is_named_as_the_cache():
     m = MultiHeadAttention(24, 3).eval()
     cache = KVCache(2, 8, num_kv_heads=3, head_dim=8)
-    with pytest.raises(ValueError, match=r"cache does not fit this call: it holds \(b=2, n_kv=3, d=8\), "
-                                         r"this call has \(b=5, n_kv=3, d=8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"cache does not fit this call: it holds \(b=2, n_kv=3, d=8\), "
+        r"this call has \(b=5, n_kv=3, d=8\)",
+    ):
         m(torch.randn(5, 1, 24), cache=cache)
     assert cache.length == 0
 
@@ -211,7 +220,11 @@ def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
     seen = []
     for module, name in ((mha.attention, "attend"), (mha._token_step, "attend_token")):  # full path, one-token step
         function = getattr(module, name)
-        spy = lambda q, k, *args, function=function, **kwargs: seen.append(k.shape[2]) or function(q, k, *args, **kwargs)  # noqa: E731
+
+        def spy(q, k, *args, function=function, **kwargs):
+            seen.append(k.shape[2])
+            return function(q, k, *args, **kwargs)
+
         monkeypatch.setattr(module, name, spy)
     m = MultiHeadAttention(16, 2).eval()
     cache = m.new_cache(1, 4096)
@@ -245,11 +258,13 @@ def test_a_ragged_batch_decodes_each_sample_as_if_alone(side, rotary):
     cache = m.new_cache(3, width + steps)
     with torch.no_grad():
         first = m(prompt, cache=cache, token_mask=token_mask)
-        later = [m(torch.stack([s[n + t] for s, n in zip(samples, lengths, strict=True)])[:, None], cache=cache)
-                 for t in range(steps)]
+        later = [
+            m(torch.stack([s[n + t] for s, n in zip(samples, lengths, strict=True)])[:, None], cache=cache)
+            for t in range(steps)
+        ]
         for i, n in enumerate(lengths):
             expected = _alone(m, samples[i], steps)
-            got_prompt = first[i, width - n:] if side == "left" else first[i, :n]
+            got_prompt = first[i, width - n :] if side == "left" else first[i, :n]
             got = torch.cat([got_prompt] + [step[i] for step in later])
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -329,17 +344,32 @@ def test_one_token_steps_with_bad_input_get_the_full_paths_errors_and_change_not
         m(token, cache=cache)
         keys = cache.keys.clone()
         refusals = [
-            (ValueError, r"cache does not fit this call: it holds \(b=1, n_kv=1, d=8\), this call has \(b=2",
-             lambda: m(torch.randn(2, 1, 16), cache=cache)),
-            (TypeError, r"query must have the parameters' dtype torch.float32, got torch.float64",
-             lambda: m(token.double(), cache=cache)),
-            (ValueError, r"query must have shape \(b, s_q, h=16\), got \(1, 1, 12\)",
-             lambda: m(torch.randn(1, 1, 12), cache=cache)),
-            (TypeError, r"cache has dtype torch.float16 on cpu, but this call computes in torch.float32",
-             lambda: m(token, cache=m.new_cache(1, 2, dtype=torch.float16))),
+            (
+                ValueError,
+                r"cache does not fit this call: it holds \(b=1, n_kv=1, d=8\), this call has \(b=2",
+                lambda: m(torch.randn(2, 1, 16), cache=cache),
+            ),
+            (
+                TypeError,
+                r"query must have the parameters' dtype torch.float32, got torch.float64",
+                lambda: m(token.double(), cache=cache),
+            ),
+            (
+                ValueError,
+                r"query must have shape \(b, s_q, h=16\), got \(1, 1, 12\)",
+                lambda: m(torch.randn(1, 1, 12), cache=cache),
+            ),
+            (
+                TypeError,
+                r"cache has dtype torch.float16 on cpu, but this call computes in torch.float32",
+                lambda: m(token, cache=m.new_cache(1, 2, dtype=torch.float16)),
+            ),
             (TypeError, r"is_causal must be a bool, got int", lambda: m(token, cache=cache, is_causal=1)),
-            (ValueError, r"cache does not fit this call: it holds \(b=1, n_kv=2, d=8\)",
-             lambda: m(token, cache=KVCache(1, 2, num_kv_heads=2, head_dim=8))),
+            (
+                ValueError,
+                r"cache does not fit this call: it holds \(b=1, n_kv=2, d=8\)",
+                lambda: m(token, cache=KVCache(1, 2, num_kv_heads=2, head_dim=8)),
+            ),
         ]
         for error, message, call in refusals:
             with pytest.raises(error, match=message):

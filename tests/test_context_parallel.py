@@ -54,7 +54,9 @@ def _check_equals_single(make, mesh, s: int = 24, device: str = "cpu", tolerance
         torch.testing.assert_close(reduced[name], p.grad, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
     # The same loss on the gathered sequence on every rank, divided by W, gives the same input gradients.
     x_gathered = x.clone().requires_grad_()
-    (unshard_sequence(sharded(shard_sequence(x_gathered, mesh), **call), mesh) * target).sum().div(mesh.size()).backward()
+    (unshard_sequence(sharded(shard_sequence(x_gathered, mesh), **call), mesh) * target).sum().div(
+        mesh.size()
+    ).backward()
     torch.testing.assert_close(x_gathered.grad, x_single.grad * held, **tolerance)
 
 
@@ -125,7 +127,8 @@ def _checks(mesh) -> None:
         torch.testing.assert_close(
             sharded(*(shard_sequence(x, mesh),) * 3, is_causal=True),
             shard_sequence(single(x, x, x, is_causal=True), mesh),
-            atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype],
+            atol=TOLERANCE[dtype],
+            rtol=TOLERANCE[dtype],
         )
 
     _check_refusals(mesh)
@@ -249,8 +252,13 @@ def test_dynamic_rotary_scaling_is_refused():
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))
-        rope = RotaryEmbedding(8, scaling={"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 8})
-        with pytest.raises(ValueError, match=r"attention has rotary scaling rope_type 'dynamic', whose frequencies depend on the longest"):
+        rope = RotaryEmbedding(
+            8, scaling={"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 8}
+        )
+        with pytest.raises(
+            ValueError,
+            match=r"attention has rotary scaling rope_type 'dynamic', whose frequencies depend on the longest",
+        ):
             context_parallel(MultiHeadAttention(16, 2, positional=rope), mesh)
     finally:
         dist.destroy_process_group()

@@ -14,40 +14,138 @@ from mha import MultiHeadAttention
 transformers = pytest.importorskip("transformers")
 from transformers import DynamicCache  # noqa: E402
 
-LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-          "original_max_position_embeddings": 4}
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 4,
+}
 
 # name -> (config class, modeling module, attention class, config keywords, layer index, mha options it needs)
 FAMILIES = {
-    "llama": ("LlamaConfig", "llama", "LlamaAttention", {
-        "hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "attention_bias": True,
-        "rope_parameters": {**LLAMA3, "rope_theta": 500.0}}, 0, set()),
-    "llama dynamic": ("LlamaConfig", "llama", "LlamaAttention", {
-        "hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 5,
-        "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 300.0}}, 0, set()),
-    "mistral": ("MistralConfig", "mistral", "MistralAttention", {
-        "hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 3, "head_dim": 8,
-        "sliding_window": None}, 0, set()),
-    "qwen2": ("Qwen2Config", "qwen2", "Qwen2Attention", {
-        "hidden_size": 36, "num_attention_heads": 6, "num_key_value_heads": 2,
-        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4,
-                            "rope_theta": 1000.0}}, 0, set()),
-    "phi3": ("Phi3Config", "phi3", "Phi3Attention", {
-        "hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "partial_rotary_factor": 0.5,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 700.0}}, 0, set()),
-    "qwen3": ("Qwen3Config", "qwen3", "Qwen3Attention", {
-        "hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 14,
-        "attention_bias": True}, 0, {"head_dim", "qk_norm"}),
-    "gemma2": ("Gemma2Config", "gemma2", "Gemma2Attention", {
-        "hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12,
-        "query_pre_attn_scalar": 20, "attn_logit_softcapping": 3.0, "num_hidden_layers": 2}, 1,
-        {"head_dim", "softcap"}),
-    "gemma3": ("Gemma3TextConfig", "gemma3", "Gemma3Attention", {
-        "hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12,
-        "query_pre_attn_scalar": 24, "num_hidden_layers": 6}, 5, {"head_dim", "qk_norm"}),
-    "gpt-oss": ("GptOssConfig", "gpt_oss", "GptOssAttention", {
-        "hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12,
-        "num_hidden_layers": 2, "num_local_experts": 2}, 1, {"head_dim", "sinks"}),
+    "llama": (
+        "LlamaConfig",
+        "llama",
+        "LlamaAttention",
+        {
+            "hidden_size": 40,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "attention_bias": True,
+            "rope_parameters": {**LLAMA3, "rope_theta": 500.0},
+        },
+        0,
+        set(),
+    ),
+    "llama dynamic": (
+        "LlamaConfig",
+        "llama",
+        "LlamaAttention",
+        {
+            "hidden_size": 40,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 5,
+            "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 300.0},
+        },
+        0,
+        set(),
+    ),
+    "mistral": (
+        "MistralConfig",
+        "mistral",
+        "MistralAttention",
+        {"hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 3, "head_dim": 8, "sliding_window": None},
+        0,
+        set(),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        "qwen2",
+        "Qwen2Attention",
+        {
+            "hidden_size": 36,
+            "num_attention_heads": 6,
+            "num_key_value_heads": 2,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 4,
+                "rope_theta": 1000.0,
+            },
+        },
+        0,
+        set(),
+    ),
+    "phi3": (
+        "Phi3Config",
+        "phi3",
+        "Phi3Attention",
+        {
+            "hidden_size": 48,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "partial_rotary_factor": 0.5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 700.0},
+        },
+        0,
+        set(),
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        "qwen3",
+        "Qwen3Attention",
+        {"hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 14, "attention_bias": True},
+        0,
+        {"head_dim", "qk_norm"},
+    ),
+    "gemma2": (
+        "Gemma2Config",
+        "gemma2",
+        "Gemma2Attention",
+        {
+            "hidden_size": 40,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 12,
+            "query_pre_attn_scalar": 20,
+            "attn_logit_softcapping": 3.0,
+            "num_hidden_layers": 2,
+        },
+        1,
+        {"head_dim", "softcap"},
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "gemma3",
+        "Gemma3Attention",
+        {
+            "hidden_size": 40,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 12,
+            "query_pre_attn_scalar": 24,
+            "num_hidden_layers": 6,
+        },
+        5,
+        {"head_dim", "qk_norm"},
+    ),
+    "gpt-oss": (
+        "GptOssConfig",
+        "gpt_oss",
+        "GptOssAttention",
+        {
+            "hidden_size": 40,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 12,
+            "num_hidden_layers": 2,
+            "num_local_experts": 2,
+        },
+        1,
+        {"head_dim", "sinks"},
+    ),
 }
 
 
@@ -120,8 +218,11 @@ def test_to_hf_restores_the_layer(name):
     x = torch.randn(1, 5, config.hidden_size)
     with torch.no_grad():
         exact = {"atol": 1e-6, "rtol": 1e-6} if name == "gemma3" else {"atol": 0, "rtol": 0}
-        torch.testing.assert_close(transformers_forward(other, rope, layer_type, x, 0),
-                                   transformers_forward(layer, rope, layer_type, x, 0), **exact)
+        torch.testing.assert_close(
+            transformers_forward(other, rope, layer_type, x, 0),
+            transformers_forward(layer, rope, layer_type, x, 0),
+            **exact,
+        )
 
 
 def test_a_sliding_window_layer_is_refused():
@@ -133,9 +234,18 @@ def test_a_sliding_window_layer_is_refused():
 
 def test_an_unsupported_rope_type_is_refused():
     source = modeling("llama")
-    config = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, rope_parameters={
-        "rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
-        "original_max_position_embeddings": 16, "factor": 2.0})
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 1e4,
+            "short_factor": [1.0] * 4,
+            "long_factor": [2.0] * 4,
+            "original_max_position_embeddings": 16,
+            "factor": 2.0,
+        },
+    )
     with pytest.raises(ValueError, match=r"rope_type'\] must be one of .*got 'longrope'"):
         mha.from_hf(source.LlamaAttention(config, layer_idx=0))
 
@@ -144,7 +254,9 @@ def test_to_hf_refuses_a_module_that_computes_something_else():
     _, layer, _, _ = build("llama")
     other = MultiHeadAttention(40, 4, num_kv_heads=4, positional=mha.RotaryEmbedding(10, interleaved=False))
     before = {k: v.clone() for k, v in layer.state_dict().items()}
-    with pytest.raises(ValueError, match=r"module and layer differ in num_kv_heads: the module has 4, LlamaAttention has 2"):
+    with pytest.raises(
+        ValueError, match=r"module and layer differ in num_kv_heads: the module has 4, LlamaAttention has 2"
+    ):
         mha.to_hf(other, layer)
     assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())  # nothing written
     with pytest.raises(TypeError, match=r"module must be a mha.MultiHeadAttention, got Linear"):

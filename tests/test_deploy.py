@@ -60,10 +60,14 @@ def test_export_with_dynamic_batch_and_length_matches_eager_at_other_shapes(back
         torch.testing.assert_close(program.module()(x, mask), model(x, mask), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize(("cross", "num_kv_heads", "backend", "is_causal"), [
-    (False, 2, "auto", True),   # self-attention, grouped-query, causal + mask, fused path
-    (True, 1, "math", False),   # cross-attention, multi-query, mask, math path
-], ids=["self-gqa-causal", "cross-mqa-math"])
+@pytest.mark.parametrize(
+    ("cross", "num_kv_heads", "backend", "is_causal"),
+    [
+        (False, 2, "auto", True),  # self-attention, grouped-query, causal + mask, fused path
+        (True, 1, "math", False),  # cross-attention, multi-query, mask, math path
+    ],
+    ids=["self-gqa-causal", "cross-mqa-math"],
+)
 def test_onnx_export_runs_in_onnxruntime_at_other_shapes(tmp_path, cross, num_kv_heads, backend, is_causal):
     require(missing_modules("onnx", "onnxscript", "onnxruntime"))
     import onnxruntime

@@ -19,11 +19,22 @@ GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 def _torchrun(tmp_path: Path, script: str, *args: str) -> list[str]:
     """Run a docs example as its page says, on 2 CPU processes; each rank's output line."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
         # one stdout file per rank: two processes on one pipe can interleave lines
-        "--log-dir", str(tmp_path), "--redirects", "1",
-        str(ROOT / "docs" / "examples" / script), *args,
+        "--log-dir",
+        str(tmp_path),
+        "--redirects",
+        "1",
+        str(ROOT / "docs" / "examples" / script),
+        *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)

@@ -60,14 +60,25 @@ def unmatched_numbers(markdown: str, tables: str, allowed: set[str] = frozenset(
         if VERSION.search(text[: match.start()][-12:]):
             continue
         if number not in shown:
-            missing.append(f"{match[0]!r} in “…{text[max(0, match.start() - 50):match.end() + 10]}…”".replace("\n", " "))
+            missing.append(
+                f"{match[0]!r} in “…{text[max(0, match.start() - 50) : match.end() + 10]}…”".replace("\n", " ")
+            )
     return missing
 
 
 # The tables docs/_scripts/make_figures.py writes from benchmarks/results/*.json.
-BENCHMARK_TABLES = {"decoding-table.md", "dtypes-table.md", "performance-table.md", "context-parallel-table.md",
-                    "hf-decoding-table.md", "hf-decoding-ratios-table.md", "hf-decoding-deep-table.md",
-                    "modern-layers-table.md", "local-attention-table.md", "hf-static-prefill-table.md"}
+BENCHMARK_TABLES = {
+    "decoding-table.md",
+    "dtypes-table.md",
+    "performance-table.md",
+    "context-parallel-table.md",
+    "hf-decoding-table.md",
+    "hf-decoding-ratios-table.md",
+    "hf-decoding-deep-table.md",
+    "modern-layers-table.md",
+    "local-attention-table.md",
+    "hf-static-prefill-table.md",
+}
 
 
 def _table_name(include: str) -> str:
@@ -75,14 +86,25 @@ def _table_name(include: str) -> str:
     return Path(include).name.replace(".zh.md", ".md")
 
 
-PAGES = [page for page in GUIDES
-         if any(_table_name(name) in BENCHMARK_TABLES for name in SNIPPET.findall(page.read_text(encoding="utf-8")))]
+PAGES = [
+    page
+    for page in GUIDES
+    if any(_table_name(name) in BENCHMARK_TABLES for name in SNIPPET.findall(page.read_text(encoding="utf-8")))
+]
 
 
 def test_the_pages_with_tables_are_checked():
     names = {page.name for page in PAGES}
-    assert {"decoding.md", "decoding.zh.md", "performance.md", "performance.zh.md",
-            "scaling-out.md", "scaling-out.zh.md", "transformers.md", "transformers.zh.md"} <= names, names
+    assert {
+        "decoding.md",
+        "decoding.zh.md",
+        "performance.md",
+        "performance.zh.md",
+        "scaling-out.md",
+        "scaling-out.zh.md",
+        "transformers.md",
+        "transformers.zh.md",
+    } <= names, names
 
 
 @pytest.mark.parametrize("page", [p for p in GUIDES if p.name.endswith(".zh.md")], ids=lambda p: p.name)
@@ -110,7 +132,13 @@ def test_the_check_catches_a_stale_number():
     good = "The lead is smallest at 0.83; bfloat16 is 1.8x faster; see `x = 0.90` and $2 \\cdot 0.5$."
     bad = "It measured 0.90, about 1e-7, several times (6x) faster, 33 µs, 0.8."
     assert unmatched_numbers(good, table) == []
-    assert [m.split(" in ")[0] for m in unmatched_numbers(bad, table)] == ["'0.90'", "'1e-7'", "'6x'", "'33 µs'", "'0.8'"]
+    assert [m.split(" in ")[0] for m in unmatched_numbers(bad, table)] == [
+        "'0.90'",
+        "'1e-7'",
+        "'6x'",
+        "'33 µs'",
+        "'0.8'",
+    ]
 
 
 def test_no_internal_targets_on_user_pages():

@@ -39,15 +39,25 @@ DECODERS = {
     "llama": lambda: LlamaConfig(**_decoder()),
     "qwen2": lambda: Qwen2Config(**_decoder()),
     "mistral": lambda: MistralConfig(**_decoder(), sliding_window=8),  # shorter than the inputs
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=6, n_positions=64,
-                               bos_token_id=1, eos_token_id=2),
+    "gpt2": lambda: GPT2Config(
+        vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=6, n_positions=64, bos_token_id=1, eos_token_id=2
+    ),
 }
 
 
 def _decoder() -> dict:
-    return dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -136,8 +146,14 @@ def test_training_step_gives_the_same_loss_and_gradients(calls):
 
 
 def test_bert_encoder_with_padding_equals_sdpa(calls):
-    config = BertConfig(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     reference, ours = _pair(config, "sdpa", AutoModel)
     ids = torch.randint(3, VOCAB, (2, 11))
     mask = torch.ones(2, 11, dtype=torch.long)
@@ -161,8 +177,6 @@ def test_switching_an_existing_model_to_mha(calls):
         got = model(ids, attention_mask=mask).logits
     assert calls["n"] == 2
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
-
-
 
 
 # --- every keyword Transformers passes is known -------------------------------------------
@@ -210,8 +224,11 @@ class NewFeatureAttention(torch.nn.Module):
 
 def test_an_unknown_keyword_is_refused_naming_it_and_the_model():
     q = torch.randn(1, 2, 3, 4)
-    with pytest.raises(ValueError, match=r"does not know the keyword new_bias=<tensor of shape \(3,\)> that "
-                                         r"NewFeatureAttention passes.*attn_implementation='eager'"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not know the keyword new_bias=<tensor of shape \(3,\)> that "
+        r"NewFeatureAttention passes.*attn_implementation='eager'",
+    ):
         mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, new_bias=torch.ones(3))
     expected, _ = mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None)
     got, _ = mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, new_bias=None, new_flag=False)
@@ -223,9 +240,18 @@ def test_an_unknown_keyword_is_refused_naming_it_and_the_model():
 
 def _gpt_oss(**overrides) -> GptOssConfig:
     # Sliding layers with a window (5) shorter than the inputs, and full layers.
-    return GptOssConfig(**{**_decoder(), "head_dim": 8, "num_hidden_layers": 2, "num_local_experts": 3,
-                           "num_experts_per_tok": 2, "sliding_window": 5,
-                           "layer_types": ["sliding_attention", "full_attention"], **overrides})
+    return GptOssConfig(
+        **{
+            **_decoder(),
+            "head_dim": 8,
+            "num_hidden_layers": 2,
+            "num_local_experts": 3,
+            "num_experts_per_tok": 2,
+            "sliding_window": 5,
+            "layer_types": ["sliding_attention", "full_attention"],
+            **overrides,
+        }
+    )
 
 
 def _random_sinks(model) -> None:
@@ -289,17 +315,21 @@ def test_gpt_oss_sinks_train_with_eager_gradients(calls):
 def test_sinks_of_another_shape_are_refused_by_name():
     q = torch.randn(1, 2, 3, 4)
     per_token = torch.zeros(1, 2, 3, 1)  # Inkling 2's sink_proj gives one sink per query
-    with pytest.raises(ValueError, match=r"takes sinks as one floating-point sink logit per query head, shape "
-                                         r"\(n_h=2,\), but NewFeatureAttention passes sinks=<tensor of shape "
-                                         r"\(1, 2, 3, 1\)>"):
+    with pytest.raises(
+        ValueError,
+        match=r"takes sinks as one floating-point sink logit per query head, shape "
+        r"\(n_h=2,\), but NewFeatureAttention passes sinks=<tensor of shape "
+        r"\(1, 2, 3, 1\)>",
+    ):
         mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, sinks=per_token)
     with pytest.raises(ValueError, match=r"softcap"):
         mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, softcap=-1.0)
 
 
 def test_gemma2_softcap_50_equals_eager(calls):
-    config = Gemma2Config(**_decoder(), head_dim=8, attn_logit_softcapping=50.0, final_logit_softcapping=None,
-                          sliding_window=5)
+    config = Gemma2Config(
+        **_decoder(), head_dim=8, attn_logit_softcapping=50.0, final_logit_softcapping=None, sliding_window=5
+    )
     reference, ours = _exact_against_eager(config, calls, gain=100.0)
     assert "softcap" in calls["keywords"]
     ids, mask = _batch()
@@ -327,8 +357,18 @@ def _loss_and_gradients(reference, ours, **inputs):
 
 
 def test_t5_position_bias_equals_eager_with_gradients(calls):
-    config = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                      dropout_rate=0.0, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    config = T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=0,
+    )
     reference, ours = _pair(config, "eager", AutoModelForSeq2SeqLM)
     ids = torch.randint(3, VOCAB, (2, 11))
     mask = torch.ones(2, 11, dtype=torch.long)
@@ -343,12 +383,31 @@ def test_t5_position_bias_equals_eager_with_gradients(calls):
 
 
 def _deepseek_v32():
-    return DeepseekV32Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, moe_intermediate_size=16,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=16,
-                             kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8,
-                             n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
-                             index_head_dim=8, index_n_heads=2, index_topk=4,  # fewer than the 13 keys
-                             max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return DeepseekV32Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=37,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=16,
+        kv_lora_rank=16,
+        qk_rope_head_dim=4,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        index_head_dim=8,
+        index_n_heads=2,
+        index_topk=4,  # fewer than the 13 keys
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def test_deepseek_v32_sparse_indices_equal_eager_with_gradients(calls):
@@ -393,11 +452,25 @@ def test_block_indices_select_the_blocks_minimax_m3_selects():
 
 
 def _gemma4():
-    return Gemma4TextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=4,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, global_head_dim=8,
-                            layer_types=["sliding_attention", "full_attention"] * 2, num_kv_shared_layers=2,
-                            sliding_window=5, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8,
-                            max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return Gemma4TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        global_head_dim=8,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        num_kv_shared_layers=2,
+        sliding_window=5,
+        vocab_size_per_layer_input=VOCAB,
+        hidden_size_per_layer_input=8,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def test_gemma4_kv_shared_layers_with_logits_to_keep_and_a_static_cache_equal_eager(calls):
@@ -409,8 +482,14 @@ def test_gemma4_kv_shared_layers_with_logits_to_keep_and_a_static_cache_equal_ea
         got = ours(ids, logits_to_keep=3).logits  # the shared layers see the last 3 queries, mask None
         assert calls["n"] == 4
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-        kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, cache_implementation="static",
-                      output_logits=True, return_dict_in_generate=True)
+        kwargs = dict(
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+            cache_implementation="static",
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         theirs, mine = reference.generate(ids, **kwargs), ours.generate(ids, **kwargs)
     assert torch.equal(mine.sequences, theirs.sequences)
     for a, b in zip(theirs.logits, mine.logits, strict=True):
@@ -429,8 +508,14 @@ def test_a_none_mask_is_causal_aligned_bottom_right():
 def test_the_mask_function_materialises_a_static_cache_prefill():
     from transformers.masking_utils import sdpa_mask
 
-    kwargs = dict(batch_size=1, q_length=3, kv_length=8, q_offset=0, kv_offset=0,
-                  attention_mask=torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0]]).bool())
+    kwargs = dict(
+        batch_size=1,
+        q_length=3,
+        kv_length=8,
+        q_offset=0,
+        kv_offset=0,
+        attention_mask=torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0]]).bool(),
+    )
     assert sdpa_mask(**kwargs) is None  # Transformers' own: top-left causal, which a query slice breaks
     mask = mha.hf.mask_function(**kwargs)
     assert torch.equal(mask[0, 0, :, :3], torch.ones(3, 3, dtype=torch.bool).tril()) and not mask[..., 3:].any()
@@ -438,10 +523,11 @@ def test_the_mask_function_materialises_a_static_cache_prefill():
 
 @pytest.mark.parametrize("name", ["mistral", "qwen2", "phi3"])
 def test_an_active_sliding_window_equals_eager(name, calls):
-    config = {"mistral": lambda: MistralConfig(**_decoder(), sliding_window=5),
-              "qwen2": lambda: Qwen2Config(**_decoder(), use_sliding_window=True, sliding_window=5,
-                                           max_window_layers=0),
-              "phi3": lambda: Phi3Config(**_decoder(), sliding_window=5)}[name]()
+    config = {
+        "mistral": lambda: MistralConfig(**_decoder(), sliding_window=5),
+        "qwen2": lambda: Qwen2Config(**_decoder(), use_sliding_window=True, sliding_window=5, max_window_layers=0),
+        "phi3": lambda: Phi3Config(**_decoder(), sliding_window=5),
+    }[name]()
     reference, ours = _pair(config, "eager")
     ids, mask = _batch()
     with torch.no_grad():
@@ -474,16 +560,20 @@ def test_packed_sequences_without_a_cache_equal_each_sequence_alone(calls):
 NOT_ON_THE_INTERFACE = {
     "bloom": lambda: BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
     "falcon": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
-    "gpt_neo": lambda: GPTNeoConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
-                                    attention_types=[[["global", "local"], 1]]),
+    "gpt_neo": lambda: GPTNeoConfig(
+        vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]]
+    ),
     "xglm": lambda: XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=2, attention_heads=4, ffn_dim=37),
 }
 
 
 @pytest.mark.parametrize("name", NOT_ON_THE_INTERFACE)
 def test_a_model_off_the_attention_interface_refuses_mha_when_built(name):
-    with pytest.raises(ValueError, match=r"does not route attention through Transformers' attention interface"
-                                         r".*use attn_implementation='eager'"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not route attention through Transformers' attention interface"
+        r".*use attn_implementation='eager'",
+    ):
         AutoModelForCausalLM.from_config(NOT_ON_THE_INTERFACE[name](), attn_implementation="mha")
 
 

@@ -46,7 +46,9 @@ def test_refusals_name_what_is_unsupported():
         from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
     with pytest.raises(ValueError, match=r"add_zero_attn=True"):
         from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
-    with pytest.raises(TypeError, match=r"module must be a torch.nn.MultiheadAttention or a TorchMultiheadAttention, got Linear"):
+    with pytest.raises(
+        TypeError, match=r"module must be a torch.nn.MultiheadAttention or a TorchMultiheadAttention, got Linear"
+    ):
         from_torch(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"no equivalent of num_kv_heads=1 \(expected num_kv_heads=2\)"):
         to_torch(MultiHeadAttention(8, 2, num_kv_heads=1))
@@ -95,8 +97,12 @@ def test_drop_in_unbatched_input():
 
 def _transformer(dropout):
     return nn.Transformer(
-        d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
-        dim_feedforward=32, dropout=dropout,
+        d_model=16,
+        nhead=4,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        dim_feedforward=32,
+        dropout=dropout,
     )
 
 
@@ -106,9 +112,7 @@ def test_replace_torch_attention_in_transformer(mode):
     src, tgt = torch.randn(7, 2, 16), torch.randn(5, 2, 16)  # (s, b, E)
     src_pad = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
     tgt_mask = nn.Transformer.generate_square_subsequent_mask(5)
-    kwargs = dict(
-        src_key_padding_mask=src_pad, memory_key_padding_mask=src_pad, tgt_mask=tgt_mask, tgt_is_causal=True
-    )
+    kwargs = dict(src_key_padding_mask=src_pad, memory_key_padding_mask=src_pad, tgt_mask=tgt_mask, tgt_is_causal=True)
     expected = model(src, tgt, **kwargs)
     replace_torch_attention(model)
     swapped = [m for m in model.modules() if isinstance(m, TorchMultiheadAttention)]
@@ -195,13 +199,25 @@ def test_assigning_torch_weights_works_as_on_stock():
         ours.q_proj_weight = nn.Parameter(torch.randn(12, 12))
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"attn_mask": torch.zeros(3, 5, 5, dtype=torch.bool)}, r"attn_mask must have shape \(L, S\) = \(5, 5\) or \(b \* num_heads, L, S\) = \(6, 5, 5\).*got \(3, 5, 5\)"),
-    ({"attn_mask": torch.zeros(1, 5, dtype=torch.bool)}, r"attn_mask must have shape .* got \(1, 5\)"),
-    ({"attn_mask": torch.zeros(5, 1, dtype=torch.bool)}, r"attn_mask must have shape .* got \(5, 1\)"),
-    ({"key_padding_mask": torch.zeros(1, 5, dtype=torch.bool)}, r"key_padding_mask must have shape \(b, S\) = \(2, 5\).*got \(1, 5\)"),
-    ({"key_padding_mask": torch.zeros(2, 1, dtype=torch.bool)}, r"key_padding_mask must have shape \(b, S\) = \(2, 5\).*got \(2, 1\)"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"attn_mask": torch.zeros(3, 5, 5, dtype=torch.bool)},
+            r"attn_mask must have shape \(L, S\) = \(5, 5\) or \(b \* num_heads, L, S\) = \(6, 5, 5\).*got \(3, 5, 5\)",
+        ),
+        ({"attn_mask": torch.zeros(1, 5, dtype=torch.bool)}, r"attn_mask must have shape .* got \(1, 5\)"),
+        ({"attn_mask": torch.zeros(5, 1, dtype=torch.bool)}, r"attn_mask must have shape .* got \(5, 1\)"),
+        (
+            {"key_padding_mask": torch.zeros(1, 5, dtype=torch.bool)},
+            r"key_padding_mask must have shape \(b, S\) = \(2, 5\).*got \(1, 5\)",
+        ),
+        (
+            {"key_padding_mask": torch.zeros(2, 1, dtype=torch.bool)},
+            r"key_padding_mask must have shape \(b, S\) = \(2, 5\).*got \(2, 1\)",
+        ),
+    ],
+)
 def test_drop_in_rejects_the_masks_pytorch_rejects(kwargs, match):
     stock = nn.MultiheadAttention(12, 3, batch_first=True)
     ours = TorchMultiheadAttention.from_torch(stock)
@@ -250,8 +266,14 @@ def test_torchscript_is_refused_with_a_clear_error():
 
 # Every constructor combination nn.MultiheadAttention takes (dtype and device aside, tested below).
 _COMBINATIONS = [
-    {"bias": bias, "add_bias_kv": bias_kv, "add_zero_attn": zero_attn, "kdim": kdim, "vdim": vdim,
-     "batch_first": batch_first}
+    {
+        "bias": bias,
+        "add_bias_kv": bias_kv,
+        "add_zero_attn": zero_attn,
+        "kdim": kdim,
+        "vdim": vdim,
+        "batch_first": batch_first,
+    }
     for bias in (True, False)
     for bias_kv in (False, True)
     for zero_attn in (False, True)
@@ -285,8 +307,11 @@ def test_parameters_take_dtype_and_device(dtype):
         assert _layout(ours) == _layout(theirs)
 
 
-@pytest.mark.parametrize("kwargs", [kw for kw in _COMBINATIONS if kw["bias"]],
-                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items() if k != "bias"))
+@pytest.mark.parametrize(
+    "kwargs",
+    [kw for kw in _COMBINATIONS if kw["bias"]],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items() if k != "bias"),
+)
 def test_every_combination_computes_what_pytorch_computes(kwargs):
     """Masks of both kinds, weights per head; add_bias_kv and add_zero_attn included."""
     theirs = nn.MultiheadAttention(12, 3, **kwargs).double().eval()
@@ -326,8 +351,9 @@ def test_initialising_and_optimising_by_iterating_parameters_is_as_with_pytorch(
         for module, optimizer in zip((theirs, ours), optimizers, strict=True):
             optimizer.zero_grad()
             x = q if kdim else kv[:, :5]
-            out, _ = module(x, x if kdim is None else kv, x if kdim is None else kv,
-                            key_padding_mask=None if kdim is None else pad)
+            out, _ = module(
+                x, x if kdim is None else kv, x if kdim is None else kv, key_padding_mask=None if kdim is None else pad
+            )
             out.square().sum().backward()
             results.append((out, [p.grad.clone() for p in module.parameters()]))
             optimizer.step()
@@ -371,7 +397,9 @@ def test_drop_in_input_errors_name_the_argument():
         ours(q[..., :11], k, v)
     with pytest.raises(ValueError, match=r"key must have shape \(s_kv, b, kdim=7\) with b=2, got \(6, 3, 7\)"):
         ours(q, torch.randn(6, 3, 7), v)
-    with pytest.raises(ValueError, match=r"value must have shape \(s_kv, b, vdim=9\) with b=2, s_kv=6, like key, got \(4, 2, 9\)"):
+    with pytest.raises(
+        ValueError, match=r"value must have shape \(s_kv, b, vdim=9\) with b=2, s_kv=6, like key, got \(4, 2, 9\)"
+    ):
         ours(q, k, v[:4])
     with pytest.raises(TypeError, match=r"query must have the parameters' dtype torch.float32, got torch.float64"):
         ours(q.double(), k.double(), v.double())

@@ -68,7 +68,9 @@ def _inputs(b=2, n_h=6, n_kv=3, s_q=7, s_kv=7, d=4, dtype=torch.float64):
 
 CASES = [
     (w, alibi, docs, causal, pad)
-    for w, alibi, docs, causal, pad in itertools.product([None, 3], [False, True], [False, True], [False, True], [False, True])
+    for w, alibi, docs, causal, pad in itertools.product(
+        [None, 3], [False, True], [False, True], [False, True], [False, True]
+    )
     if w is not None or alibi or docs
 ]
 
@@ -85,12 +87,25 @@ def test_every_combination_equals_the_float64_reference(layout, s_q, s_kv, monke
     pad[1, ..., -2:] = False  # sample 1's last two keys are padding
     for w, alibi, docs, causal, padded in CASES:
         expected = reference(
-            q, k, v, window=w, alibi=alibi, documents=documents if docs else None, causal=causal,
+            q,
+            k,
+            v,
+            window=w,
+            alibi=alibi,
+            documents=documents if docs else None,
+            causal=causal,
             allowed=pad if padded else None,
         )
         context, _ = attention(
-            q, k, v, mask=pad if padded else None, is_causal=causal, sliding_window=w, alibi=alibi,
-            document_ids=documents if docs else None, need_weights=layout == "math",
+            q,
+            k,
+            v,
+            mask=pad if padded else None,
+            is_causal=causal,
+            sliding_window=w,
+            alibi=alibi,
+            document_ids=documents if docs else None,
+            need_weights=layout == "math",
         )
         torch.testing.assert_close(context, expected, atol=1e-10, rtol=1e-10, msg=f"{(w, alibi, docs, causal, padded)}")
 
@@ -114,8 +129,14 @@ def test_the_window_counts_as_mistral_does():
     """Transformers' Mistral with sliding_window=3 lets query i see keys i-2..i: our window of 3 with is_causal."""
     transformers = pytest.importorskip("transformers")
     config = transformers.MistralConfig(
-        vocab_size=11, hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, sliding_window=3, attn_implementation="eager",
+        vocab_size=11,
+        hidden_size=16,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=3,
+        attn_implementation="eager",
     )
     model = transformers.MistralModel(config).eval()
     with torch.no_grad():
@@ -157,7 +178,9 @@ def test_module_options_follow_the_functional_call_with_gqa_and_padding(blockwis
     pad = masks.padding_mask(torch.tensor([8, 6, 3]), 8)
     out, weights = attn(q, k, k, mask=pad, is_causal=True, need_weights=True)
     split = lambda x, n: x.view(3, x.shape[1], n, 2).transpose(1, 2)  # noqa: E731
-    expected = reference(split(q, 6), split(k, 2), split(k, 2), window=2, alibi=True, causal=True, allowed=pad.expand(3, 1, 5, 8))
+    expected = reference(
+        split(q, 6), split(k, 2), split(k, 2), window=2, alibi=True, causal=True, allowed=pad.expand(3, 1, 5, 8)
+    )
     torch.testing.assert_close(out, expected.transpose(1, 2).flatten(2).float(), atol=1e-5, rtol=1e-5)
     assert (weights.masked_select(~(masks.sliding_window_mask(5, 8, window=2) & masks.causal_mask(5, 8))) == 0).all()
     torch.testing.assert_close(attn(q, k, k, mask=pad, is_causal=True), out, atol=1e-5, rtol=1e-5)
@@ -171,16 +194,22 @@ def test_dropout_keeps_the_pattern_and_is_off_in_eval(blockwise):
     assert (weights.masked_select(~allowed) == 0).all() and (weights == 0).any()
     m(x, is_causal=True).sum().backward()  # blockwise with dropout, in training
     m.eval()
-    torch.testing.assert_close(m(x, is_causal=True), MultiHeadAttention(16, 2, sliding_window=2).load_state_dict(
-        m.state_dict()) and m(x, is_causal=True))
+    torch.testing.assert_close(
+        m(x, is_causal=True),
+        MultiHeadAttention(16, 2, sliding_window=2).load_state_dict(m.state_dict()) and m(x, is_causal=True),
+    )
 
 
-@pytest.mark.parametrize("options", [
-    {"sliding_window": 3, "is_causal": True},
-    {"document_ids": "docs", "is_causal": True},
-    {"alibi": True, "is_causal": True},
-    {"sliding_window": 2, "alibi": True, "document_ids": "docs"},
-], ids=["window", "documents", "alibi", "all"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"sliding_window": 3, "is_causal": True},
+        {"document_ids": "docs", "is_causal": True},
+        {"alibi": True, "is_causal": True},
+        {"sliding_window": 2, "alibi": True, "document_ids": "docs"},
+    ],
+    ids=["window", "documents", "alibi", "all"],
+)
 def test_gradients_of_the_blockwise_path_are_exact(options, blockwise):
     q, k, v = (t.requires_grad_() for t in _inputs(b=2, n_h=2, n_kv=1, s_q=6, s_kv=6, d=2))
     options = dict(options)
@@ -280,7 +309,10 @@ def test_a_rolling_cache_must_hold_the_layers_own_window():
     with pytest.raises(ValueError, match=r"sliding_window must be this module's \(None\), got 2"):
         m.new_cache(2, sliding_window=2)
     refused = r"cache holds a window of \d positions, but this layer's sliding_window is None"
-    for cache in (RollingKVCache(2, 2, num_kv_heads=3, head_dim=4), MultiHeadAttention(12, 3, sliding_window=3).new_cache(2)):
+    for cache in (
+        RollingKVCache(2, 2, num_kv_heads=3, head_dim=4),
+        MultiHeadAttention(12, 3, sliding_window=3).new_cache(2),
+    ):
         for chunk in (1, 2):  # the one-token shortcut and the full path
             with pytest.raises(ValueError, match=refused), torch.no_grad():
                 m(x[:, :chunk], is_causal=True, cache=cache)
@@ -306,10 +338,14 @@ def test_rolling_cache_memory_follows_the_window_and_resets():
     assert (cache.slot_positions == -1).all() and cache.length == 0
 
 
-@pytest.mark.parametrize("make", [
-    lambda x: torch.nested.nested_tensor([x[0, :3], x[1]], layout=torch.jagged),
-    lambda x: torch.nested.nested_tensor([x[0, :3], x[1]]),
-], ids=["jagged", "strided"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: torch.nested.nested_tensor([x[0, :3], x[1]], layout=torch.jagged),
+        lambda x: torch.nested.nested_tensor([x[0, :3], x[1]]),
+    ],
+    ids=["jagged", "strided"],
+)
 @pytest.mark.parametrize("call", [{}, {"is_causal": True}, {"need_weights": True}, {"rotary": True}, {"cache": True}])
 def test_nested_inputs_are_refused_at_the_entry(make, call):
     call = dict(call)

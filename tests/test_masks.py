@@ -10,17 +10,13 @@ from mha.masks import causal_mask, combine_masks, from_torch_masks, padding_mask
 
 @pytest.mark.parametrize(("s_q", "s_kv"), [(4, 4), (2, 5), (5, 3)])
 def test_causal_mask_matches_loops(s_q, s_kv):
-    expected = torch.tensor(
-        [[j <= i + (s_kv - s_q) for j in range(s_kv)] for i in range(s_q)]
-    )
+    expected = torch.tensor([[j <= i + (s_kv - s_q) for j in range(s_kv)] for i in range(s_q)])
     assert torch.equal(causal_mask(s_q, s_kv), expected)
 
 
 def test_padding_mask_blocks_positions_past_each_length():
     mask = padding_mask(torch.tensor([3, 1, 4]), 5)
-    expected = torch.tensor(
-        [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool
-    )[:, None, None, :]
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)[:, None, None, :]
     assert torch.equal(mask, expected)
     assert torch.equal(padding_mask(torch.tensor([2, 3])), padding_mask(torch.tensor([2, 3]), 3))
 
@@ -56,7 +52,9 @@ def test_mask_errors_name_the_argument():
     assert causal_mask(0, 3).shape == (0, 3)  # empty in, empty out
     with pytest.raises(ValueError, match=r"num_heads is required to convert a 3-D attn_mask"):
         from_torch_masks(torch.zeros(4, 2, 2, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"attn_mask's first dimension must be b \* num_heads \(num_heads=3\), got shape \(4, 2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"attn_mask's first dimension must be b \* num_heads \(num_heads=3\), got shape \(4, 2, 2\)"
+    ):
         from_torch_masks(torch.zeros(4, 2, 2, dtype=torch.bool), num_heads=3)
     with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(b, s_kv\), got \(4,\)"):
         from_torch_masks(key_padding_mask=torch.zeros(4, dtype=torch.bool))

@@ -306,8 +306,13 @@ def test_explain_extra_repr_and_bad_values():
 
 def test_a_cache_of_another_value_width_is_refused():
     m = _layer()
-    with pytest.raises(ValueError, match=r"it holds \(b=2, n_kv=2, d=6, d_v=6\), this call has \(b=2, n_kv=2, d=6, d_v=5\)"):
-        m(torch.randn(2, 3, 14, dtype=torch.float64), cache=KVCache(2, 8, num_kv_heads=2, head_dim=6, dtype=torch.float64))
+    with pytest.raises(
+        ValueError, match=r"it holds \(b=2, n_kv=2, d=6, d_v=6\), this call has \(b=2, n_kv=2, d=6, d_v=5\)"
+    ):
+        m(
+            torch.randn(2, 3, 14, dtype=torch.float64),
+            cache=KVCache(2, 8, num_kv_heads=2, head_dim=6, dtype=torch.float64),
+        )
 
 
 @pytest.mark.parametrize("options", [{"softcap": 2.0}, {"sinks": True, "dropout": 0.5}])

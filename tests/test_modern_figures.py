@@ -38,5 +38,7 @@ def test_the_curves_are_the_formulas():
         points = _curve(draw(t))
         assert len(points) == 121
         for x, y in points:
-            value = axes.x0 + (x - modern_figures.LEFT) / (modern_figures.WIDTH - modern_figures.LEFT - modern_figures.RIGHT) * (axes.x1 - axes.x0)
+            value = axes.x0 + (x - modern_figures.LEFT) / (
+                modern_figures.WIDTH - modern_figures.LEFT - modern_figures.RIGHT
+            ) * (axes.x1 - axes.x0)
             assert abs(axes.y(f(value)) - y) < 0.2, (x, y)

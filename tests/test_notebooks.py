@@ -66,5 +66,7 @@ def test_tutorial_notebook_runs_headless(site, src, tmp_path):
     script = tmp_path / "notebook.py"
     script.write_text("\n\n".join(code) + "\nprint('ran', flush=True)\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
     assert run.returncode == 0 and run.stdout.endswith("ran\n"), run.stdout[-2000:] + run.stderr[-4000:]

@@ -63,8 +63,11 @@ def _checks(mesh) -> None:
     _check_sharded_equals_single(lambda: MultiHeadAttention(32, 4), mesh, is_causal=True)
     single, sharded = _check_sharded_equals_single(
         lambda: MultiHeadAttention(32, 4, num_kv_heads=2, positional=RotaryEmbedding(8)),
-        mesh, is_causal=True, mask=pad,
+        mesh,
+        is_causal=True,
+        mask=pad,
     )
+
     # Options of today's layers: sinks are split with the heads, the norms stay whole.
     def modern():
         m = MultiHeadAttention(32, 4, num_kv_heads=2, head_dim=12, qk_norm=True, sinks=True, softcap=5.0)

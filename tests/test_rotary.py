@@ -29,7 +29,9 @@ def test_matches_the_paper_formula(base):
     rope = RotaryEmbedding(6, base=base)
     x = torch.randn(2, 3, 5, 6)
     positions = torch.tensor([0, 1, 4, 9, 130])
-    torch.testing.assert_close(rope(x, positions).double(), roformer_reference(x, positions, base), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        rope(x, positions).double(), roformer_reference(x, positions, base), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_float64_inputs_rotate_in_float64():
@@ -157,8 +159,9 @@ def test_halves_layout_pairs_feature_i_with_i_plus_half(rotary_dim):
     rope = RotaryEmbedding(10 if rotary_dim is None else 7, interleaved=False, rotary_dim=rotary_dim)
     x = torch.randn(2, 3, 5, rope.head_dim)
     positions = torch.tensor([0, 1, 4, 9, 1300])
-    torch.testing.assert_close(rope(x, positions).double(), halves_reference(x, positions, rotary_dim=rotary_dim),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        rope(x, positions).double(), halves_reference(x, positions, rotary_dim=rotary_dim), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_partial_rotary_interleaved_rotates_the_first_features_only():
@@ -187,13 +190,18 @@ def test_every_path_rotates_alike_in_each_layout(interleaved, rotary_dim, dtype)
         torch.testing.assert_close(compiled(x, is_causal=True), full, **tolerance)
     xh = torch.randn(2, 3, 6, 10, dtype=dtype)
     positions = torch.arange(6)
-    expected = halves_reference(xh, positions, rotary_dim=rotary_dim) if not interleaved else torch.cat(
-        [roformer_reference(xh[..., :6], positions), xh[..., 6:].double()], dim=-1)
+    expected = (
+        halves_reference(xh, positions, rotary_dim=rotary_dim)
+        if not interleaved
+        else torch.cat([roformer_reference(xh[..., :6], positions), xh[..., 6:].double()], dim=-1)
+    )
     torch.testing.assert_close(rope(xh, positions).double(), expected, **tolerance)
 
 
 def test_layout_and_partial_errors():
-    with pytest.raises(ValueError, match=r"rotary_dim must be even \(features rotate in pairs\) and at most head_dim=6, got 8"):
+    with pytest.raises(
+        ValueError, match=r"rotary_dim must be even \(features rotate in pairs\) and at most head_dim=6, got 8"
+    ):
         RotaryEmbedding(6, rotary_dim=8)
     with pytest.raises(ValueError, match=r"rotary_dim must be even .* got 3"):
         RotaryEmbedding(6, rotary_dim=3)

@@ -348,9 +348,14 @@ def test_every_copied_block_runs(site, server, browser, tmp_path):
     runner = tmp_path / "run_pages.py"
     runner.write_text(RUN_PAGES)
     # The checkout's mha, whatever else is installed.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, str(runner), str(pages)], capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        [sys.executable, str(runner), str(pages)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
+    )
     assert run.returncode == 0, run.stderr
     failures = json.loads(run.stdout.strip().splitlines()[-1])
     assert not failures, "\n".join(f"{p}:\n{t}" for p, t in failures.items())
@@ -360,21 +365,31 @@ def test_repl_paste_check_catches_blank_lines_in_a_class(tmp_path):
     """The runner above fails a class whose copied body has a blank line (the classic REPL's
     IndentationError) or that runs into the next statement, and passes it written for the REPL."""
     body = "class A:\n    def f(self):\n        return 1\n{}    def g(self):\n        return 2\n{}assert A().g() == 2"
-    pages = {"blank inside": [body.format("\n", "\n")], "no blank after": [body.format("", "")],
-             "fine": [body.format("", "\n")]}
+    pages = {
+        "blank inside": [body.format("\n", "\n")],
+        "no blank after": [body.format("", "")],
+        "fine": [body.format("", "\n")],
+    }
     (tmp_path / "pages.json").write_text(json.dumps(pages))
     (tmp_path / "run.py").write_text(RUN_PAGES)
-    run = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "pages.json")],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "pages.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     failures = json.loads(run.stdout.strip().splitlines()[-1])
     assert sorted(failures) == ["blank inside (REPL)", "no blank after (REPL)"], failures
 
 
-@pytest.mark.parametrize(("lang", "query", "expected", "foreign"), [
-    ("en", "MultiHeadAttention", "MultiHeadAttention", re.compile(r"[\u4e00-\u9fff]")),
-    ("en", "diagram", "Class diagram", re.compile(r"[\u4e00-\u9fff]")),
-    ("zh", "查看注意力权重", "注意力权重", None),
-])
+@pytest.mark.parametrize(
+    ("lang", "query", "expected", "foreign"),
+    [
+        ("en", "MultiHeadAttention", "MultiHeadAttention", re.compile(r"[\u4e00-\u9fff]")),
+        ("en", "diagram", "Class diagram", re.compile(r"[\u4e00-\u9fff]")),
+        ("zh", "查看注意力权重", "注意力权重", None),
+    ],
+)
 def test_search_finds_in_the_readers_language(server, browser, lang, query, expected, foreign):
     page, errors = browser.open(server + LANGUAGES[lang])
     search = page.locator("input.md-search__input")
@@ -400,10 +415,16 @@ def test_search_finds_in_the_readers_language(server, browser, lang, query, expe
 
 
 @pytest.mark.parametrize("where", ["root", "subpath"])
-@pytest.mark.parametrize(("start", "target"), [
-    ("tutorial/", "zh/tutorial/"), ("zh/guides/masks/", "guides/masks/"),
-    ("", "zh/"), ("zh/", ""), ("api/attention/", "zh/"),
-])
+@pytest.mark.parametrize(
+    ("start", "target"),
+    [
+        ("tutorial/", "zh/tutorial/"),
+        ("zh/guides/masks/", "guides/masks/"),
+        ("", "zh/"),
+        ("zh/", ""),
+        ("api/attention/", "zh/"),
+    ],
+)
 def test_language_switcher_lands_on_the_counterpart_page(bases, browser, where, start, target):
     page, _ = browser.open(bases[where] + start)
     page.locator(".md-header__option .md-select").first.hover()
@@ -439,9 +460,13 @@ def test_tutorial_teaches_the_seed(server, browser, lang, scheme):
     """Both class definitions, the seed's diagram as SVG, the figures and the exercises."""
     page, errors = browser.open(f"{server}{LANGUAGES[lang]}tutorial/", color_scheme=scheme)
     code = "\n".join(page.locator(".language-pycon code").all_inner_texts())
-    for definition in ("class Attention(nn.Module):", "class MultiHeadAttention(nn.Module):",
-                       "self.attention = Attention(hidden_size, num_heads)",
-                       "mha = MultiHeadAttention(hidden_size, num_heads, dropout)", "output = mha(input)"):
+    for definition in (
+        "class Attention(nn.Module):",
+        "class MultiHeadAttention(nn.Module):",
+        "self.attention = Attention(hidden_size, num_heads)",
+        "mha = MultiHeadAttention(hidden_size, num_heads, dropout)",
+        "output = mha(input)",
+    ):
         assert definition in code, definition
     seed_diagram = _diagram_text(page)
     for drawn in ("Attention", "MultiHeadAttention", "hidden_size", "num_heads", "forward(inputs)"):

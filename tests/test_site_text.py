@@ -76,7 +76,8 @@ def test_cjk_hook_keeps_code_and_math():
         sys.path.pop(0)
     text = "一行，\n二行。\n\n```pycon\n>>> 1  # 中\n... 文\n```\n$$\n中\n文\n$$\n- 项，\n  续\n# 标题\n正文\n\n    缩进，\n    续"
     assert join_cjk_lines(text) == (
-        "一行，二行。\n\n```pycon\n>>> 1  # 中\n... 文\n```\n$$\n中\n文\n$$\n- 项，续\n# 标题\n正文\n\n    缩进，续")
+        "一行，二行。\n\n```pycon\n>>> 1  # 中\n... 文\n```\n$$\n中\n文\n$$\n- 项，续\n# 标题\n正文\n\n    缩进，续"
+    )
     assert join_cjk_lines("中文\nEnglish\n中文") == "中文\nEnglish\n中文"  # a space there is right
     assert join_cjk_lines("数量。\n`Attention` 接收") == "数量。`Attention` 接收"  # 。 has its own space
 
@@ -111,8 +112,17 @@ PHONE_PROBLEMS = """() => {
 }"""
 
 
-@pytest.mark.parametrize("path", ["tutorial/", "zh/tutorial/", "transformer-block/", "zh/transformer-block/",
-                                  "guides/decoding/", "zh/guides/decoding/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "tutorial/",
+        "zh/tutorial/",
+        "transformer-block/",
+        "zh/transformer-block/",
+        "guides/decoding/",
+        "zh/guides/decoding/",
+    ],
+)
 def test_phone_formulas_code_and_solutions(server, browser, path):
     """At 390 px: every display formula fits its column (`MultiHead(X)` keeps its W^O), the copy
     button sits beside the code rather than over it, and solutions are at body size."""
@@ -132,7 +142,8 @@ def test_phone_formulas_code_and_solutions(server, browser, path):
 def test_attention_pictures_follow_the_palette(server, browser, scheme):
     page, _ = browser.open(server + "guides/attention-weights/", color_scheme=scheme, wait="load")
     shown = page.eval_on_selector_all(
-        "article img", "els => els.filter(e => e.offsetWidth > 0).map(e => e.currentSrc.split('#')[0])")
+        "article img", "els => els.filter(e => e.offsetWidth > 0).map(e => e.currentSrc.split('#')[0])"
+    )
     assert len(shown) == 3, shown
     assert all(src.endswith("-dark.png") == (scheme == "dark") for src in shown), shown
     page.context.close()

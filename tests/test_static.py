@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("tool", [["mypy"], ["ruff", "check", "."]], ids=["mypy", "ruff"])
+@pytest.mark.parametrize(
+    "tool", [["mypy"], ["ruff", "check", "."], ["ruff", "format", "--check", "."]], ids=["mypy", "ruff", "ruff-format"]
+)
 def test_static_checks_are_clean(tool):
     run = subprocess.run([sys.executable, "-m", *tool], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -23,6 +25,11 @@ def test_static_checks_are_clean(tool):
 def test_tests_import_their_helpers_in_importlib_mode():
     """Helpers come from helpers.py on pythonpath, not `from conftest import`, which importlib mode breaks."""
     files = ["tests/test_masks.py", "tests/test_tutorial.py"]
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "--import-mode=importlib", "-p", "no:cacheprovider", *files],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--import-mode=importlib", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -16,7 +16,10 @@ def test_the_torch_internals_the_shortcut_reads_still_exist():
     for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
         assert getattr(linear, hooks) == {}
     for hooks in (
-        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
     ):
         assert isinstance(getattr(module_hooks, hooks), dict)
     assert set(linear._parameters) == {"weight", "bias"}

@@ -39,9 +39,12 @@ def join_cjk_lines(markdown: str) -> str:
         stripped = line.strip()
         if fence is None and not math:
             opened = FENCE.match(line)
-            if (joinable and not opened and not STARTS_BLOCK.match(line)
-                    and (ENDS_PUNCTUATION.search(out[-1])
-                         or (ENDS_CJK.search(out[-1]) and STARTS_CJK.match(stripped)))):
+            if (
+                joinable
+                and not opened
+                and not STARTS_BLOCK.match(line)
+                and (ENDS_PUNCTUATION.search(out[-1]) or (ENDS_CJK.search(out[-1]) and STARTS_CJK.match(stripped)))
+            ):
                 out[-1] += stripped
                 continue
             out.append(line)

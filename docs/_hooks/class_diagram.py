@@ -95,8 +95,10 @@ def attributes(obj: object) -> dict[str, object]:
     for klass in reversed(cls.__mro__):
         if klass.__module__.startswith("mha"):
             names += [
-                n for n, v in vars(klass).items()
-                if not n.startswith("_") and (isinstance(v, property) or not callable(v))
+                n
+                for n, v in vars(klass).items()
+                if not n.startswith("_")
+                and (isinstance(v, property) or not callable(v))
                 and not isinstance(v, (classmethod, staticmethod))
             ]
     return {n: getattr(obj, n) for n in dict.fromkeys(names)}
@@ -144,9 +146,7 @@ def _method_line(name: str, value: object) -> str:
 
 def _relations(cls: type, obj: object, names: dict[type, str]) -> list[str]:
     lines = []
-    optional = {
-        p.name for p in inspect.signature(cls.__init__).parameters.values() if p.default is None
-    }
+    optional = {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.default is None}
     for attr, value in attributes(obj).items():
         other = type(value)
         if other in names and other is not cls:

@@ -27,8 +27,13 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "_scripts"
 TARGET = Path("assets") / "explorer" / "lookup.json"
 PLACEHOLDER = "<!-- head-table -->"
 HEADINGS = {
-    "en": ("head", "looks at the next list digit", "looks at the digit after the match", "silenced: list right",
-           "silenced: queries right"),
+    "en": (
+        "head",
+        "looks at the next list digit",
+        "looks at the digit after the match",
+        "silenced: list right",
+        "silenced: queries right",
+    ),
     "zh": ("头", "看列表中的下一个数字", "看匹配数字之后的数字", "屏蔽后：列表全对", "屏蔽后：查询全对"),
 }
 HEAD = {"en": "layer {layer}, head {head}", "zh": "层 {layer} 头 {head}"}  # numbered from 0, as the code indexes them
@@ -69,8 +74,14 @@ def measurements() -> tuple[tuple[str | None, dict[str, float], float, float], .
     rows = [(None, {}, lm.accuracy(model, held_out, slice(0, 4)), lm.accuracy(model, held_out, slice(4, 8)))]
     for (layer, head), scores in lm.head_scores(model, held_out).items():
         silenced = lm.ablated(model, layer, head)
-        rows.append((f"{layer},{head}", scores, lm.accuracy(silenced, held_out, slice(0, 4)),
-                     lm.accuracy(silenced, held_out, slice(4, 8))))
+        rows.append(
+            (
+                f"{layer},{head}",
+                scores,
+                lm.accuracy(silenced, held_out, slice(0, 4)),
+                lm.accuracy(silenced, held_out, slice(4, 8)),
+            )
+        )
     return tuple(rows)
 
 

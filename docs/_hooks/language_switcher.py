@@ -38,7 +38,7 @@ ENGLISH_ONLY = ("api/",)
 def _site_relative(link: str, prefix: str) -> str:
     """'/mha/zh/tutorial/' -> 'zh/tutorial/' for site_url path '/mha/'; the root -> './'."""
     if link.startswith(prefix):
-        link = link[len(prefix):]
+        link = link[len(prefix) :]
     return link.lstrip("/") or "./"
 
 

@@ -74,8 +74,7 @@ def split_index(index: dict, languages: list[str]) -> dict[str, dict]:
     for doc in index["docs"]:
         lang = next((lang for lang in languages if doc["location"].startswith(f"{lang}/")), "")
         if lang:
-            doc = {**doc, "location": doc["location"].removeprefix(f"{lang}/"),
-                   "title": doc["title"].replace(ZWSP, "")}
+            doc = {**doc, "location": doc["location"].removeprefix(f"{lang}/"), "title": doc["title"].replace(ZWSP, "")}
         out[lang]["docs"].append(doc)
     return out
 

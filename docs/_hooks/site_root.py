@@ -85,12 +85,8 @@ def relocatable_404(html: str, site_path: str) -> str:
 
 
 def _sitemap(site_dir: Path, site_url: str) -> str:
-    pages = sorted(
-        p.parent.relative_to(site_dir).as_posix() for p in site_dir.rglob("index.html")
-    )
-    urls = "\n".join(
-        f"  <url><loc>{site_url}{'' if page == '.' else page + '/'}</loc></url>" for page in pages
-    )
+    pages = sorted(p.parent.relative_to(site_dir).as_posix() for p in site_dir.rglob("index.html"))
+    urls = "\n".join(f"  <url><loc>{site_url}{'' if page == '.' else page + '/'}</loc></url>" for page in pages)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n'

@@ -36,9 +36,7 @@ def _copy(src: Path, dst: Path) -> None:
 def vendor() -> None:
     missing = [name for name in (*FILES, *FOLDERS) if not (NODE / name).exists()]
     if missing:
-        raise SystemExit(
-            f"docs assets missing from {NODE}: {', '.join(missing)}. Run `npm ci` in {ROOT} first."
-        )
+        raise SystemExit(f"docs assets missing from {NODE}: {', '.join(missing)}. Run `npm ci` in {ROOT} first.")
     for src, dst in FILES.items():
         _copy(NODE / src, VENDOR / dst)
     for src, dst in FOLDERS.items():

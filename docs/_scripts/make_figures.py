@@ -54,51 +54,97 @@ FONT = 15  # points; at dpi 110 a 550-px image shown on a 390-px phone keeps the
 # table NAME.md gets a NAME.zh.md that the Chinese pages include. Longer
 # phrases first, so a phrase is translated before the words inside it.
 ZH = [
-    ("Measured on ", "测于 "), (", Python ", "，Python "),
-    (": medians of interleaved repetitions, same weights. Times and memory: lower is better; a ratio below 1 means "
-     "`mha` takes less. A float32 2048³ GEMM ran at ", "：交错重复测量的中位数，权重相同。时间和内存越低越好；比值小于 1 表示 `mha` "
-     "用得更少。同一次运行中 float32 2048³ GEMM 的速度为 "),
+    ("Measured on ", "测于 "),
+    (", Python ", "，Python "),
+    (
+        ": medians of interleaved repetitions, same weights. Times and memory: lower is better; a ratio below 1 means "
+        "`mha` takes less. A float32 2048³ GEMM ran at ",
+        "：交错重复测量的中位数，权重相同。时间和内存越低越好；比值小于 1 表示 `mha` "
+        "用得更少。同一次运行中 float32 2048³ GEMM 的速度为 ",
+    ),
     (" GFLOP/s in the same run.", " GFLOP/s。"),
     ("GEMM 2048³ in the same run: ", "同一次运行中的 GEMM 2048³："),
-    ("bare SDPA module", "裸 SDPA 模块"), ("mha, of the GEMM", "mha 占 GEMM 的比例"),
-    ("| inference |", "| 推理 |"), ("| training |", "| 训练 |"), ("| memory |", "| 内存 |"),
-    (", forward peak", "，前向峰值"), (", forward+backward", "，前向+反向"), (", forward |", "，前向 |"),
-    ("one step, of the GEMM", "一步占 GEMM 的比例"), ("% of ", "%（GEMM 为 "),
+    ("bare SDPA module", "裸 SDPA 模块"),
+    ("mha, of the GEMM", "mha 占 GEMM 的比例"),
+    ("| inference |", "| 推理 |"),
+    ("| training |", "| 训练 |"),
+    ("| memory |", "| 内存 |"),
+    (", forward peak", "，前向峰值"),
+    (", forward+backward", "，前向+反向"),
+    (", forward |", "，前向 |"),
+    ("one step, of the GEMM", "一步占 GEMM 的比例"),
+    ("% of ", "%（GEMM 为 "),
     (": a step reads every weight for a few FLOPs each (", "）：每一步为每个权重只做几次浮点运算（"),
-    ("faster than float32", "相对 float32 的加速"), ("of the GEMM", "占 GEMM 的比例"),
+    ("faster than float32", "相对 float32 的加速"),
+    ("of the GEMM", "占 GEMM 的比例"),
     ("largest error against float64, relative to the output", "相对 float64 的最大误差（相对输出）"),
-    ("decode step, 1024 cached", "解码一步，已缓存 1024"), ("| forward b=", "| 前向 b="), ("| training b=", "| 训练 b="),
+    ("decode step, 1024 cached", "解码一步，已缓存 1024"),
+    ("| forward b=", "| 前向 b="),
+    ("| training b=", "| 训练 b="),
     ("| measure | value |", "| 指标 | 数值 |"),
-    (" tokens, KV cache |", " 个词元，KV 缓存 |"), (" tokens, recomputing the causal pass |", " 个词元，每步重算因果前向 |"),
+    (" tokens, KV cache |", " 个词元，KV 缓存 |"),
+    (" tokens, recomputing the causal pass |", " 个词元，每步重算因果前向 |"),
     ("speed-up of the cache over recomputing (higher is better)", "缓存相对重算的加速（越高越好）"),
     (" tokens, bare kernels (no module, no checks) |", " 个词元，裸内核（无模块、无检查） |"),
-    (" s: ", " s，"), ("x faster than recomputing, the least an eager step can cost",
-                      "x（相对重算的加速），是 eager 模式下一步的最低开销"),
+    (" s: ", " s，"),
+    (
+        "x faster than recomputing, the least an eager step can cost",
+        "x（相对重算的加速），是 eager 模式下一步的最低开销",
+    ),
     ("one step, 64 positions filled, ", "一步，已填 64 个位置，"),
-    (" (1 = the buffer's size costs nothing)", "（1 表示缓冲区大小不影响耗时）"), ("step at ", "一步耗时："),
+    (" (1 = the buffer's size costs nothing)", "（1 表示缓冲区大小不影响耗时）"),
+    ("step at ", "一步耗时："),
     (" / at 128", " / 128 时"),
     ("), so memory bounds it", "），瓶颈在内存"),
-    ("per-token time, last quarter of the 512 tokens / first quarter (1 = flat)",
-     "每词元耗时：512 个词元的最后四分之一 / 最前四分之一（1 表示不变）"),
-    ("cache memory, ", "缓存内存，"), (" key/value heads |", " 个键/值头 |"), (" (4x smaller)", "（小 4x）"),
-    ("| dtype | filled |", "| dtype | 已填 |"), ("HF DynamicCache, per layer", "HF DynamicCache，每层"),
-    ("mha, per layer", "mha，每层"), ("bare kernels", "裸内核"), ("bare / dynamic", "裸 / dynamic"),
-    ("| tokens | layers | set-up | step (lower is better) | speed-up over 1 thread | peak memory per rank | memory / 1 process |",
-     "| 词元 | 层数 | 配置 | 每步（越低越好） | 相对 1 线程的加速 | 每个 rank 的峰值内存 | 内存 / 1 进程 |"),
-    ("1 process, 1 thread", "1 进程 1 线程"), ("1 process, 2 threads", "1 进程 2 线程"),
+    (
+        "per-token time, last quarter of the 512 tokens / first quarter (1 = flat)",
+        "每词元耗时：512 个词元的最后四分之一 / 最前四分之一（1 表示不变）",
+    ),
+    ("cache memory, ", "缓存内存，"),
+    (" key/value heads |", " 个键/值头 |"),
+    (" (4x smaller)", "（小 4x）"),
+    ("| dtype | filled |", "| dtype | 已填 |"),
+    ("HF DynamicCache, per layer", "HF DynamicCache，每层"),
+    ("mha, per layer", "mha，每层"),
+    ("bare kernels", "裸内核"),
+    ("bare / dynamic", "裸 / dynamic"),
+    (
+        "| tokens | layers | set-up | step (lower is better) | speed-up over 1 thread | peak memory per rank | memory / 1 process |",
+        "| 词元 | 层数 | 配置 | 每步（越低越好） | 相对 1 线程的加速 | 每个 rank 的峰值内存 | 内存 / 1 进程 |",
+    ),
+    ("1 process, 1 thread", "1 进程 1 线程"),
+    ("1 process, 2 threads", "1 进程 2 线程"),
     ("2 ranks, 1 thread each", "2 个 rank，各 1 线程"),
-    ("| case | dtype | mha | compared with | mha / compared (lower is better) |",
-     "| 情形 | dtype | mha | 对照 | mha / 对照（越低越好） |"),
-    ("| prompt | cache | mha | mha, mask skipped | SDPA, no mha | mha / mask skipped | mha / SDPA |",
-     "| 提示长度 | 缓存长度 | mha | mha，跳过掩码 | SDPA（不用 mha） | mha / 跳过掩码 | mha / SDPA |"),
-    ("window 512, s = ", "窗口 512，s = "), (", peak memory", "，峰值内存"), ("dense band mask ", "稠密带状掩码 "),
-    ("unmasked causal call ", "无掩码的因果调用 "), ("16 documents x 1,024", "16 个文档 × 1,024"),
-    ("dense block-diagonal ", "稠密块对角掩码 "), ("not run", "未运行"), ("a batch of 16 ", "16 个一批 "),
-    ("(est.)", "（估计）"), ("plain causal ", "普通因果 "), ("ALiBi, s = ", "ALiBi，s = "), ("(peak ", "(峰值 "),
-    ("; a dense bias: ", "；稠密偏置："), ("| decoding ", "| 解码 "), (" tokens, rolling cache w = ", " 个词元，滚动缓存 w = "),
-    ("last quarter ", "最后四分之一 "), ("first quarter ", "最前四分之一 "), ("ms/token", "ms/词元"),
-    ("1024, h=", "1024，h="), (", torch ", "，torch "),
-    ("| case | setup |", "| 情形 | 配置 |"), ("| case | dtype |", "| 情形 | dtype |"),
+    (
+        "| case | dtype | mha | compared with | mha / compared (lower is better) |",
+        "| 情形 | dtype | mha | 对照 | mha / 对照（越低越好） |",
+    ),
+    (
+        "| prompt | cache | mha | mha, mask skipped | SDPA, no mha | mha / mask skipped | mha / SDPA |",
+        "| 提示长度 | 缓存长度 | mha | mha，跳过掩码 | SDPA（不用 mha） | mha / 跳过掩码 | mha / SDPA |",
+    ),
+    ("window 512, s = ", "窗口 512，s = "),
+    (", peak memory", "，峰值内存"),
+    ("dense band mask ", "稠密带状掩码 "),
+    ("unmasked causal call ", "无掩码的因果调用 "),
+    ("16 documents x 1,024", "16 个文档 × 1,024"),
+    ("dense block-diagonal ", "稠密块对角掩码 "),
+    ("not run", "未运行"),
+    ("a batch of 16 ", "16 个一批 "),
+    ("(est.)", "（估计）"),
+    ("plain causal ", "普通因果 "),
+    ("ALiBi, s = ", "ALiBi，s = "),
+    ("(peak ", "(峰值 "),
+    ("; a dense bias: ", "；稠密偏置："),
+    ("| decoding ", "| 解码 "),
+    (" tokens, rolling cache w = ", " 个词元，滚动缓存 w = "),
+    ("last quarter ", "最后四分之一 "),
+    ("first quarter ", "最前四分之一 "),
+    ("ms/token", "ms/词元"),
+    ("1024, h=", "1024，h="),
+    (", torch ", "，torch "),
+    ("| case | setup |", "| 情形 | 配置 |"),
+    ("| case | dtype |", "| 情形 | dtype |"),
     ("| dtype | largest", "| dtype | largest"),
 ]
 
@@ -120,9 +166,17 @@ CHART_FONT = 14
 def _chart_variants(draw, path: Path) -> None:
     """Call draw() once per palette and save NAME.png and NAME-dark.png, transparent."""
     for suffix, ink in SCHEMES.items():
-        style = {"text.color": ink, "axes.labelcolor": ink, "xtick.color": ink, "ytick.color": ink,
-                 "axes.edgecolor": ink, "font.size": CHART_FONT, "legend.facecolor": "none",
-                 "legend.edgecolor": ink, "legend.fontsize": CHART_FONT - 2}
+        style = {
+            "text.color": ink,
+            "axes.labelcolor": ink,
+            "xtick.color": ink,
+            "ytick.color": ink,
+            "axes.edgecolor": ink,
+            "font.size": CHART_FONT,
+            "legend.facecolor": "none",
+            "legend.edgecolor": ink,
+            "legend.fontsize": CHART_FONT - 2,
+        }
         with plt.rc_context(style):
             fig = draw()
             fig.savefig(path.with_name(path.stem + suffix + path.suffix), dpi=100, transparent=True)
@@ -132,10 +186,23 @@ def _chart_variants(draw, path: Path) -> None:
 # The attention pictures' words, per language (Chinese side labels stand upright,
 # one character under the other, rather than lying on their side); the Chinese pages show NAME-zh.png and NAME-zh-dark.png.
 WORDS = {
-    "en": {"head": "head {h}", "key": "key", "query": "query", "weight": "weight", "layer": "{nth} layer\nhead {h}",
-           "nth": ["first", "second", "third", "fourth"]},
-    "zh": {"head": "头 {h}", "key": "键", "query": "查\n询", "weight": "权\n重", "upright": True, "layer": "{nth}层\n头 {h}",
-           "nth": ["第一", "第二", "第三", "第四"]},
+    "en": {
+        "head": "head {h}",
+        "key": "key",
+        "query": "query",
+        "weight": "weight",
+        "layer": "{nth} layer\nhead {h}",
+        "nth": ["first", "second", "third", "fourth"],
+    },
+    "zh": {
+        "head": "头 {h}",
+        "key": "键",
+        "query": "查\n询",
+        "weight": "权\n重",
+        "upright": True,
+        "layer": "{nth}层\n头 {h}",
+        "nth": ["第一", "第二", "第三", "第四"],
+    },
 }
 FILE_SUFFIX = {"en": "", "zh": "-zh"}
 CJK_FONTS = ["DejaVu Sans", "Noto Sans CJK SC"]  # Latin from DejaVu, Chinese from Noto
@@ -155,17 +222,25 @@ def heatmaps(weights: torch.Tensor, tokens: list[str], path: Path, layers: int |
             titles = [words["head"].format(h=h) for h in range(weights.shape[0])]
         else:
             per_layer = weights.shape[0] // layers
-            titles = [words["layer"].format(nth=words["nth"][layer], h=h) for layer in range(layers) for h in range(per_layer)]
+            titles = [
+                words["layer"].format(nth=words["nth"][layer], h=h) for layer in range(layers) for h in range(per_layer)
+            ]
         for suffix, ink in SCHEMES.items():
-            style = {"text.color": ink, "axes.labelcolor": ink, "xtick.color": ink, "ytick.color": ink,
-                     "axes.edgecolor": ink, "font.size": FONT, "font.family": CJK_FONTS}
+            style = {
+                "text.color": ink,
+                "axes.labelcolor": ink,
+                "xtick.color": ink,
+                "ytick.color": ink,
+                "axes.edgecolor": ink,
+                "font.size": FONT,
+                "font.family": CJK_FONTS,
+            }
             name = path.stem + FILE_SUFFIX[lang] + suffix + path.suffix
             with plt.rc_context(style):
                 _heatmap_figure(weights, tokens, path.with_name(name), titles, words)
 
 
-def _heatmap_figure(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str],
-                    words: dict) -> None:
+def _heatmap_figure(weights: torch.Tensor, tokens: list[str], path: Path, titles: list[str], words: dict) -> None:
     n_h = weights.shape[0]
     rows = (n_h + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(5.0, 2.9 * rows), constrained_layout=True, squeeze=False)
@@ -218,7 +293,11 @@ def performance_figures() -> None:
     cases = attention["cases"]
 
     names = ["mha", "torch", "bare"]
-    colors = {"mha": "#5c6bc0", "torch": "#ee6c4d", "bare": "#8d99ae"}  # mha: 3 : 1 or more on white and on the dark palette
+    colors = {
+        "mha": "#5c6bc0",
+        "torch": "#ee6c4d",
+        "bare": "#8d99ae",
+    }  # mha: 3 : 1 or more on white and on the dark palette
 
     def draw():
         # One column: two side-by-side panels would shrink every label below legibility on a phone.
@@ -258,7 +337,9 @@ def performance_figures() -> None:
         cells = [f"{values[k] * scale:.1f} {unit}" if k in values else "—" for k in names]
         ratios = [f"{result['ratios'][r]:.2f}" if r in result["ratios"] else "—" for r in ("mha/torch", "mha/bare")]
         of_gemm = f"{result['gflops']:.0f} GFLOP/s, {result['fraction_of_gemm']:.0%}" if "gflops" in result else "—"
-        rows.append(f"| {case} | {result['description'].rsplit(',', 1)[0]} | {' | '.join(cells)} | {' | '.join(ratios)} | {of_gemm} |")
+        rows.append(
+            f"| {case} | {result['description'].rsplit(',', 1)[0]} | {' | '.join(cells)} | {' | '.join(ratios)} | {of_gemm} |"
+        )
     rows.append("")
     rows.append(
         f"Measured on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
@@ -313,7 +394,10 @@ def performance_figures() -> None:
         "| dtype | filled | mha | HF DynamicCache | HF StaticCache | bare kernels |",
         "|---|---|---|---|---|---|",
     ]
-    ratio_rows = ["| dtype | filled | mha / dynamic | mha / static | mha / bare | bare / dynamic |", "|---|---|---|---|---|---|"]
+    ratio_rows = [
+        "| dtype | filled | mha / dynamic | mha / static | mha / bare | bare / dynamic |",
+        "|---|---|---|---|---|---|",
+    ]
     for case in hf["cases"]:
         ms, r = case["ms"], case["ratios"]
         hf_rows.append(
@@ -327,7 +411,10 @@ def performance_figures() -> None:
     _write_table("hf-decoding-ratios-table", "\n".join(ratio_rows) + "\n")
     _write_table("hf-decoding-table", "\n".join(hf_rows) + "\n")
     deep = hf["deep"]
-    deep_rows = ["| dtype | filled | mha, per layer | HF DynamicCache, per layer | mha / dynamic |", "|---|---|---|---|---|"]
+    deep_rows = [
+        "| dtype | filled | mha, per layer | HF DynamicCache, per layer | mha / dynamic |",
+        "|---|---|---|---|---|",
+    ]
     for case in deep["cases"]:
         ms = case["ms_per_layer"]
         deep_rows.append(
@@ -348,8 +435,10 @@ def context_parallel_figures() -> None:
 
     def draw():
         fig, axes = plt.subplots(2, 1, figsize=(5.5, 8), constrained_layout=True)
-        panels = ((axes[0], "seconds", "seconds per step", "Time per step, lower is better"),
-                  (axes[1], "peak_mib_per_rank", "peak MiB per rank", "Memory per rank, lower is better"))
+        panels = (
+            (axes[0], "seconds", "seconds per step", "Time per step, lower is better"),
+            (axes[1], "peak_mib_per_rank", "peak MiB per rank", "Memory per rank, lower is better"),
+        )
         for ax, key, label, title in panels:
             for j, setup in enumerate(setups):
                 for i, (length, layers) in enumerate(shapes):
@@ -362,8 +451,11 @@ def context_parallel_figures() -> None:
             ax.set_title(title)
             ax.margins(y=0.15)
         axes[0].legend(loc="upper right")
-        fig.suptitle(f"h={result['hidden']}, {result['heads']} heads, {result['kv_heads']} key/value heads; "
-                     f"{machine['cores']} CPU cores, float32", fontsize=CHART_FONT - 1)
+        fig.suptitle(
+            f"h={result['hidden']}, {result['heads']} heads, {result['kv_heads']} key/value heads; "
+            f"{machine['cores']} CPU cores, float32",
+            fontsize=CHART_FONT - 1,
+        )
         return fig
 
     _chart_variants(draw, IMAGES / "context-parallel.png")
@@ -384,12 +476,16 @@ def context_parallel_figures() -> None:
 def prefill_table() -> None:
     """A static cache's first chunk with and without its mask (benchmarks/hf_static_prefill.py)."""
     result = json.loads((RESULTS / "hf_static_prefill.json").read_text())
-    rows = ["| prompt | cache | mha | mha, mask skipped | SDPA, no mha | mha / mask skipped | mha / SDPA |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| prompt | cache | mha | mha, mask skipped | SDPA, no mha | mha / mask skipped | mha / SDPA |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         ms = r["ms"]
-        rows.append(f"| {r['prompt']:,} | {r['cache']:,} | {ms['mha']:,.0f} ms | {ms['mha, mask skipped']:,.0f} ms | "
-                    f"{ms['sdpa']:,.0f} ms | {r['mha / mask skipped']:.2f}x | {r['mha / sdpa']:.2f}x |")
+        rows.append(
+            f"| {r['prompt']:,} | {r['cache']:,} | {ms['mha']:,.0f} ms | {ms['mha, mask skipped']:,.0f} ms | "
+            f"{ms['sdpa']:,.0f} ms | {r['mha / mask skipped']:.2f}x | {r['mha / sdpa']:.2f}x |"
+        )
     _write_table("hf-static-prefill-table", "\n".join(rows) + "\n")
 
 
@@ -418,7 +514,11 @@ def local_attention_figures() -> None:
     left.set_title("Window 512, causal: mha blockwise (blue),\nfull causal (grey), dense band mask (orange)")
     labels, values, kinds = [], [], []
     for r in result["documents"]:
-        for name, kind in (("mha documents", "mha"), ("batch of documents", "other"), ("dense block-diagonal", "dense")):
+        for name, kind in (
+            ("mha documents", "mha"),
+            ("batch of documents", "other"),
+            ("dense block-diagonal", "dense"),
+        ):
             if name in r["times_s"]:
                 labels.append(f"{name}\n{r['dtype']}")
                 values.append(r["times_s"][name] * 1e3)
@@ -435,7 +535,10 @@ def local_attention_figures() -> None:
     right.invert_yaxis()
     right.set_xlabel("milliseconds (median)")
     right.set_title("16 documents x 1,024 packed; ALiBi")
-    fig.suptitle(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; 16 heads, 4 key/value heads, d=64", fontsize=9)
+    fig.suptitle(
+        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; 16 heads, 4 key/value heads, d=64",
+        fontsize=9,
+    )
     fig.savefig(IMAGES / "local-attention.png", dpi=110)
     plt.close(fig)
     _write_table("local-attention-table", _local_table(result))
@@ -510,7 +613,7 @@ def modern_table() -> None:
         f"{shape['n_kv']} key/value heads, causal, forward only; measured on {machine['cpu']} "
         f"({machine['cores']} cores), torch {machine['torch']}: medians of interleaved repetitions in one process. "
         "Attention rows time `mha.functional.attention` on split heads, layer rows a whole "
-        "`MultiHeadAttention`; ratios divide by `plain (fused)` or `layer, plain`. \"Of the GEMM\" counts the "
+        '`MultiHeadAttention`; ratios divide by `plain (fused)` or `layer, plain`. "Of the GEMM" counts the '
         "causal scores in full, so a kernel that skips the masked half can pass 100%. Peak memory is the largest "
         "resident growth during one of the row's calls (sampled every millisecond; glibc's mmap threshold fixed, so "
         "freed blocks leave the resident set). A same-dtype 2048³ GEMM ran at "

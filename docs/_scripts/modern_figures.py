@@ -68,7 +68,10 @@ class _Axes:
         return f'<polyline class="{cls}" points="{path}"/>'
 
     def curve(self, f: Callable[[float], float], cls: str, n: int = 120) -> str:
-        return self.line([(self.x0 + (self.x1 - self.x0) * i / n, f(self.x0 + (self.x1 - self.x0) * i / n)) for i in range(n + 1)], cls)
+        return self.line(
+            [(self.x0 + (self.x1 - self.x0) * i / n, f(self.x0 + (self.x1 - self.x0) * i / n)) for i in range(n + 1)],
+            cls,
+        )
 
     def frame(self, xticks: list[float], yticks: list[float], xlabel: str, ylabel: str, fmt: str = "g") -> list[str]:
         body = []

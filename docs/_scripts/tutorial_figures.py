@@ -126,9 +126,8 @@ def _text(x: float, y: float, label: str, cls: str = "fig-text", anchor: str = "
 
 
 def _box(x: float, y: float, w: float, h: float, label: str, cls: str = "fig-box") -> str:
-    return (
-        f'<rect class="{cls}" x="{x:g}" y="{y:g}" width="{w:g}" height="{h:g}" rx="6"/>'
-        + _text(x + w / 2, y + h / 2 + 5, label)
+    return f'<rect class="{cls}" x="{x:g}" y="{y:g}" width="{w:g}" height="{h:g}" rx="6"/>' + _text(
+        x + w / 2, y + h / 2 + 5, label
     )
 
 
@@ -170,14 +169,18 @@ def flow(t: dict[str, str]) -> str:
     proj_y = y + 44
     for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
         x = 20 + i * 110
-        body.append(f'<line class="fig-arrow" x1="{cx:g}" y1="{y:g}" x2="{x + 50:g}" y2="{proj_y:g}" marker-end="url(#fig-head)"/>')
+        body.append(
+            f'<line class="fig-arrow" x1="{cx:g}" y1="{y:g}" x2="{x + 50:g}" y2="{proj_y:g}" marker-end="url(#fig-head)"/>'
+        )
         body.append(_box(x, proj_y, 100, h, name, "fig-box fig-param"))
     body.append(_text(WIDTH - 8, y + 22, "x: (b, s, h)", "fig-shape", "end"))
     y = proj_y + h
     split_y = y + 50
     for i in range(3):
         x = 70 + i * 110
-        body.append(f'<line class="fig-arrow" x1="{x:g}" y1="{y:g}" x2="{cx:g}" y2="{split_y:g}" marker-end="url(#fig-head)"/>')
+        body.append(
+            f'<line class="fig-arrow" x1="{x:g}" y1="{y:g}" x2="{cx:g}" y2="{split_y:g}" marker-end="url(#fig-head)"/>'
+        )
     body.append(_text(WIDTH - 8, split_y - 6, "(b, s, h)", "fig-shape", "end"))
     body.append(_box(cx - w / 2, split_y, w, h, t["split"]))
     y = split_y + h
@@ -215,7 +218,9 @@ def heads(t: dict[str, str]) -> str:
 
     def row(y: float) -> None:
         for i in range(HIDDEN_SIZE):
-            body.append(f'<rect class="fig-cell {HEAD_COLORS[i // HEAD_DIM]}" x="{x0 + i * cell:g}" y="{y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>')
+            body.append(
+                f'<rect class="fig-cell {HEAD_COLORS[i // HEAD_DIM]}" x="{x0 + i * cell:g}" y="{y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>'
+            )
             body.append(_text(x0 + i * cell + (cell - 2) / 2, y + 19, str(i), "fig-small"))
 
     row(30)
@@ -224,12 +229,18 @@ def heads(t: dict[str, str]) -> str:
         gx = gap + head * (HEAD_DIM * cell + gap)
         middle = gx + HEAD_DIM * cell / 2 - 1
         for j in range(HEAD_DIM):
-            body.append(f'<rect class="fig-cell {HEAD_COLORS[head]}" x="{gx + j * cell:g}" y="{group_y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>')
+            body.append(
+                f'<rect class="fig-cell {HEAD_COLORS[head]}" x="{gx + j * cell:g}" y="{group_y:g}" width="{cell - 2}" height="{cell - 2}" rx="3"/>'
+            )
             body.append(_text(gx + j * cell + (cell - 2) / 2, group_y + 19, str(HEAD_DIM * head + j), "fig-small"))
         src = x0 + (head + 0.5) * HEAD_DIM * cell - 1
-        body.append(f'<line class="fig-arrow" x1="{src:g}" y1="62" x2="{middle:g}" y2="{group_y - 4}" marker-end="url(#fig-head)"/>')
+        body.append(
+            f'<line class="fig-arrow" x1="{src:g}" y1="62" x2="{middle:g}" y2="{group_y - 4}" marker-end="url(#fig-head)"/>'
+        )
         body.append(_text(middle, group_y + 48, f"{t['head']} {head}"))
-        body.append(f'<line class="fig-arrow" x1="{middle:g}" y1="{group_y + 56}" x2="{src:g}" y2="{group_y + 92}" marker-end="url(#fig-head)"/>')
+        body.append(
+            f'<line class="fig-arrow" x1="{middle:g}" y1="{group_y + 56}" x2="{src:g}" y2="{group_y + 92}" marker-end="url(#fig-head)"/>'
+        )
     body.append(_text(WIDTH / 2, 100, "(b, n_h, s, d)", "fig-shape"))
     row(group_y + 96)
     body.append(_text(WIDTH / 2, group_y + 150, _numbers(t["concat"])))
@@ -251,7 +262,9 @@ def masks(t: dict[str, str]) -> str:
         for i in range(n):
             for j in range(n):
                 cls = "fig-cell fig-allowed" if allowed(i, j) else "fig-cell fig-blocked"
-                body.append(f'<rect class="{cls}" x="{gx + j * cell:g}" y="{32 + i * cell:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>')
+                body.append(
+                    f'<rect class="{cls}" x="{gx + j * cell:g}" y="{32 + i * cell:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>'
+                )
     body.append(_text(WIDTH / 2, 32 + n * cell + 24, t["rows"], "fig-shape"))
     return _svg(32 + n * cell + 34, t["masks_title"], body)
 
@@ -267,12 +280,16 @@ def parallelism(t: dict[str, str]) -> str:
             for j in range(8):
                 rank = owner(i, j)
                 cls = "fig-cell fig-blocked" if rank is None else f"fig-cell {ranks[rank]}"
-                body.append(f'<rect class="{cls}" x="{x0 + j * cell:g}" y="{y + i * cell:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>')
+                body.append(
+                    f'<rect class="{cls}" x="{x0 + j * cell:g}" y="{y + i * cell:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>'
+                )
 
     def labels(y: float, keys: tuple[str, ...]) -> None:
         for n, key in enumerate(keys):
             if n < 2:  # a rank: its colour, then what it holds
-                body.append(f'<rect class="fig-cell {ranks[n]}" x="{tx:g}" y="{y + n * 20 - 11:g}" width="12" height="12" rx="2"/>')
+                body.append(
+                    f'<rect class="fig-cell {ranks[n]}" x="{tx:g}" y="{y + n * 20 - 11:g}" width="12" height="12" rx="2"/>'
+                )
             body.append(_text(tx + (18 if n < 2 else 0), y + n * 20, t[key], "fig-text", "start"))
 
     zigzag = (0, 1, 1, 0)  # chunk -> rank: rank r holds chunks r and 2W-1-r
@@ -309,7 +326,9 @@ def local(t: dict[str, str]) -> str:
                 opacity = shade(i, j)
                 x, y = gx + j * cell, gy + i * cell
                 if opacity is None:
-                    body.append(f'<rect class="fig-cell fig-blocked" x="{x:g}" y="{y:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>')
+                    body.append(
+                        f'<rect class="fig-cell fig-blocked" x="{x:g}" y="{y:g}" width="{cell - 2}" height="{cell - 2}" rx="2"/>'
+                    )
                 else:
                     body.append(
                         f'<rect class="fig-cell fig-allowed" x="{x:g}" y="{y:g}" width="{cell - 2}" '
@@ -335,7 +354,9 @@ def render() -> dict[str, str]:
     """{'flow.en.html': '<figure>...', ...}: every figure in every language."""
     # Every inline SVG of a page shares one id space: give each figure its own marker id.
     return {
-        f"{name}.{lang}.html": _figure(name, draw(t).replace("fig-head", f"fig-head-{name}"), _numbers(t[f"{name}_caption"]))
+        f"{name}.{lang}.html": _figure(
+            name, draw(t).replace("fig-head", f"fig-head-{name}"), _numbers(t[f"{name}_caption"])
+        )
         for name, draw in FIGURES.items()
         for lang, t in TEXT.items()
     }

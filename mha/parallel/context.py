@@ -255,9 +255,7 @@ def context_parallel(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
     """
     targets = {name: m for name, m in module.named_modules() if isinstance(m, Attention)}
     if not targets:
-        raise ValueError(
-            f"module must be or contain a mha.Attention, got {type(module).__name__} with none inside"
-        )
+        raise ValueError(f"module must be or contain a mha.Attention, got {type(module).__name__} with none inside")
     for name, attention in targets.items():
         if attention.backend == "math":
             raise ValueError(

@@ -66,10 +66,12 @@ class Ring:
         if self.size == 1:
             return [], tensor
         received = torch.empty_like(tensor)
-        requests = dist.batch_isend_irecv([
-            dist.P2POp(dist.isend, tensor, self._next, self.group),
-            dist.P2POp(dist.irecv, received, self._previous, self.group),
-        ])
+        requests = dist.batch_isend_irecv(
+            [
+                dist.P2POp(dist.isend, tensor, self._next, self.group),
+                dist.P2POp(dist.irecv, received, self._previous, self.group),
+            ]
+        )
         return requests, received
 
     def _visits(self, kv: Tensor) -> Any:
@@ -110,8 +112,14 @@ class Ring:
             dkv = torch.zeros_like(visiting, dtype=lse.dtype)
             for rows, cols, block_causal in self.blocks(source, q.shape[2], causal):
                 block_dq, block_dk, block_dv = _attend_block_backward(
-                    grad[:, :, rows], q[:, :, rows], visiting[0][:, :, cols], visiting[1][:, :, cols], out[:, :, rows],
-                    lse[:, :, rows], block_causal, scale,
+                    grad[:, :, rows],
+                    q[:, :, rows],
+                    visiting[0][:, :, cols],
+                    visiting[1][:, :, cols],
+                    out[:, :, rows],
+                    lse[:, :, rows],
+                    block_causal,
+                    scale,
                 )
                 dq[:, :, rows] += block_dq
                 dkv[0][:, :, cols] += block_dk
@@ -131,9 +139,7 @@ class RingAttention(torch.autograd.Function):
     """`Ring.forward` with `Ring.backward` as its gradient."""
 
     @staticmethod
-    def forward(
-        ctx: Any, q: Tensor, k: Tensor, v: Tensor, ring: Ring, causal: bool, scale: float | None
-    ) -> Tensor:
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, ring: Ring, causal: bool, scale: float | None) -> Tensor:
         kv = torch.stack([k, v])  # one tensor to send around the ring, in both passes
         out, lse = ring.forward(q, kv, causal, scale)
         ctx.save_for_backward(q, kv, out, lse)

@@ -93,8 +93,7 @@ def parallelize(
     targets = {name: m for name, m in module.named_modules() if isinstance(m, MultiHeadAttention)}
     if not targets:
         raise ValueError(
-            f"module must be or contain a mha.MultiHeadAttention, got {type(module).__name__} "
-            "with none inside"
+            f"module must be or contain a mha.MultiHeadAttention, got {type(module).__name__} with none inside"
         )
     full_plan: dict[str, ParallelStyle] = dict(extra or {})
     for name, attn in targets.items():
