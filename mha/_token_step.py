@@ -9,7 +9,7 @@ such a step; `run` then computes what the full path
 
 It leans on torch internals (`torch._C._is_any_autocast_enabled`,
 `nn.Module._compiled_call_impl`, the hook dictionaries of
-`torch.nn.modules.module`); `tests/test_token_step.py` checks that they still exist.
+`torch.nn.modules.module`); `tests/package/test_token_step.py` checks that they still exist.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest_plugins = ["site_fixtures"]  # the built site, its servers and Chromium, shared by the browser tests
+pytest_plugins = ["site_fixtures"]  # tests/site/: the built site, its servers and Chromium, built once per run
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ themselves, so the picture cannot drift from the code:
   builds, `o--` where it holds one only when given (`positional=`), and `..>`
   where a method takes or returns one.
 
-tests/test_class_diagram.py checks the result against the package.
+tests/site/test_class_diagram.py checks the result against the package.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "_snippets" / "figures"
 WIDTH = 360
 # The head-split figure draws the tutorial's own example (docs/tutorial*.md, §2.2:
-# `hidden_size, num_heads = 8, 2`); tests/test_tutorial.py checks that they agree.
+# `hidden_size, num_heads = 8, 2`); tests/site/test_tutorial.py checks that they agree.
 HIDDEN_SIZE, NUM_HEADS = 8, 2
 HEAD_DIM = HIDDEN_SIZE // NUM_HEADS
 

@@ -20,7 +20,7 @@ import pytest
 from helpers import missing_modules, require
 from site_server import SiteServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 LANGUAGES = {"en": "", "zh": "zh/"}
 SITE_URL = "https://mha-dev.github.io/mha/"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ def test_static_checks_are_clean(tool):
 
 def test_tests_import_their_helpers_in_importlib_mode():
     """Helpers come from helpers.py on pythonpath, not `from conftest import`, which importlib mode breaks."""
-    files = ["tests/test_masks.py", "tests/test_tutorial.py"]
+    files = ["tests/package/test_masks.py", "tests/site/test_tutorial.py"]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "--import-mode=importlib", "-p", "no:cacheprovider", *files],
         cwd=ROOT,

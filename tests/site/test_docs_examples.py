@@ -12,7 +12,7 @@ import pytest
 
 from helpers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 

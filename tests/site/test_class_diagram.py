@@ -11,7 +11,7 @@ import torch
 
 import mha
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 sys.path.insert(0, str(DOCS / "_hooks"))
 import class_diagram  # noqa: E402
 from site_fixtures import DESKTOP, PHONE  # noqa: E402

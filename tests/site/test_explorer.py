@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 sys.path.insert(0, str(DOCS / "_scripts"))
 sys.path.insert(0, str(DOCS / "_hooks"))
 import explorer_weights  # noqa: E402

@@ -13,7 +13,7 @@ import torch
 import mha
 from helpers import assert_close
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = {"en": DOCS / "tutorial.md", "zh": DOCS / "tutorial.zh.md"}
 
 

@@ -224,7 +224,7 @@ def test_prefill_then_steps_equal_the_full_causal_pass(run):
 
 
 # Fixed inputs under torch.compile (the fused path, where the three failed; the math path
-# compiles in tests/test_attention.py): the three, and the module's grouped one-query call.
+# compiles in tests/package/test_attention.py): the three, and the module's grouped one-query call.
 COMPILED = {
     "gqa one query causal": (lambda: (torch.randn(1, 2, 1, 4), torch.randn(1, 1, 2, 4)), {"is_causal": True}),
     "scale 0 causal": (lambda: (torch.tensor([1.0, 2.0]).view(1, 1, 2, 1),) * 2, {"is_causal": True, "scale": 0.0}),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
 SNIPPET = re.compile(r'^\s*--8<-- "(docs/_snippets/[^"/]+\.md)"', re.M)
 NUMBER = re.compile(
