@@ -231,6 +231,31 @@ def check_cross(module: MultiHeadAttention, document_ids: object) -> None:
         )
 
 
+def check_module_inputs(
+    module: MultiHeadAttention, query: object, key: object, value: object, document_ids: object
+) -> tuple[Tensor, Tensor]:
+    """`MultiHeadAttention.forward`'s inputs, unprojected; returns `key` and `value` with their defaults filled in."""
+    cross = key is not None and key is not query
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _checks.not_nested(name, t)
+    key = query if key is None else key
+    value = key if value is None else value
+    check_inputs(module, query, key, value)
+    if cross:
+        check_cross(module, document_ids)
+    return cast(Tensor, key), cast(Tensor, value)
+
+
+def check_new_cache(attention: Attention, max_len: object, sliding_window: object) -> int | None:
+    """`MultiHeadAttention.new_cache`'s window must be the layer's; returns the layer's window."""
+    own = attention.sliding_window
+    if sliding_window is not None and _checks.positive_int("sliding_window", sliding_window) != own:
+        raise ValueError(f"sliding_window must be this module's ({own}), got {sliding_window}")
+    if own is None and max_len is None:
+        raise ValueError("max_len is required for a cache without a sliding window, got None")
+    return own
+
+
 def check_inputs(module: MultiHeadAttention, query: object, key: object, value: object) -> None:
     h, kdim, vdim = module.hidden_size, module.kdim, module.vdim
     query = _checks.shape("query", query, (None, None, h), lambda: f"(b, s_q, h={h})")
