@@ -22,11 +22,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import FLOAT32_FEW_OPS, assert_close, prefill_then_decode
 from mha import MultiHeadAttention
 from mha.functional import attention, attention_weights
 
-# atol = rtol per dtype, against the float64 reference on the same (rounded) inputs.
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 SETTINGS = settings(max_examples=70, deadline=None, derandomize=True)
 INF = float("inf")
 
@@ -71,11 +70,6 @@ def causal_allowed(s_q, s_kv):
     """Bottom-right aligned: query i sees key j when j <= i + s_kv - s_q."""
     rows = [[j <= i + s_kv - s_q for j in range(s_kv)] for i in range(s_q)]
     return torch.tensor(rows, dtype=torch.bool).reshape(s_q, s_kv)
-
-
-def assert_close(actual, expected, dtype):
-    tol = TOLERANCE[dtype]
-    torch.testing.assert_close(actual.double(), expected, atol=tol, rtol=tol)
 
 
 @st.composite
@@ -215,10 +209,8 @@ def test_prefill_then_steps_equal_the_full_causal_pass(run):
     cache = m.new_cache(b, total)
     token_mask = real[:, : run["prefill"]] if pad else None
     with torch.no_grad():
-        outs = [m(x[:, : run["prefill"]], cache=cache, token_mask=token_mask)]
-        outs += [m(x[:, i : i + 1], cache=cache) for i in range(run["prefill"], total)]
+        cached = prefill_then_decode(m, x, run["prefill"], cache, token_mask=token_mask)
         full = m(x, mask=causal_allowed(total, total) & real[:, None, None, :])
-    cached = torch.cat(outs, dim=1)
     assert_close(cached[real], full[real].double(), dtype)
     assert not full[real].isnan().any()
 
@@ -260,7 +252,7 @@ def test_compiled_grouped_one_query_causal_module_equals_the_last_row():
     x = torch.randn(1, 3, 4)
     compiled = torch.compile(lambda x: m(x[:, -1:], x, x, is_causal=True), backend="eager", fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), m(x, is_causal=True)[:, -1:], atol=1e-6, rtol=1e-6)
+        assert_close(compiled(x), m(x, is_causal=True)[:, -1:], FLOAT32_FEW_OPS)
 
 
 # Regressions: inputs that failed, with the numbers they gave.

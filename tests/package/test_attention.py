@@ -7,7 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import TOLERANCE, assert_close, merge, randomize_biases, reference_attention, split, under_fullgraph
+from helpers import (
+    FLOAT32,
+    FLOAT32_FEW_OPS,
+    assert_close,
+    merge,
+    randomize_biases,
+    reference_attention,
+    split,
+    under_fullgraph,
+)
 from mha import Attention, MultiHeadAttention, from_torch, functional, to_torch
 from mha.masks import causal_mask, padding_mask
 
@@ -91,8 +100,8 @@ def test_matches_torch_multihead_attention(cfg):
     out = ours(query, key, value, mask=ours_mask, is_causal=is_causal, need_weights=cfg["need_weights"])
     if cfg["need_weights"]:
         out, weights = out
-        torch.testing.assert_close(weights, expected_w, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        assert_close(weights, expected_w, FLOAT32)
+    assert_close(out, expected, FLOAT32)
 
 
 # --- an independent float64 reference ---------------------------------------
@@ -165,8 +174,7 @@ def test_fused_and_math_agree(dtype, mask_kind):
     causal = mask_kind.startswith("causal")
     a = fused(query, key, mask=mask, is_causal=causal)
     b = math(query, key, mask=mask, is_causal=causal)
-    tol = TOLERANCE[dtype]
-    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    assert_close(a, b, dtype)
     if mask_kind != "float":  # additive values: see test_float_mask_values_are_added_to_scores
         expected, _ = reference_module(fused, query, key, key, _allowed(mask, causal, s_kv))
         assert_close(a, expected, dtype)
@@ -211,10 +219,10 @@ def test_grouped_query_equals_mha_with_repeated_heads(num_kv_heads):
             dst.bias.copy_(src.bias.unflatten(0, (num_kv_heads, d)).repeat_interleave(group, 0).flatten())
     x = torch.randn(B, S_Q, 32)
     assert gqa.k_proj.weight.shape == (num_kv_heads * d, 32)
-    torch.testing.assert_close(gqa(x, is_causal=True), full(x, is_causal=True), atol=1e-6, rtol=1e-6)
+    assert_close(gqa(x, is_causal=True), full(x, is_causal=True), FLOAT32_FEW_OPS)
     wa = gqa(x, need_weights=True)[1]
     wb = full(x, need_weights=True)[1]
-    torch.testing.assert_close(wa, wb, atol=1e-6, rtol=1e-6)
+    assert_close(wa, wb, FLOAT32_FEW_OPS)
 
 
 @pytest.mark.parametrize("mask_shape", [None, (3, 1, 1, 9), (9,)])
@@ -619,7 +627,7 @@ def test_dynamic_shapes_compile_without_recompiles(options):
             call = dict(options)
             if call.get("mask") == "pad":
                 call["mask"] = padding_mask(torch.full((x.shape[0],), s - 1), s)
-            torch.testing.assert_close(step(x, **call), m(x, **call), atol=1e-5, rtol=1e-5)
+            assert_close(step(x, **call), m(x, **call), FLOAT32)
         # The checks are still there. (Under fullgraph=True Dynamo reports an
         # exception raised in the graph as Unsupported, its sizes symbolic;
         # without it, Dynamo falls back to eager and the error is ours.)

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import TOLERANCE, under_fullgraph
+from helpers import FLOAT32, assert_close, under_fullgraph
 from mha import KVCache, MultiHeadAttention
 
 B, S_Q, S_KV, H, N_H = 2, 5, 7, 12, 3  # distinct sizes
@@ -53,7 +53,7 @@ def test_any_mask_is_computed_like_its_expansion_or_refused(mask, backend):
     expanded = mask.expand(TARGET).clone()
     out = m(q, kv, kv, mask=mask)
     expected, _ = m(q, kv, kv, mask=expanded, need_weights=True)  # the math path, on the full mask
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)  # 0 and -inf are exact in every float dtype
+    assert_close(out, expected, FLOAT32)  # 0 and -inf are exact in every float dtype
     assert not out.isnan().any()
 
 
@@ -75,7 +75,7 @@ def test_half_precision_paths_agree_on_large_finite_masks(dtype, fills, blocked_
     m, q, kv = m.to(dtype), q.to(dtype), kv.to(dtype)
     fused = m(q, kv, kv, mask=mask)
     math, _ = m(q, kv, kv, mask=mask, need_weights=True)
-    torch.testing.assert_close(fused, math, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    assert_close(fused, math, dtype)
     assert not fused.isnan().any()
 
 

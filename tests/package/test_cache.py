@@ -6,15 +6,17 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from helpers import under_fullgraph
+from helpers import (
+    BFLOAT16,
+    EXACT,
+    FLOAT32,
+    FLOAT32_FEW_OPS,
+    FLOAT64,
+    assert_close,
+    prefill_then_decode,
+    under_fullgraph,
+)
 from mha import KVCache, MultiHeadAttention, RotaryEmbedding
-
-
-def decode(m, x, prefill, cache, mask=None):
-    """Prefill ``prefill`` tokens, then feed the rest one at a time."""
-    outs = [m(x[:, :prefill], cache=cache, mask=mask)]
-    outs += [m(x[:, i : i + 1], cache=cache, mask=mask) for i in range(prefill, x.shape[1])]
-    return torch.cat(outs, dim=1)
 
 
 @pytest.mark.parametrize("num_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
@@ -32,7 +34,7 @@ def test_cached_decoding_equals_the_full_causal_pass(num_kv_heads, rotary, prefi
     x = torch.randn(3, 9, 32)
     cache = m.new_cache(3, 11)
     assert cache.keys.shape == (3, num_kv_heads, 11, 8)
-    torch.testing.assert_close(decode(m, x, prefill, cache), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+    assert_close(prefill_then_decode(m, x, prefill, cache), m(x, is_causal=True), FLOAT32)
     assert cache.length == 9
 
 
@@ -41,7 +43,7 @@ def test_chunked_prefill_in_several_chunks():
     x = torch.randn(3, 10, 32)  # b=3, n_kv=2, d=8, s=10: no two sizes alike
     cache = m.new_cache(3, 10)
     chunks = [m(x[:, a:b], cache=cache) for a, b in ((0, 3), (3, 7), (7, 10))]
-    torch.testing.assert_close(torch.cat(chunks, 1), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+    assert_close(torch.cat(chunks, 1), m(x, is_causal=True), FLOAT32)
 
 
 def test_padding_mask_with_cache_for_batches_of_different_lengths():
@@ -51,9 +53,9 @@ def test_padding_mask_with_cache_for_batches_of_different_lengths():
     cache = m.new_cache(2, 7)
     slots = torch.arange(7)
     keep = torch.stack([slots >= 0, slots >= 2])[:, None, None, :]  # (b, 1, 1, s_max)
-    out = decode(m, x, 3, cache, mask=keep)
-    torch.testing.assert_close(out[0], m(x[:1], is_causal=True)[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out[1, 2:], m(x[1:, 2:], is_causal=True)[0], atol=1e-5, rtol=1e-5)
+    out = prefill_then_decode(m, x, 3, cache, mask=keep)
+    assert_close(out[0], m(x[:1], is_causal=True)[0], FLOAT32)
+    assert_close(out[1, 2:], m(x[1:, 2:], is_causal=True)[0], FLOAT32)
 
 
 @torch.no_grad()  # decoding: the cache writes in place (with autograd recording it may not)
@@ -61,11 +63,11 @@ def test_reset_reuses_the_buffers():
     m = MultiHeadAttention(16, 2).eval()
     x = torch.randn(1, 4, 16)
     cache = m.new_cache(1, 4)
-    first = decode(m, x, 2, cache)
+    first = prefill_then_decode(m, x, 2, cache)
     buffer = cache.keys.data_ptr()
     cache.reset()
     assert cache.length == 0 and int(cache.position) == 0
-    torch.testing.assert_close(decode(m, x, 2, cache), first)
+    torch.testing.assert_close(prefill_then_decode(m, x, 2, cache), first)
     assert cache.keys.data_ptr() == buffer
 
 
@@ -108,7 +110,7 @@ def test_one_token_steps_do_not_recompile():
         graphs_after_warmup = counters["stats"]["unique_graphs"]
         out += [compiled(x[:, i : i + 1], cache=cache) for i in range(8, 20)]
     assert counters["stats"]["unique_graphs"] == graphs_after_warmup
-    torch.testing.assert_close(torch.cat(out, 1), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+    assert_close(torch.cat(out, 1), m(x, is_causal=True), FLOAT32)
 
 
 def test_kvcache_standalone_update_returns_the_filled_slots_and_a_causal_mask():
@@ -150,10 +152,10 @@ def test_backward_through_cached_steps_equals_the_full_pass(rotary):
     full = m(x, is_causal=True)
     (grad_full,) = torch.autograd.grad(full.square().sum(), x)
     cache = m.new_cache(2, 7)
-    stepped = decode(m, x, 2, cache)
+    stepped = prefill_then_decode(m, x, 2, cache)
     (grad_stepped,) = torch.autograd.grad(stepped.square().sum(), x)
-    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(grad_stepped, grad_full, atol=1e-5, rtol=1e-5)
+    assert_close(stepped, full, FLOAT32)
+    assert_close(grad_stepped, grad_full, FLOAT32)
 
 
 def test_shallow_copy_is_refused_and_deepcopy_is_independent():
@@ -207,9 +209,9 @@ def test_a_512_step_compiled_decode_loop_makes_at_most_3_graphs():
     torch._dynamo.reset()
     counters.clear()
     with torch.no_grad():
-        outs = [compiled(x[:, :8], cache=cache)] + [compiled(x[:, i : i + 1], cache=cache) for i in range(8, 520)]
+        decoded = prefill_then_decode(compiled, x, 8, cache)
     assert counters["stats"]["unique_graphs"] <= 3
-    torch.testing.assert_close(torch.cat(outs, 1), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+    assert_close(decoded, m(x, is_causal=True), FLOAT32)
 
 
 def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
@@ -238,9 +240,7 @@ def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
 def _alone(m, sample, steps):
     """Decode one unpadded prompt by itself: prefill, then one token at a time."""
     cache = m.new_cache(1, 16)
-    out = [m(sample[None, :-steps], cache=cache)]
-    out += [m(sample[None, i : i + 1], cache=cache) for i in range(len(sample) - steps, len(sample))]
-    return torch.cat(out, 1)[0]
+    return prefill_then_decode(m, sample[None], len(sample) - steps, cache)[0]
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -266,7 +266,7 @@ def test_a_ragged_batch_decodes_each_sample_as_if_alone(side, rotary):
             expected = _alone(m, samples[i], steps)
             got_prompt = first[i, width - n :] if side == "left" else first[i, :n]
             got = torch.cat([got_prompt] + [step[i] for step in later])
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            assert_close(got, expected, FLOAT32)
 
 
 def test_decoding_under_autocast_uses_a_cache_of_the_autocast_dtype():
@@ -275,11 +275,11 @@ def test_decoding_under_autocast_uses_a_cache_of_the_autocast_dtype():
     x = torch.randn(1, 5, 16)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         cache = m.new_cache(1, 5, dtype=torch.bfloat16)
-        steps = torch.cat([m(x[:, :3], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in (3, 4)], 1)
+        steps = prefill_then_decode(m, x, 3, cache)
         full = m(x, is_causal=True)
         with pytest.raises(TypeError, match=r"computes in torch.bfloat16 .* new_cache\(\.\.\., dtype=torch.bfloat16"):
             m(x[:, :1], cache=m.new_cache(1, 5))  # a float32 cache
-    torch.testing.assert_close(steps.float(), full.float(), atol=3e-2, rtol=3e-2)
+    assert_close(steps.float(), full.float(), BFLOAT16)
 
 
 def test_a_write_never_modifies_buffers_an_earlier_step_saved_for_backward():
@@ -308,19 +308,18 @@ def test_one_token_steps_take_the_short_path_and_compute_what_the_full_path_does
     monkeypatch.setattr(mha._token_step, "attend_token", lambda *args: steps.append(1) or attend_token(*args))
     with torch.inference_mode():
         short_cache = m.new_cache(3, 11)
-        short = decode(m, x, 2, short_cache)
+        short = prefill_then_decode(m, x, 2, short_cache)
         assert len(steps) == 7  # every one-token step
         monkeypatch.setattr(mha._token_step, "applies", lambda *args: False)
         full_cache = m.new_cache(3, 11)
-        full = decode(m, x, 2, full_cache)
+        full = prefill_then_decode(m, x, 2, full_cache)
     assert len(steps) == 7
-    exact = {"atol": 1e-12, "rtol": 1e-12} if dtype == torch.float64 else {"atol": 1e-2, "rtol": 1e-2}
-    torch.testing.assert_close(short, full, **exact)
-    torch.testing.assert_close(short_cache.keys, full_cache.keys, **exact)
-    torch.testing.assert_close(short_cache.values, full_cache.values, **exact)
+    assert_close(short, full, dtype)
+    assert_close(short_cache.keys, full_cache.keys, dtype)
+    assert_close(short_cache.values, full_cache.values, dtype)
     assert short_cache.length == full_cache.length == 9 and int(short_cache.position) == 9
     if dtype == torch.float64:
-        torch.testing.assert_close(short, m(x, is_causal=True), atol=1e-12, rtol=1e-12)
+        assert_close(short, m(x, is_causal=True), FLOAT64)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -331,9 +330,8 @@ def test_one_token_steps_on_cuda_decode_like_the_cpu_reference(dtype):
     with torch.inference_mode():
         expected = m.double()(x.double(), is_causal=True)
         gpu = m.to("cuda", dtype)
-        out = decode(gpu, x.to("cuda", dtype), 3, gpu.new_cache(2, 12))
-    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
-    torch.testing.assert_close(out.double().cpu(), expected, **tolerance)
+        out = prefill_then_decode(gpu, x.to("cuda", dtype), 3, gpu.new_cache(2, 12))
+    assert_close(out.cpu(), expected, dtype)
 
 
 def test_one_token_steps_with_bad_input_get_the_full_paths_errors_and_change_nothing():
@@ -377,7 +375,7 @@ def test_one_token_steps_with_bad_input_get_the_full_paths_errors_and_change_not
         with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match=r"computes in torch.bfloat16"):
             m(token, cache=cache)
         assert cache.length == 1 and int(cache.position) == 1
-        torch.testing.assert_close(cache.keys, keys, atol=0, rtol=0)
+        assert_close(cache.keys, keys, EXACT)
         m(token, cache=cache)
         with pytest.raises(ValueError, match=r"KVCache overflow: it holds 2 of max_len=2 positions and cannot take 1"):
             m(token, cache=cache)
@@ -389,18 +387,18 @@ def test_one_token_steps_run_the_hooks_of_the_projections():
     x = torch.randn(1, 4, 16)
     calls = []
     with torch.inference_mode():
-        plain = decode(m, x, 2, m.new_cache(1, 4))
+        plain = prefill_then_decode(m, x, 2, m.new_cache(1, 4))
         handle = m.k_proj.register_forward_hook(lambda module, args, out: calls.append("k") or out * 2)
-        hooked = decode(m, x, 2, m.new_cache(1, 4))
+        hooked = prefill_then_decode(m, x, 2, m.new_cache(1, 4))
         handle.remove()
         assert calls == ["k"] * 3  # the prompt and both one-token steps
         from torch.nn.modules.module import register_module_forward_hook
 
         handle = register_module_forward_hook(lambda module, args, out: calls.append(type(module).__name__))
-        again = decode(m, x, 2, m.new_cache(1, 4))
+        again = prefill_then_decode(m, x, 2, m.new_cache(1, 4))
         handle.remove()
     assert calls.count("Linear") == 3 * 4  # four projections, three calls
     assert not torch.allclose(hooked, plain)  # doubled keys change the weights
-    torch.testing.assert_close(again, plain, atol=0, rtol=0)
+    assert_close(again, plain, EXACT)
     m.k_proj.register_forward_hook(lambda module, args, out: out * 2)
-    torch.testing.assert_close(hooked, m(x, is_causal=True), atol=1e-6, rtol=1e-6)
+    assert_close(hooked, m(x, is_causal=True), FLOAT32_FEW_OPS)

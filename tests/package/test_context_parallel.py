@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
-from helpers import TOLERANCE, free_port
+from helpers import FLOAT32, FLOAT32_COMPOUNDED, TOLERANCE, assert_close, run_on_ranks
 from mha import Attention, MultiHeadAttention, RotaryEmbedding
 from mha.parallel import context_parallel, shard_sequence, unshard_sequence
 from mha.parallel.ring import _attend_block, _attend_block_backward, _merge
 
 WORLD_SIZE = 2
-EXACT = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def _all_reduced_grads(model: nn.Module, group) -> dict[str, torch.Tensor]:
@@ -28,7 +24,7 @@ def _all_reduced_grads(model: nn.Module, group) -> dict[str, torch.Tensor]:
     return grads
 
 
-def _check_equals_single(make, mesh, s: int = 24, device: str = "cpu", tolerance=EXACT, **call) -> None:
+def _check_equals_single(make, mesh, s: int = 24, device: str = "cpu", tolerance=FLOAT32, **call) -> None:
     """Output, input gradients and summed parameter gradients equal one process."""
     torch.manual_seed(0)
     single, sharded = make().to(device), make().to(device)
@@ -40,24 +36,24 @@ def _check_equals_single(make, mesh, s: int = 24, device: str = "cpu", tolerance
     x_sharded = x.clone().requires_grad_()
     expected = single(x_single, **call)
     out = sharded(shard_sequence(x_sharded, mesh), **call)
-    torch.testing.assert_close(out, shard_sequence(expected, mesh), **tolerance)
-    torch.testing.assert_close(unshard_sequence(out, mesh), expected, **tolerance)
+    assert_close(out, shard_sequence(expected, mesh), tolerance)
+    assert_close(unshard_sequence(out, mesh), expected, tolerance)
     target = torch.randn_like(expected)  # a loss that weighs every position differently
     (expected * target).sum().backward()
     (out * shard_sequence(target, mesh)).sum().backward()
     # Each rank's input gradient is exact on the positions it holds (keys and
     # values of other ranks' queries included), zero elsewhere.
     held = (shard_layout(s, mesh) > 0).to(device)[:, None]
-    torch.testing.assert_close(x_sharded.grad, x_single.grad * held, **tolerance)
+    assert_close(x_sharded.grad, x_single.grad * held, tolerance)
     reduced = _all_reduced_grads(sharded, mesh.get_group())
     for name, p in single.named_parameters():
-        torch.testing.assert_close(reduced[name], p.grad, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
+        assert_close(reduced[name], p.grad, tolerance, msg=name)
     # The same loss on the gathered sequence on every rank, divided by W, gives the same input gradients.
     x_gathered = x.clone().requires_grad_()
     (unshard_sequence(sharded(shard_sequence(x_gathered, mesh), **call), mesh) * target).sum().div(
         mesh.size()
     ).backward()
-    torch.testing.assert_close(x_gathered.grad, x_single.grad * held, **tolerance)
+    assert_close(x_gathered.grad, x_single.grad * held, tolerance)
 
 
 def shard_layout(s: int, mesh) -> torch.Tensor:
@@ -65,18 +61,6 @@ def shard_layout(s: int, mesh) -> torch.Tensor:
     held = torch.zeros(s)
     held[shard_sequence(torch.arange(s)[None], mesh)[0]] = 1
     return held
-
-
-def _worker(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    from torch.distributed.device_mesh import init_device_mesh
-
-    _checks(init_device_mesh("cpu", (WORLD_SIZE,)))  # an assertion error reaches mp.spawn
-    dist.barrier()  # a rank that tears gloo down while the other still talks aborts both
-    dist.destroy_process_group()
-    os._exit(0)  # see test_parallel.py: gloo's threads can abort finalisation
 
 
 def _model(dtype=torch.float64, **options) -> nn.Sequential:
@@ -116,7 +100,7 @@ def _checks(mesh) -> None:
     sharded.load_state_dict(single.state_dict())
     q, kv = torch.randn(2, 12, 40, dtype=torch.float64), torch.randn(2, 20, 40, dtype=torch.float64)
     out = sharded(shard_sequence(q, mesh), shard_sequence(kv, mesh))
-    torch.testing.assert_close(out, shard_sequence(single(q, kv), mesh), **EXACT)
+    assert_close(out, shard_sequence(single(q, kv), mesh), FLOAT32)
 
     # float32 and bfloat16 go through the same kernel the single process uses.
     for dtype in (torch.float32, torch.bfloat16):
@@ -124,11 +108,10 @@ def _checks(mesh) -> None:
         single = Attention(64, 4, positional=RotaryEmbedding(16))
         sharded = context_parallel(Attention(64, 4, positional=RotaryEmbedding(16)), mesh)
         x = torch.randn(2, 64, 64, dtype=dtype)
-        torch.testing.assert_close(
+        assert_close(
             sharded(*(shard_sequence(x, mesh),) * 3, is_causal=True),
             shard_sequence(single(x, x, x, is_causal=True), mesh),
-            atol=TOLERANCE[dtype],
-            rtol=TOLERANCE[dtype],
+            dtype,
         )
 
     _check_refusals(mesh)
@@ -167,29 +150,21 @@ def _check_refusals(mesh) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 def test_context_parallel_matches_single_process():
-    mp.spawn(_worker, args=(free_port(),), nprocs=WORLD_SIZE, join=True)
+    run_on_ranks(_checks, world_size=WORLD_SIZE, threads=1)
 
 
-def _cuda_worker(rank: int, port: int) -> None:
+def _cuda_checks(mesh) -> None:
     """One NCCL rank on one GPU: the whole ring (kernels, merge, positions, backward) on CUDA."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.cuda.set_device(0)
-    dist.init_process_group("nccl", rank=rank, world_size=1)
-    from torch.distributed.device_mesh import init_device_mesh
-
-    mesh = init_device_mesh("cuda", (1,))
-    cuda = {"atol": 1e-4, "rtol": 1e-4}  # float32 on the GPU's kernels
     for make in (
         lambda: _Causal(*_model(torch.float32, num_kv_heads=2, positional=RotaryEmbedding(10))),
         lambda: _model(torch.float32, num_kv_heads=1),
     ):
-        _check_equals_single(make, mesh, s=48, device="cuda", tolerance=cuda)
-    dist.destroy_process_group()
+        _check_equals_single(make, mesh, s=48, device="cuda", tolerance=FLOAT32_COMPOUNDED)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_context_parallel_on_one_cuda_rank():
-    mp.spawn(_cuda_worker, args=(free_port(),), nprocs=1, join=True)
+    run_on_ranks(_cuda_checks, world_size=1, device="cuda")
 
 
 def _blocks_equal_whole(device: str, dtype: torch.dtype, head_dim: int, kv_heads: int = 3) -> None:
@@ -228,7 +203,7 @@ def _blocks_equal_whole(device: str, dtype: torch.dtype, head_dim: int, kv_heads
         our_error = (ours.double() - exact).abs().max().item()
         their_error = (theirs.double() - exact).abs().max().item()
         print(f"{device} {dtype} d={head_dim} n_kv={kv_heads} {name}: ring {our_error:.2e}, PyTorch {their_error:.2e}")
-        assert our_error <= 2 * their_error + TOLERANCE[dtype] / 10, (name, our_error, their_error)
+        assert our_error <= 2 * their_error + TOLERANCE[dtype].atol / 10, (name, our_error, their_error)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mha
+from helpers import EXACT, FLOAT32, FLOAT32_FEW_OPS, Tolerance, assert_close
 from mha import MultiHeadAttention
 
 transformers = pytest.importorskip("transformers")
@@ -191,7 +192,7 @@ def test_converted_layer_computes_what_the_transformers_layer_computes(name):
     x = torch.randn(2, 7, config.hidden_size)
     with torch.no_grad():
         expected = transformers_forward(layer, rope, layer_type, x, 0)
-        torch.testing.assert_close(ours(x, is_causal=True), expected, atol=1e-5, rtol=1e-5)
+        assert_close(ours(x, is_causal=True), expected, FLOAT32)
         # Cached decoding: a prompt of 4, then one token at a time, against a DynamicCache.
         config, layer, rope, layer_type = build(name)  # a fresh rotary embedding: dynamic scaling keeps state
         ours = mha.from_hf(layer)
@@ -199,7 +200,7 @@ def test_converted_layer_computes_what_the_transformers_layer_computes(name):
         theirs = [transformers_forward(layer, rope, layer_type, x[:, :4], 0, theirs_cache)]
         theirs += [transformers_forward(layer, rope, layer_type, x[:, i : i + 1], i, theirs_cache) for i in range(4, 7)]
         steps = [ours(x[:, :4], cache=our_cache)] + [ours(x[:, i : i + 1], cache=our_cache) for i in range(4, 7)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), torch.cat(theirs, dim=1), atol=1e-5, rtol=1e-5)
+    assert_close(torch.cat(steps, dim=1), torch.cat(theirs, dim=1), FLOAT32)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -212,16 +213,15 @@ def test_to_hf_restores_the_layer(name):
     for key in theirs:
         if name == "gemma3" and key.endswith("norm.weight"):
             # mha holds Gemma's 1 + w, rounded once: w comes back within one rounding of 1.
-            torch.testing.assert_close(restored[key], theirs[key], atol=2**-24, rtol=0)
+            assert_close(restored[key], theirs[key], Tolerance(atol=2**-24, rtol=0))
         else:
             assert torch.equal(theirs[key], restored[key]), key
     x = torch.randn(1, 5, config.hidden_size)
     with torch.no_grad():
-        exact = {"atol": 1e-6, "rtol": 1e-6} if name == "gemma3" else {"atol": 0, "rtol": 0}
-        torch.testing.assert_close(
+        assert_close(
             transformers_forward(other, rope, layer_type, x, 0),
             transformers_forward(layer, rope, layer_type, x, 0),
-            **exact,
+            FLOAT32_FEW_OPS if name == "gemma3" else EXACT,
         )
 
 

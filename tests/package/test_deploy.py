@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.export import Dim, export
 
-from helpers import missing_modules, require
+from helpers import FLOAT32, FLOAT32_FEW_OPS, assert_close, missing_modules, require
 from mha import MultiHeadAttention
 
 
@@ -44,7 +44,7 @@ def test_default_inductor_backend_compiles_once_for_many_shapes():
     with torch.no_grad():
         for s in (3, 5, 8, 11):
             x = torch.randn(2 + s % 2, s, 32)
-            torch.testing.assert_close(step(x, is_causal=True), m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+            assert_close(step(x, is_causal=True), m(x, is_causal=True), FLOAT32)
     assert counter.frame_count <= 2
 
 
@@ -57,7 +57,7 @@ def test_export_with_dynamic_batch_and_length_matches_eager_at_other_shapes(back
     program = export(model, (torch.randn(2, 5, 32), _mask(2, 5, 5)), dynamic_shapes=({0: b, 1: s}, {0: b, 2: s, 3: s}))
     for shape in ((3, 9), (1, 17)):
         x, mask = torch.randn(*shape, 32), _mask(shape[0], shape[1], shape[1])
-        torch.testing.assert_close(program.module()(x, mask), model(x, mask), atol=1e-6, rtol=1e-6)
+        assert_close(program.module()(x, mask), model(x, mask), FLOAT32_FEW_OPS)
 
 
 @pytest.mark.parametrize(
@@ -90,4 +90,4 @@ def test_onnx_export_runs_in_onnxruntime_at_other_shapes(tmp_path, cross, num_kv
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), other, strict=True)}
     (out,) = session.run(None, feed)
-    torch.testing.assert_close(torch.from_numpy(out), model(*other), atol=1e-5, rtol=1e-5)
+    assert_close(torch.from_numpy(out), model(*other), FLOAT32)

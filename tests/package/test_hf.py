@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from helpers import missing_modules, require
+from helpers import EXACT, FLOAT32, FLOAT32_COMPOUNDED, FLOAT32_FEW_OPS, assert_close, missing_modules, require
 
 require(missing_modules("transformers"), module_level=True)
 
@@ -112,7 +112,7 @@ def test_decoder_logits_and_greedy_generation_equal_sdpa(name, calls):
         got = ours(ids, attention_mask=mask).logits
     assert calls["n"] == 2  # one call per layer
     real = mask.bool()  # padded positions' outputs are never used
-    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    assert_close(got[real], expected[real], FLOAT32)
     kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
 
@@ -129,7 +129,7 @@ def test_output_attentions_are_per_head_weights_equal_to_eager(name, calls):
     real_queries = mask.bool()[:, None, :, None]
     for e, g in zip(expected, got, strict=True):
         assert g.shape == (2, 6, 13, 13)
-        torch.testing.assert_close(g * real_queries, e * real_queries, atol=1e-5, rtol=1e-5)
+        assert_close(g * real_queries, e * real_queries, FLOAT32)
 
 
 def test_training_step_gives_the_same_loss_and_gradients(calls):
@@ -138,11 +138,11 @@ def test_training_step_gives_the_same_loss_and_gradients(calls):
     reference.train(), ours.train()
     losses = [model(ids, attention_mask=mask, labels=ids).loss for model in (reference, ours)]
     assert calls["n"] == 2
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    assert_close(losses[1], losses[0], FLOAT32)
     for loss in losses:
         loss.backward()
     for (name, a), (_, b) in zip(reference.named_parameters(), ours.named_parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=name)
+        assert_close(b.grad, a.grad, FLOAT32, msg=name)
 
 
 def test_bert_encoder_with_padding_equals_sdpa(calls):
@@ -163,7 +163,7 @@ def test_bert_encoder_with_padding_equals_sdpa(calls):
         assert calls["n"] == 0
         got = ours(ids, attention_mask=mask).last_hidden_state
     assert calls["n"] == 2
-    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+    assert_close(got[mask.bool()], expected[mask.bool()], FLOAT32)
 
 
 def test_switching_an_existing_model_to_mha(calls):
@@ -176,7 +176,7 @@ def test_switching_an_existing_model_to_mha(calls):
         model.set_attn_implementation("mha")
         got = model(ids, attention_mask=mask).logits
     assert calls["n"] == 2
-    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+    assert_close(got[mask.bool()], expected[mask.bool()], FLOAT32)
 
 
 # --- every keyword Transformers passes is known -------------------------------------------
@@ -232,7 +232,7 @@ def test_an_unknown_keyword_is_refused_naming_it_and_the_model():
         mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, new_bias=torch.ones(3))
     expected, _ = mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None)
     got, _ = mha.hf.attention_forward(NewFeatureAttention(), q, q, q, None, new_bias=None, new_flag=False)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert_close(got, expected, EXACT)
 
 
 # --- sinks and soft-capping, computed by mha's core ----------------------------------------
@@ -263,7 +263,7 @@ def _random_sinks(model) -> None:
                 module.sinks.copy_(torch.randn(module.sinks.shape, generator=g) * 2)
 
 
-def _exact_against_eager(config, calls, dtype=torch.float32, tolerance=1e-5, gain=1.0):
+def _exact_against_eager(config, calls, dtype=torch.float32, tolerance=FLOAT32, gain=1.0):
     reference, ours = _pair(config, "eager")
     _random_sinks(reference)
     with torch.no_grad():  # large scores, so that a soft-cap of 50 bends them
@@ -280,7 +280,7 @@ def _exact_against_eager(config, calls, dtype=torch.float32, tolerance=1e-5, gai
         got = ours(ids, attention_mask=mask).logits
     assert calls["n"] == 2  # one call per layer
     real = mask.bool()
-    torch.testing.assert_close(got[real], expected[real], atol=tolerance, rtol=tolerance)
+    assert_close(got[real], expected[real], tolerance)
     kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
     return reference, ours
@@ -307,7 +307,7 @@ def test_gpt_oss_sinks_train_with_eager_gradients(calls):
         if parameter.grad is None:  # experts no token was routed to
             assert grads[name].grad is None, name
             continue
-        torch.testing.assert_close(parameter.grad, grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+        assert_close(parameter.grad, grads[name].grad, FLOAT32_COMPOUNDED, msg=name)
         checked += name.endswith("sinks")
     assert checked == 2  # the sinks of both layers learn, as in eager
 
@@ -348,12 +348,12 @@ def test_gemma2_softcap_50_equals_eager(calls):
 def _loss_and_gradients(reference, ours, **inputs):
     reference.train(), ours.train()
     losses = [model(**inputs).loss for model in (reference, ours)]
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    assert_close(losses[1], losses[0], FLOAT32)
     for loss in losses:
         loss.backward()
     for (name, a), (_, b) in zip(reference.named_parameters(), ours.named_parameters(), strict=True):
         if a.grad is not None:
-            torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+            assert_close(b.grad, a.grad, FLOAT32_COMPOUNDED, msg=name)
 
 
 def test_t5_position_bias_equals_eager_with_gradients(calls):
@@ -378,7 +378,7 @@ def test_t5_position_bias_equals_eager_with_gradients(calls):
         expected = reference(ids, attention_mask=mask, labels=labels).logits
         got = ours(ids, attention_mask=mask, labels=labels).logits
     assert calls["n"] == 6 and "position_bias" in calls["keywords"]  # encoder, decoder self and cross
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_close(got, expected, FLOAT32)
     _loss_and_gradients(reference, ours, input_ids=ids, attention_mask=mask, labels=labels)
 
 
@@ -420,7 +420,7 @@ def test_deepseek_v32_sparse_indices_equal_eager_with_gradients(calls):
     assert "indices" in calls["keywords"]
     assert (dense[0] > 0).sum(-1).max() == 4  # the top-4 selection is active
     real = mask.bool()
-    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    assert_close(got[real], expected[real], FLOAT32)
     kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
     _loss_and_gradients(reference, ours, input_ids=ids[:1], labels=ids[:1])
@@ -445,7 +445,7 @@ def test_block_indices_select_the_blocks_minimax_m3_selects():
         additive = MiniMaxM3VLIndexer.build_block_mask(indexer, blocks, mask, s_kv, q.dtype, q.device, positions)
         expected = torch.softmax(q @ k.transpose(-1, -2) * d**-0.5 + additive, dim=-1) @ v
         got, _ = mha.hf.attention_forward(layer, q, k, v, mask, block_indices=blocks)
-        torch.testing.assert_close(got.transpose(1, 2), expected, atol=1e-5, rtol=1e-5)
+        assert_close(got.transpose(1, 2), expected, FLOAT32)
 
 
 # --- masks that are never silently wrong -------------------------------------------------
@@ -481,7 +481,7 @@ def test_gemma4_kv_shared_layers_with_logits_to_keep_and_a_static_cache_equal_ea
         expected = reference(ids, logits_to_keep=3).logits
         got = ours(ids, logits_to_keep=3).logits  # the shared layers see the last 3 queries, mask None
         assert calls["n"] == 4
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert_close(got, expected, FLOAT32)
         kwargs = dict(
             max_new_tokens=4,
             do_sample=False,
@@ -493,7 +493,7 @@ def test_gemma4_kv_shared_layers_with_logits_to_keep_and_a_static_cache_equal_ea
         theirs, mine = reference.generate(ids, **kwargs), ours.generate(ids, **kwargs)
     assert torch.equal(mine.sequences, theirs.sequences)
     for a, b in zip(theirs.logits, mine.logits, strict=True):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+        assert_close(b, a, FLOAT32)
 
 
 def test_a_none_mask_is_causal_aligned_bottom_right():
@@ -502,7 +502,7 @@ def test_a_none_mask_is_causal_aligned_bottom_right():
     q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
     full, _ = mha.hf.attention_forward(NewFeatureAttention(), q, k, v, None)
     last, _ = mha.hf.attention_forward(NewFeatureAttention(), q[:, :, 3:], k, v, None)
-    torch.testing.assert_close(last, full[:, 3:], atol=1e-6, rtol=1e-6)
+    assert_close(last, full[:, 3:], FLOAT32_FEW_OPS)
 
 
 def test_the_mask_function_materialises_a_static_cache_prefill():
@@ -536,7 +536,7 @@ def test_an_active_sliding_window_equals_eager(name, calls):
         full = ours(ids, attention_mask=mask, output_attentions=True).attentions
     assert calls["n"] == 4
     assert all((w[0, :, -1] > 0).sum(-1).max() == 5 for w in full)  # the window of 5 is active in every layer
-    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+    assert_close(got[mask.bool()], expected[mask.bool()], FLOAT32)
     kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
 
@@ -551,8 +551,8 @@ def test_packed_sequences_without_a_cache_equal_each_sequence_alone(calls):
         expected = reference(packed, position_ids=position_ids, use_cache=False).logits
         alone = torch.cat([ours(first).logits, ours(second).logits], dim=1)
     assert calls["n"] == 6
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+    assert_close(got, expected, FLOAT32)
+    assert_close(got, alone, FLOAT32)
 
 
 # --- models that are not on the attention interface ---------------------------------------

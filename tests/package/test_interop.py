@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import randomize_biases
+from helpers import EXACT, FLOAT32, FLOAT32_COMPOUNDED, FLOAT32_FEW_OPS, FLOAT64, assert_close, randomize_biases
 from mha import MultiHeadAttention, TorchMultiheadAttention, from_torch, replace_torch_attention, to_torch
 
 
@@ -25,13 +25,13 @@ def test_from_torch_then_to_torch_round_trip(packed, bias, batch_first):
     t = (lambda x: x) if batch_first else (lambda x: x.transpose(0, 1))
     expected, expected_w = theirs(t(q), t(k), t(v), average_attn_weights=False)
     out, weights = ours(q, k, v, need_weights=True)
-    torch.testing.assert_close(out, t(expected), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(weights, expected_w, atol=1e-5, rtol=1e-5)
+    assert_close(out, t(expected), FLOAT32)
+    assert_close(weights, expected_w, FLOAT32)
 
     back = to_torch(ours, batch_first=batch_first)
     assert back._qkv_same_embed_dim is packed
     for name, p in theirs.state_dict().items():
-        torch.testing.assert_close(back.state_dict()[name], p, atol=0, rtol=0)
+        assert_close(back.state_dict()[name], p, EXACT)
 
 
 def test_from_torch_copies_training_mode_and_dropout():
@@ -77,11 +77,11 @@ def test_drop_in_matches_torch_with_all_mask_kinds(batch_first):
     for kwargs in cases:
         a, wa = ours(x, x, x, **kwargs)
         b, wb = theirs(x, x, x, **kwargs)
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=str(kwargs))
+        assert_close(a, b, FLOAT32, msg=str(kwargs))
         if wb is None:
             assert wa is None
         else:
-            torch.testing.assert_close(wa, wb, atol=1e-5, rtol=1e-5, msg=str(kwargs))
+            assert_close(wa, wb, FLOAT32, msg=str(kwargs))
 
 
 def test_drop_in_unbatched_input():
@@ -91,8 +91,8 @@ def test_drop_in_unbatched_input():
     pad = torch.tensor([False, False, False, True, True])
     a, wa = ours(x, x, x, key_padding_mask=pad)
     b, wb = theirs(x, x, x, key_padding_mask=pad)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(wa, wb, atol=1e-5, rtol=1e-5)
+    assert_close(a, b, FLOAT32)
+    assert_close(wa, wb, FLOAT32)
 
 
 def _transformer(dropout):
@@ -118,7 +118,7 @@ def test_replace_torch_attention_in_transformer(mode):
     swapped = [m for m in model.modules() if isinstance(m, TorchMultiheadAttention)]
     assert len(swapped) == 2 + 2 * 2  # encoder self, decoder self + cross
     assert not any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
-    torch.testing.assert_close(model(src, tgt, **kwargs), expected, atol=1e-5, rtol=1e-5)
+    assert_close(model(src, tgt, **kwargs), expected, FLOAT32)
 
     # The swapped modules really run: changing their weights changes the output.
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_encoder_fast_path_is_not_silently_used():
         out = encoder(x, src_key_padding_mask=pad)
     # PyTorch's nested fast path returns zeros at padded positions; compare the real ones.
     real = ~pad
-    torch.testing.assert_close(out[real], expected[real], atol=1e-5, rtol=1e-5)
+    assert_close(out[real], expected[real], FLOAT32)
 
 
 def test_replace_on_a_bare_module_and_errors():
@@ -162,11 +162,11 @@ def test_stock_checkpoints_load_into_the_replaced_model_and_back():
     replaced = replace_torch_attention(_encoder(1))  # other weights, then the checkpoint
     assert sorted(replaced.state_dict()) == sorted(stock.state_dict())
     replaced.load_state_dict(stock.state_dict())
-    torch.testing.assert_close(replaced(x), expected, atol=1e-5, rtol=1e-5)
+    assert_close(replaced(x), expected, FLOAT32)
     # ... and the replaced model's checkpoint loads into a stock one.
     fresh = _encoder(2)
     fresh.load_state_dict(replaced.state_dict())
-    torch.testing.assert_close(fresh(x), expected, atol=1e-5, rtol=1e-5)
+    assert_close(fresh(x), expected, FLOAT32)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -176,10 +176,10 @@ def test_separate_kdim_vdim_checkpoints_load_both_ways(bias):
     assert sorted(ours.state_dict()) == sorted(stock.state_dict())
     ours.load_state_dict(stock.state_dict())
     q, k, v = torch.randn(2, 5, 12), torch.randn(2, 6, 7), torch.randn(2, 6, 9)
-    torch.testing.assert_close(ours(q, k, v)[0], stock(q, k, v)[0], atol=1e-5, rtol=1e-5)
+    assert_close(ours(q, k, v)[0], stock(q, k, v)[0], FLOAT32)
     back = nn.MultiheadAttention(12, 3, bias=bias, kdim=7, vdim=9, batch_first=True).eval()
     back.load_state_dict(ours.state_dict())
-    torch.testing.assert_close(back(q, k, v)[0], stock(q, k, v)[0], atol=1e-5, rtol=1e-5)
+    assert_close(back(q, k, v)[0], stock(q, k, v)[0], FLOAT32)
 
 
 def test_assigning_torch_weights_works_as_on_stock():
@@ -191,7 +191,7 @@ def test_assigning_torch_weights_works_as_on_stock():
     ours.in_proj_weight = nn.Parameter(w.clone())
     ours.in_proj_bias = nn.Parameter(b.clone())
     x = torch.randn(2, 5, 12)
-    torch.testing.assert_close(ours(x, x, x)[0], stock(x, x, x)[0], atol=1e-5, rtol=1e-5)
+    assert_close(ours(x, x, x)[0], stock(x, x, x)[0], FLOAT32)
     torch.testing.assert_close(ours.in_proj_weight, w)
     with pytest.raises(ValueError, match=r"in_proj_weight must have shape \(36, 12\), got \(12, 12\)"):
         ours.in_proj_weight = nn.Parameter(torch.randn(12, 12))
@@ -296,7 +296,7 @@ def test_parameters_are_pytorchs_names_shapes_and_order(kwargs):
     assert list(ours.state_dict()) == list(theirs.state_dict())
     # Same initialisation, in the same order: the same seed gives the same weights.
     for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
-        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)
+        assert_close(p, q, EXACT, msg=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -330,8 +330,8 @@ def test_every_combination_computes_what_pytorch_computes(kwargs):
     for masks in ({}, {"key_padding_mask": pad}, {"attn_mask": blocked, "key_padding_mask": pad}):
         expected, expected_w = theirs(q, k, v, average_attn_weights=False, **masks)
         out, weights = ours(q, k, v, average_attn_weights=False, **masks)
-        torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
-        torch.testing.assert_close(weights, expected_w, atol=1e-10, rtol=1e-10)
+        assert_close(out, expected, FLOAT64)
+        assert_close(weights, expected_w, FLOAT64)
 
 
 @pytest.mark.parametrize("kdim", [None, 7])
@@ -358,9 +358,9 @@ def test_initialising_and_optimising_by_iterating_parameters_is_as_with_pytorch(
             results.append((out, [p.grad.clone() for p in module.parameters()]))
             optimizer.step()
         (out_t, grads_t), (out_o, grads_o) = results
-        torch.testing.assert_close(out_o, out_t, atol=1e-5, rtol=1e-5, msg=f"step {step}")
+        assert_close(out_o, out_t, FLOAT32, msg=f"step {step}")
         for (name, _), g_o, g_t in zip(ours.named_parameters(), grads_o, grads_t, strict=True):
-            torch.testing.assert_close(g_o, g_t, atol=1e-4, rtol=1e-4, msg=f"step {step}: {name}.grad")
+            assert_close(g_o, g_t, FLOAT32_COMPOUNDED, msg=f"step {step}: {name}.grad")
 
 
 def test_the_drop_in_converts_to_and_from_multi_head_attention_exactly():
@@ -368,10 +368,10 @@ def test_the_drop_in_converts_to_and_from_multi_head_attention_exactly():
     drop_in = TorchMultiheadAttention.from_torch(stock)
     ours = from_torch(drop_in)  # the drop-in has PyTorch's parameters, so from_torch takes it too
     for name, p in to_torch(ours).state_dict().items():
-        torch.testing.assert_close(p, stock.state_dict()[name], atol=0, rtol=0)
+        assert_close(p, stock.state_dict()[name], EXACT)
     wrapped = TorchMultiheadAttention.from_mha(ours, batch_first=True).eval()
     x = torch.randn(2, 5, 12)
-    torch.testing.assert_close(wrapped(x, x, x)[0], ours(x), atol=1e-6, rtol=1e-6)
+    assert_close(wrapped(x, x, x)[0], ours(x), FLOAT32_FEW_OPS)
     with pytest.raises(TypeError, match=r"embed_dim must be an int, got MultiHeadAttention"):
         TorchMultiheadAttention(ours, 3)  # from_mha wraps one
     with pytest.raises(ValueError, match=r"embed_dim=12 must be divisible by num_heads=5"):
@@ -387,7 +387,7 @@ def test_causal_without_a_mask_also_sees_the_appended_keys():
     x = torch.randn(2, 5, 12)
     causal = nn.Transformer.generate_square_subsequent_mask(5)
     expected, _ = stock(x, x, x, attn_mask=causal)
-    torch.testing.assert_close(ours(x, x, x, is_causal=True)[0], expected, atol=1e-5, rtol=1e-5)
+    assert_close(ours(x, x, x, is_causal=True)[0], expected, FLOAT32)
 
 
 def test_drop_in_input_errors_name_the_argument():

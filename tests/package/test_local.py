@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from helpers import FLOAT32, FLOAT32_FEW_OPS, FLOAT64, assert_close, prefill_then_decode
 from mha import Attention, KVCache, MultiHeadAttention, RotaryEmbedding, _blockwise, masks, to_torch
 from mha.functional import attention
 from mha.rolling import RollingKVCache
@@ -107,7 +108,7 @@ def test_every_combination_equals_the_float64_reference(layout, s_q, s_kv, monke
             document_ids=documents if docs else None,
             need_weights=layout == "math",
         )
-        torch.testing.assert_close(context, expected, atol=1e-10, rtol=1e-10, msg=f"{(w, alibi, docs, causal, padded)}")
+        assert_close(context, expected, FLOAT64, msg=f"{(w, alibi, docs, causal, padded)}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -120,9 +121,8 @@ def test_blockwise_equals_dense_in_low_precision(dtype, monkeypatch):
     monkeypatch.setattr(_blockwise, "BLOCK", 2)
     block, _ = attention(q, k, v, **options)
     expected = reference(q, k, v, window=3, alibi=True, documents=documents, causal=True)
-    tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
-    torch.testing.assert_close(block.double(), expected, atol=tol, rtol=tol)
-    torch.testing.assert_close(dense.double(), expected, atol=tol, rtol=tol)
+    assert_close(block.double(), expected, dtype)
+    assert_close(dense.double(), expected, dtype)
 
 
 def test_the_window_counts_as_mistral_does():
@@ -151,7 +151,7 @@ def test_the_window_counts_as_mistral_does():
 def test_alibi_matches_bloom_slopes_and_softmax():
     bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
     for n in (1, 2, 3, 5, 6, 8, 12, 16, 20, 33):
-        torch.testing.assert_close(masks.alibi_slopes(n), bloom._get_alibi_slopes(n, "cpu"), rtol=1e-6, atol=0)
+        assert_close(masks.alibi_slopes(n), bloom._get_alibi_slopes(n, "cpu"), FLOAT32_FEW_OPS)
     # BLOOM adds m·j; ours -m·|p - j|: under a causal mask they differ by a constant per row.
     scores = torch.randn(5, 7, 7, dtype=torch.float64)
     causal = ~masks.causal_mask(7)
@@ -169,7 +169,7 @@ def test_packed_documents_equal_each_document_alone_with_rotary_restarting(block
     x = torch.randn(1, sum(lengths), 24)
     documents = torch.repeat_interleave(torch.tensor([7, 3, 9]), torch.tensor(lengths))[None]
     alone = torch.cat([m(part, is_causal=True) for part in x.split(lengths, dim=1)], dim=1)
-    torch.testing.assert_close(m(x, is_causal=True, document_ids=documents), alone, atol=1e-6, rtol=1e-6)
+    assert_close(m(x, is_causal=True, document_ids=documents), alone, FLOAT32_FEW_OPS)
 
 
 def test_module_options_follow_the_functional_call_with_gqa_and_padding(blockwise):
@@ -181,9 +181,9 @@ def test_module_options_follow_the_functional_call_with_gqa_and_padding(blockwis
     expected = reference(
         split(q, 6), split(k, 2), split(k, 2), window=2, alibi=True, causal=True, allowed=pad.expand(3, 1, 5, 8)
     )
-    torch.testing.assert_close(out, expected.transpose(1, 2).flatten(2).float(), atol=1e-5, rtol=1e-5)
+    assert_close(out, expected.transpose(1, 2).flatten(2).float(), FLOAT32)
     assert (weights.masked_select(~(masks.sliding_window_mask(5, 8, window=2) & masks.causal_mask(5, 8))) == 0).all()
-    torch.testing.assert_close(attn(q, k, k, mask=pad, is_causal=True), out, atol=1e-5, rtol=1e-5)
+    assert_close(attn(q, k, k, mask=pad, is_causal=True), out, FLOAT32)
 
 
 def test_dropout_keeps_the_pattern_and_is_off_in_eval(blockwise):
@@ -232,7 +232,7 @@ def test_dynamic_shapes_compile_without_recompiles(option):
             call = {"is_causal": True}
             if option == "documents":
                 call["document_ids"] = (torch.arange(s) >= s // 2).long().expand(x.shape[0], s)
-            torch.testing.assert_close(step(x, **call), m(x, **call), atol=1e-5, rtol=1e-5)
+            assert_close(step(x, **call), m(x, **call), FLOAT32)
     assert counter.frame_count <= 2, counter.frame_count
 
 
@@ -252,7 +252,7 @@ def test_export_with_a_window():
     program = torch.export.export(Causal(), (x,), dynamic_shapes={"x": {1: s}})
     for length in (9, 13):
         y = torch.randn(2, length, 16)
-        torch.testing.assert_close(program.module()(y), m(y, is_causal=True), atol=1e-5, rtol=1e-5)
+        assert_close(program.module()(y), m(y, is_causal=True), FLOAT32)
 
 
 def _windowed(w, **kw):
@@ -267,9 +267,8 @@ def test_rolling_cache_decodes_3w_steps_like_the_full_windowed_pass(alibi):
     x = torch.randn(3, 6 + 3 * w, 24)
     cache = m.new_cache(3)
     assert isinstance(cache, RollingKVCache) and cache.keys.shape == (3, 2, w + 1, 4)
-    outs = [m(x[:, :6], cache=cache)]  # a prefill longer than the window
-    outs += [m(x[:, i : i + 1], cache=cache) for i in range(6, x.shape[1])]
-    torch.testing.assert_close(torch.cat(outs, 1), m(x, is_causal=True), atol=1e-6, rtol=1e-6)
+    # a prefill longer than the window
+    assert_close(prefill_then_decode(m, x, 6, cache), m(x, is_causal=True), FLOAT32_FEW_OPS)
 
 
 @torch.no_grad()
@@ -290,7 +289,7 @@ def test_rolling_cache_in_a_ragged_batch_decodes_each_sample_as_if_alone(side):
         alone = torch.cat([x[i : i + 1, real[i]], steps[i : i + 1]], dim=1)
         expected = m(alone, is_causal=True)[0]
         got = torch.cat([outs[0][i, real[i]], torch.cat(outs[1:], 1)[i]])
-        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+        assert_close(got, expected, FLOAT32_FEW_OPS)
 
 
 @torch.no_grad()
@@ -298,8 +297,7 @@ def test_a_plain_cache_on_a_windowed_layer_masks_by_position():
     m = _windowed(3, alibi=True)
     x = torch.randn(2, 9, 24)
     cache = KVCache(2, 9, num_kv_heads=2, head_dim=4)
-    outs = [m(x[:, :4], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(4, 9)]
-    torch.testing.assert_close(torch.cat(outs, 1), m(x, is_causal=True), atol=1e-6, rtol=1e-6)
+    assert_close(prefill_then_decode(m, x, 4, cache), m(x, is_causal=True), FLOAT32_FEW_OPS)
 
 
 def test_a_rolling_cache_must_hold_the_layers_own_window():
@@ -412,14 +410,13 @@ def test_a_window_combines_with_sinks_as_gpt_oss_uses_them(monkeypatch):
     dense = m(x, is_causal=True)
     monkeypatch.setattr(_blockwise, "MIN_LENGTH", 1)
     monkeypatch.setattr(_blockwise, "BLOCK", 2)
-    torch.testing.assert_close(m(x, is_causal=True), dense, atol=1e-6, rtol=1e-6)
+    assert_close(m(x, is_causal=True), dense, FLOAT32_FEW_OPS)
     _, weights = m(x, is_causal=True, need_weights=True)
     allowed = masks.sliding_window_mask(9, window=3) & masks.causal_mask(9)
     assert (weights.masked_select(~allowed) == 0).all()
     assert (weights.sum(-1) < 1).all()  # the sink takes its share
     cache = m.new_cache(2)
-    steps = [m(x[:, :4], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(4, 9)]
-    torch.testing.assert_close(torch.cat(steps, 1), dense, atol=1e-6, rtol=1e-6)
+    assert_close(prefill_then_decode(m, x, 4, cache), dense, FLOAT32_FEW_OPS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -434,14 +431,13 @@ def test_causal_alibi_as_features_equals_the_float64_reference(dtype, window, pa
     pad[1, ..., -3:] = False
     mask = pad if padded else None
     expected = reference(q, k, v, window=window, alibi=True, causal=True, allowed=mask)
-    tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
     with torch.no_grad():
         got, _ = attention(q, k, v, mask=mask, is_causal=True, alibi=True, sliding_window=window)
-    torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+    assert_close(got.double(), expected, dtype)
     q.requires_grad_()
     got, _ = attention(q, k, v[..., :3], mask=mask, is_causal=True, alibi=True, sliding_window=window)
     expected = reference(q.detach(), k, v[..., :3], window=window, alibi=True, causal=True, allowed=mask)
-    torch.testing.assert_close(got.detach().double(), expected, atol=tol, rtol=tol)
+    assert_close(got.detach().double(), expected, dtype)
 
 
 @torch.no_grad()
@@ -453,7 +449,7 @@ def test_causal_alibi_features_keep_the_row_constant_for_sinks(monkeypatch):
     dense = m(x, is_causal=True)
     monkeypatch.setattr(_blockwise, "MIN_LENGTH", 1)
     monkeypatch.setattr(_blockwise, "BLOCK", 4)
-    torch.testing.assert_close(m(x, is_causal=True), dense, atol=1e-6, rtol=1e-6)
+    assert_close(m(x, is_causal=True), dense, FLOAT32_FEW_OPS)
     assert "ALiBi as one more query/key feature" in m.explain(length=4096).reason
 
 
@@ -467,7 +463,7 @@ def test_documents_padded_into_one_batch_equal_the_reference(causal, s_q, monkey
     documents = torch.tensor([[0] * 4 + [1] + [2] * 3 + [3] * 3, [5] * 2 + [6] * 9])
     expected = reference(q, k, v, documents=documents, causal=causal)
     got, _ = attention(q, k, v, is_causal=causal, document_ids=documents)
-    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    assert_close(got, expected, FLOAT64)
     inputs = [t.requires_grad_() for t in (q, k, v)]
     assert torch.autograd.gradcheck(
         lambda q, k, v: attention(q, k, v, is_causal=causal, document_ids=documents)[0], inputs, fast_mode=True

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from helpers import FLOAT32, FLOAT64, assert_close, prefill_then_decode
 from mha import Attention, KVCache, MultiHeadAttention, RotaryEmbedding, _chunked
 from mha.functional import attention
 
@@ -123,10 +124,10 @@ def test_sinks_match_the_reference_on_both_paths(backend, masking):
     kwargs = {"is_causal": True} if masking == "causal" else {"mask": allowed}
     context, _ = attention(q, k, v, sinks=sinks, backend=backend, **kwargs)
     expected, weights = reference(q, k, v, scale=0.5, allowed=allowed, sinks=sinks)
-    torch.testing.assert_close(context, expected, atol=1e-12, rtol=1e-12)
+    assert_close(context, expected, FLOAT64)
     if backend == "math":
         _, got = attention(q, k, v, sinks=sinks, need_weights=True, **kwargs)
-        torch.testing.assert_close(got, weights, atol=1e-12, rtol=1e-12)
+        assert_close(got, weights, FLOAT64)
         assert bool((got.sum(-1) < 1).all())
 
 
@@ -142,10 +143,10 @@ def test_softcap_matches_the_reference_in_chunks(masking, monkeypatch):
         kwargs["mask"], allowed = additive, ~torch.eye(5, 7, dtype=torch.bool)
     context, weights = attention(q, k, v, softcap=1.5, need_weights=True, **kwargs)
     expected, expected_weights = reference(q, k, v, scale=0.5, allowed=allowed, softcap=1.5)
-    torch.testing.assert_close(context, expected, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(weights, expected_weights, atol=1e-12, rtol=1e-12)
+    assert_close(context, expected, FLOAT64)
+    assert_close(weights, expected_weights, FLOAT64)
     fused, _ = attention(q, k, v, softcap=1.5, **kwargs)
-    torch.testing.assert_close(fused, expected, atol=1e-12, rtol=1e-12)
+    assert_close(fused, expected, FLOAT64)
 
 
 def test_softcap_chunks_bound_the_scores():
@@ -217,7 +218,7 @@ COMBOS = {
 def test_layers_match_the_reference(combo, backend):
     m = _layer(backend=backend, **COMBOS[combo])
     x = torch.randn(3, 7, 14, dtype=torch.float64) * 3
-    torch.testing.assert_close(m(x, is_causal=True), module_reference(m, x), atol=1e-10, rtol=1e-10)
+    assert_close(m(x, is_causal=True), module_reference(m, x), FLOAT64)
 
 
 @pytest.mark.parametrize("combo", COMBOS)
@@ -227,8 +228,8 @@ def test_cached_decoding_matches_the_full_pass(combo):
     cache = m.new_cache(2, 9)
     assert cache.values.shape == (2, 2, 9, 5)
     with torch.no_grad():
-        steps = [m(x[:, :4], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(4, 7)]
-    torch.testing.assert_close(torch.cat(steps, 1), module_reference(m, x), atol=1e-10, rtol=1e-10)
+        steps = prefill_then_decode(m, x, 4, cache)
+    assert_close(steps, module_reference(m, x), FLOAT64)
 
 
 def test_training_through_sinks_reaches_every_parameter():
@@ -253,7 +254,7 @@ def test_dynamic_shapes_compile_to_at_most_two_graphs(combo):
         # its compiled code guards on (a third graph, with or without these options).
         outputs = [step(x, is_causal=True) for x in inputs]
         for x, out in zip(inputs, outputs, strict=True):
-            torch.testing.assert_close(out, m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+            assert_close(out, m(x, is_causal=True), FLOAT32)
     assert counter.frame_count <= 2, counter.frame_count
 
 

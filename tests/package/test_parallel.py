@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
-from helpers import free_port
+from helpers import FLOAT32, assert_close, prefill_then_decode, run_on_ranks
 from mha import MultiHeadAttention, RotaryEmbedding
 from mha.masks import padding_mask
 from mha.parallel import parallelize, plan
@@ -35,25 +32,11 @@ def _check_sharded_equals_single(make, mesh, **call):
     x_single, x_sharded = x.clone().requires_grad_(), x.clone().requires_grad_()
     expected = single(x_single, **call)
     out = sharded(x_sharded, **call)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert_close(out, expected, FLOAT32)
     expected.pow(2).sum().backward()
     out.pow(2).sum().backward()
-    torch.testing.assert_close(x_sharded.grad, x_single.grad, atol=1e-5, rtol=1e-5)
+    assert_close(x_sharded.grad, x_single.grad, FLOAT32)
     return single, sharded
-
-
-def _worker(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    from torch.distributed.device_mesh import init_device_mesh
-
-    _checks(init_device_mesh("cpu", (WORLD_SIZE,)))  # an assertion error reaches mp.spawn
-    dist.barrier()  # a rank that tears gloo down while the other still talks aborts both
-    dist.destroy_process_group()
-    # Gloo's worker threads can still hold tensors when the interpreter
-    # finalises, which sometimes aborts the process after every check passed
-    # ("terminate called without an active exception"). Skip finalisation.
-    os._exit(0)
 
 
 def _checks(mesh) -> None:
@@ -84,8 +67,7 @@ def _checks(mesh) -> None:
     assert cache.num_kv_heads == 1
     x = torch.randn(2, 6, 32)
     with torch.no_grad():
-        steps = [sharded(x[:, :3], cache=cache)] + [sharded(x[:, i : i + 1], cache=cache) for i in range(3, 6)]
-        torch.testing.assert_close(torch.cat(steps, 1), single.eval()(x, is_causal=True), atol=1e-5, rtol=1e-5)
+        assert_close(prefill_then_decode(sharded, x, 3, cache), single.eval()(x, is_causal=True), FLOAT32)
     # Dropout runs sharded: random in training, exact in eval.
     torch.manual_seed(1)
     drop = MultiHeadAttention(32, 4, dropout=0.5)
@@ -106,7 +88,7 @@ def _checks(mesh) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 def test_tensor_parallel_matches_single_process():
-    mp.spawn(_worker, args=(free_port(),), nprocs=WORLD_SIZE, join=True)
+    run_on_ranks(_checks, world_size=WORLD_SIZE)
 
 
 def test_plan_prefixes_and_styles():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch._dynamo.exc import Unsupported
 
-from helpers import under_fullgraph
+from helpers import EXACT, FLOAT32_FEW_OPS, assert_close, under_fullgraph
 from mha import RotaryEmbedding
 
 transformers = pytest.importorskip("transformers")
@@ -86,13 +86,13 @@ def test_scaling_equals_transformers_up_to_128k(name):
     x = torch.randn(2, 3, positions.numel(), d)
     expected = transformers_rotation(llama_rope(d, theta, scaling), x, positions)
     ours = RotaryEmbedding(d, theta, interleaved=False, scaling=scaling)
-    torch.testing.assert_close(ours(x, positions), expected, atol=1e-6, rtol=0)
+    assert_close(ours(x, positions), expected, FLOAT32_FEW_OPS)
     # The table a cache reads from, and the (cos, sin) form compiled graphs use, agree too.
     tabled = ours.rotate(x, ours.angles(positions, x.dtype, x.device, end=LONG))
-    torch.testing.assert_close(tabled, expected, atol=1e-6, rtol=0)
+    assert_close(tabled, expected, FLOAT32_FEW_OPS)
     work = ours.frequencies(torch.float32, x.device)
     per_feature = ours.rotate(x, ours._per_feature(positions[:, None].float() * work))
-    torch.testing.assert_close(per_feature, expected, atol=1e-6, rtol=0)
+    assert_close(per_feature, expected, FLOAT32_FEW_OPS)
 
 
 def test_dynamic_scaling_follows_the_longest_sequence_seen_like_transformers():
@@ -114,7 +114,7 @@ def test_dynamic_scaling_follows_the_longest_sequence_seen_like_transformers():
     ]
     for positions in calls:
         x = torch.randn(1, 2, positions.numel(), d)
-        torch.testing.assert_close(ours(x, positions), transformers_rotation(theirs, x, positions), atol=1e-6, rtol=0)
+        assert_close(ours(x, positions), transformers_rotation(theirs, x, positions), FLOAT32_FEW_OPS)
     assert ours._dynamic_length == LONG
 
 
@@ -130,9 +130,7 @@ def test_dynamic_scaling_in_a_cached_decode_matches_transformers():
     for step in range(10):
         position = torch.tensor([step])
         expected = transformers_rotation(theirs, x, position)
-        torch.testing.assert_close(
-            ours.rotate(x, ours.angles_at(step, 1, x.dtype, x.device)), expected, atol=1e-6, rtol=0
-        )
+        assert_close(ours.rotate(x, ours.angles_at(step, 1, x.dtype, x.device)), expected, FLOAT32_FEW_OPS)
 
 
 @pytest.mark.parametrize("fraction", [0.5, 0.75])
@@ -151,10 +149,8 @@ def test_partial_rotary_equals_phi3(fraction):
     cos, sin = theirs(x, positions[None])
     expected = modeling_phi3.apply_rotary_pos_emb(x, x, cos, sin)[0]
     ours = RotaryEmbedding(d, theta, interleaved=False, rotary_dim=int(d * fraction))
-    torch.testing.assert_close(ours(x, positions), expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(
-        ours(x, positions)[..., int(d * fraction) :], x[..., int(d * fraction) :], atol=0, rtol=0
-    )
+    assert_close(ours(x, positions), expected, FLOAT32_FEW_OPS)
+    assert_close(ours(x, positions)[..., int(d * fraction) :], x[..., int(d * fraction) :], EXACT)
 
 
 def test_a_transformers_rope_parameters_dict_is_accepted_as_it_is():

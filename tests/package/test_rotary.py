@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from helpers import FLOAT32, FLOAT64, assert_close, prefill_then_decode
 from mha import MultiHeadAttention, RotaryEmbedding
 
 
@@ -29,9 +30,7 @@ def test_matches_the_paper_formula(base):
     rope = RotaryEmbedding(6, base=base)
     x = torch.randn(2, 3, 5, 6)
     positions = torch.tensor([0, 1, 4, 9, 130])
-    torch.testing.assert_close(
-        rope(x, positions).double(), roformer_reference(x, positions, base), atol=1e-5, rtol=1e-5
-    )
+    assert_close(rope(x, positions), roformer_reference(x, positions, base), FLOAT32)
 
 
 def test_float64_inputs_rotate_in_float64():
@@ -40,7 +39,7 @@ def test_float64_inputs_rotate_in_float64():
     positions = torch.tensor([0, 1, 4, 9, 100000])  # far positions need float64 angles
     out = rope(x, positions)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, roformer_reference(x, positions), atol=1e-9, rtol=1e-9)
+    assert_close(out, roformer_reference(x, positions), FLOAT64)
 
 
 def test_per_sequence_positions():
@@ -74,7 +73,7 @@ def test_module_output_is_invariant_to_a_shift_of_all_positions():
     hide_prefix = (torch.arange(7) >= 3)[None, None, None, :]  # (1, 1, 1, s_max)
     m(torch.randn(1, 3, 16), cache=cache, mask=torch.ones(1, 1, 1, 7, dtype=torch.bool))
     shifted = m(x, cache=cache, mask=hide_prefix)
-    torch.testing.assert_close(shifted, m(x, is_causal=True), atol=1e-5, rtol=1e-5)
+    assert_close(shifted, m(x, is_causal=True), FLOAT32)
     # Without rotary embeddings the same holds trivially; with absolute
     # positions added to x it would not. Check the rotation really happened:
     plain = MultiHeadAttention(16, 2).eval()
@@ -132,9 +131,8 @@ def test_the_compiled_form_of_the_angles_rotates_like_the_eager_one(dtype):
     work = torch.promote_types(dtype, torch.float32)
     per_feature = rope._per_feature(positions.to(work)[:, None] * rope.frequencies(work, x.device))
     expected = roformer_reference(x, positions)
-    tolerance = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
-    torch.testing.assert_close(rope.rotate(x, per_feature).double(), expected, **tolerance)
-    torch.testing.assert_close(rope(x, positions).double(), expected, **tolerance)
+    assert_close(rope.rotate(x, per_feature), expected, dtype)
+    assert_close(rope(x, positions), expected, dtype)
     torch.testing.assert_close(rope.rotate(x, per_feature), rope(x, positions))  # the same up to rounding
 
 
@@ -159,9 +157,7 @@ def test_halves_layout_pairs_feature_i_with_i_plus_half(rotary_dim):
     rope = RotaryEmbedding(10 if rotary_dim is None else 7, interleaved=False, rotary_dim=rotary_dim)
     x = torch.randn(2, 3, 5, rope.head_dim)
     positions = torch.tensor([0, 1, 4, 9, 1300])
-    torch.testing.assert_close(
-        rope(x, positions).double(), halves_reference(x, positions, rotary_dim=rotary_dim), atol=1e-5, rtol=1e-5
-    )
+    assert_close(rope(x, positions), halves_reference(x, positions, rotary_dim=rotary_dim), FLOAT32)
 
 
 def test_partial_rotary_interleaved_rotates_the_first_features_only():
@@ -169,7 +165,7 @@ def test_partial_rotary_interleaved_rotates_the_first_features_only():
     x = torch.randn(2, 3, 5, 7)
     positions = torch.tensor([0, 2, 3, 30, 700])
     expected = torch.cat([roformer_reference(x[..., :4], positions), x[..., 4:].double()], dim=-1)
-    torch.testing.assert_close(rope(x, positions).double(), expected, atol=1e-5, rtol=1e-5)
+    assert_close(rope(x, positions).double(), expected, FLOAT32)
 
 
 @pytest.mark.parametrize(("interleaved", "rotary_dim"), [(False, None), (False, 6), (True, 6)])
@@ -182,12 +178,11 @@ def test_every_path_rotates_alike_in_each_layout(interleaved, rotary_dim, dtype)
     full = m(x, is_causal=True)
     cache = m.new_cache(2, 8)
     with torch.no_grad():
-        steps = [m(x[:, :3], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(3, 6)]
-    tolerance = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, **tolerance)
+        steps = prefill_then_decode(m, x, 3, cache)
+    assert_close(steps, full, dtype)
     if dtype == torch.float32 and rotary_dim is not None and not interleaved:  # one compile: they are slow
         compiled = torch.compile(m, backend="eager", fullgraph=True)
-        torch.testing.assert_close(compiled(x, is_causal=True), full, **tolerance)
+        assert_close(compiled(x, is_causal=True), full, dtype)
     xh = torch.randn(2, 3, 6, 10, dtype=dtype)
     positions = torch.arange(6)
     expected = (
@@ -195,7 +190,7 @@ def test_every_path_rotates_alike_in_each_layout(interleaved, rotary_dim, dtype)
         if not interleaved
         else torch.cat([roformer_reference(xh[..., :6], positions), xh[..., 6:].double()], dim=-1)
     )
-    torch.testing.assert_close(rope(xh, positions).double(), expected, **tolerance)
+    assert_close(rope(xh, positions), expected, dtype)
 
 
 def test_layout_and_partial_errors():

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
+from helpers import EXACT, assert_close
 from mha import MultiHeadAttention, _token_step
 
 
@@ -24,7 +25,7 @@ def test_the_torch_internals_the_shortcut_reads_still_exist():
         assert isinstance(getattr(module_hooks, hooks), dict)
     assert set(linear._parameters) == {"weight", "bias"}
     x = torch.randn(2, 3)
-    torch.testing.assert_close(_token_step._linear(linear, x), linear(x), atol=0, rtol=0)
+    assert_close(_token_step._linear(linear, x), linear(x), EXACT)
 
 
 def test_the_shortcut_is_told_apart_by_hooks_and_compiled_forwards():

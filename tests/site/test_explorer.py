@@ -13,6 +13,7 @@ sys.path.insert(0, str(DOCS / "_scripts"))
 sys.path.insert(0, str(DOCS / "_hooks"))
 import explorer_weights  # noqa: E402
 import lookup_model  # noqa: E402
+from helpers import Tolerance, assert_close  # noqa: E402
 from site_fixtures import LANGUAGES, PHONE  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def _check_page_weights(page, digits: str, layer: int, head: int, token: int) ->
     got = page.eval_on_selector_all("[data-token]", "els => els.map(e => [+e.dataset.token, +e.dataset.weight])")
     expected = _weights(digits, layer, head)[token]
     assert [i for i, _ in got] == list(range(8))
-    torch.testing.assert_close(torch.tensor([w for _, w in got]), expected, atol=1e-3, rtol=0)
+    assert_close(torch.tensor([w for _, w in got]), expected, Tolerance(atol=1e-3, rtol=0))  # the page's JS forward pass
     answers = "".join(map(str, lookup_model.answers(torch.tensor([[int(c) for c in digits]]))[0].tolist()))
     assert page.locator("[data-explorer=expected]").inner_text().replace(" ", "").replace("\n", "") == answers
     assert page.locator("[data-explorer=output]").inner_text().replace(" ", "").replace("\n", "") == answers

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mha
-from helpers import assert_close
+from helpers import FLOAT32, assert_close
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = {"en": DOCS / "tutorial.md", "zh": DOCS / "tutorial.zh.md"}
@@ -63,7 +63,7 @@ def test_from_scratch_gradients_equal_library(classes):
     scratch(x).square().sum().backward()
     library(x).square().sum().backward()
     for (name, a), (_, b) in zip(scratch.named_parameters(), library.named_parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=name)
+        assert_close(b.grad, a.grad, FLOAT32, msg=name)
 
 
 def test_figures_script_matches_the_committed_figures(tmp_path):
