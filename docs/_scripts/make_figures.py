@@ -164,23 +164,59 @@ CHART_FONT = 14
 
 
 def _chart_variants(draw, path: Path) -> None:
-    """Call draw() once per palette and save NAME.png and NAME-dark.png, transparent."""
-    for suffix, ink in SCHEMES.items():
-        style = {
-            "text.color": ink,
-            "axes.labelcolor": ink,
-            "xtick.color": ink,
-            "ytick.color": ink,
-            "axes.edgecolor": ink,
-            "font.size": CHART_FONT,
-            "legend.facecolor": "none",
-            "legend.edgecolor": ink,
-            "legend.fontsize": CHART_FONT - 2,
-        }
-        with plt.rc_context(style):
-            fig = draw()
-            fig.savefig(path.with_name(path.stem + suffix + path.suffix), dpi=100, transparent=True)
-            plt.close(fig)
+    """Call draw(say) once per language and palette: NAME.png, NAME-dark.png, NAME-zh.png, NAME-zh-dark.png.
+
+    `say(text)` gives a label in the figure's language (CHART_ZH holds the
+    Chinese); the Chinese pages show the -zh files, as for the attention pictures.
+    """
+    for lang, file_suffix in FILE_SUFFIX.items():
+
+        def say(text: str, lang: str = lang) -> str:
+            return text if lang == "en" else CHART_ZH[text]
+
+        for suffix, ink in SCHEMES.items():
+            style = {
+                "text.color": ink,
+                "axes.labelcolor": ink,
+                "xtick.color": ink,
+                "ytick.color": ink,
+                "axes.edgecolor": ink,
+                "font.size": CHART_FONT,
+                "font.family": CJK_FONTS,
+                "legend.facecolor": "none",
+                "legend.edgecolor": ink,
+                "legend.fontsize": CHART_FONT - 2,
+            }
+            with plt.rc_context(style):
+                fig = draw(say)
+                fig.savefig(path.with_name(path.stem + file_suffix + suffix + path.suffix), dpi=100, transparent=True)
+                plt.close(fig)
+
+
+# The charts' words in Chinese, keyed by the English (format strings keep their fields).
+CHART_ZH = {
+    "inference\nb=1 s=2048 h=768": "推理\nb=1 s=2048 h=768",
+    "training step\nb=4 s=512 h=512": "训练一步\nb=4 s=512 h=512",
+    "ms (median)": "毫秒（中位数）",
+    "Time per call, lower is better": "每次调用的耗时，越低越好",
+    "recompute": "重新计算",
+    "KV cache": "KV 缓存",
+    "generated positions": "已生成的位置",
+    "ms per token": "每个词元的毫秒数",
+    "Decoding {tokens} tokens:\n{speedup:.1f}x faster with the cache": "解码 {tokens} 个词元：\n有缓存快 {speedup:.1f} 倍",
+    "{cores} CPU cores, torch {torch}, float32": "{cores} 个 CPU 核，torch {torch}，float32",
+    "seconds per step": "每步秒数",
+    "Time per step, lower is better": "每步耗时，越低越好",
+    "peak MiB per rank": "每个 rank 的峰值 MiB",
+    "Memory per rank, lower is better": "每个 rank 的内存，越低越好",
+    "{n:,} tokens\n{layers} layers": "{n:,} 个词元\n{layers} 层",
+    "h={hidden}, {heads} heads, {kv_heads} key/value heads; {cores} CPU cores, float32": (
+        "h={hidden}，{heads} 个头，{kv_heads} 个键/值头；{cores} 个 CPU 核，float32"
+    ),
+    "1 process, 1 thread": "1 个进程，1 个线程",
+    "1 process, 2 threads": "1 个进程，2 个线程",
+    "2 ranks, 1 thread each": "2 个 rank，各 1 个线程",
+}
 
 
 # The attention pictures' words, per language (Chinese side labels stand upright,
@@ -299,7 +335,7 @@ def performance_figures() -> None:
         "bare": "#8d99ae",
     }  # mha: 3 : 1 or more on white and on the dark palette
 
-    def draw():
+    def draw(say):
         # One column: two side-by-side panels would shrink every label below legibility on a phone.
         fig, (left, right) = plt.subplots(2, 1, figsize=(5.5, 8), constrained_layout=True)
         for i, case in enumerate(("inference", "training")):
@@ -307,22 +343,26 @@ def performance_figures() -> None:
                 value = cases[case]["values"][name] * 1e3
                 left.bar(i + (j - 1) * 0.27, value, 0.25, color=colors[name], label=name if i == 0 else None)
                 left.text(i + (j - 1) * 0.27, value, f"{value:.0f}", ha="center", va="bottom")
-        left.set_xticks([0, 1], ["inference\nb=1 s=2048 h=768", "training step\nb=4 s=512 h=512"])
-        left.set_ylabel("ms (median)")
-        left.set_title("Time per call, lower is better")
+        left.set_xticks([0, 1], [say("inference\nb=1 s=2048 h=768"), say("training step\nb=4 s=512 h=512")])
+        left.set_ylabel(say("ms (median)"))
+        left.set_title(say("Time per call, lower is better"))
         left.margins(y=0.15)
         left.legend(loc="upper right")
         buckets = list(decoding["per_token"])
         cached = [decoding["per_token"][b]["cached_ms"] for b in buckets]
         recompute = [decoding["per_token"][b]["recompute_ms"] for b in buckets]
-        right.plot(buckets, recompute, "o-", color=colors["torch"], label="recompute")
-        right.plot(buckets, cached, "o-", color=colors["mha"], label="KV cache")
+        right.plot(buckets, recompute, "o-", color=colors["torch"], label=say("recompute"))
+        right.plot(buckets, cached, "o-", color=colors["mha"], label=say("KV cache"))
         right.tick_params(axis="x", labelrotation=30)
-        right.set_xlabel("generated positions")
-        right.set_ylabel("ms per token")
-        right.set_title(f"Decoding {decoding['tokens']} tokens:\n{decoding['speedup']:.1f}x faster with the cache")
+        right.set_xlabel(say("generated positions"))
+        right.set_ylabel(say("ms per token"))
+        title = say("Decoding {tokens} tokens:\n{speedup:.1f}x faster with the cache")
+        right.set_title(title.format(tokens=decoding["tokens"], speedup=decoding["speedup"]))
         right.legend()
-        fig.suptitle(f"{machine['cores']} CPU cores, torch {machine['torch']}, float32", fontsize=CHART_FONT - 1)
+        suptitle = say("{cores} CPU cores, torch {torch}, float32").format(
+            cores=machine["cores"], torch=machine["torch"]
+        )
+        fig.suptitle(suptitle, fontsize=CHART_FONT - 1)
         return fig
 
     _chart_variants(draw, IMAGES / "performance.png")
@@ -433,27 +473,32 @@ def context_parallel_figures() -> None:
     colors = ["#8d99ae", "#ee6c4d", "#5c6bc0"]
     by = {(c["length"], c["layers"], c["setup"]): c for c in cases}
 
-    def draw():
+    def draw(say):
         fig, axes = plt.subplots(2, 1, figsize=(5.5, 8), constrained_layout=True)
         panels = (
-            (axes[0], "seconds", "seconds per step", "Time per step, lower is better"),
-            (axes[1], "peak_mib_per_rank", "peak MiB per rank", "Memory per rank, lower is better"),
+            (axes[0], "seconds", say("seconds per step"), say("Time per step, lower is better")),
+            (axes[1], "peak_mib_per_rank", say("peak MiB per rank"), say("Memory per rank, lower is better")),
         )
         for ax, key, label, title in panels:
             for j, setup in enumerate(setups):
                 for i, (length, layers) in enumerate(shapes):
                     value = by[(length, layers, setup)][key]
                     x = i + (j - 1) * 0.27
-                    ax.bar(x, value, 0.25, color=colors[j], label=setup if i == 0 else None)
+                    ax.bar(x, value, 0.25, color=colors[j], label=say(setup) if i == 0 else None)
                     ax.text(x, value, f"{value:.0f}", ha="center", va="bottom", fontsize=CHART_FONT - 1)
-            ax.set_xticks(range(len(shapes)), [f"{n:,} tokens\n{layers} layers" for n, layers in shapes])
+            ax.set_xticks(
+                range(len(shapes)),
+                [say("{n:,} tokens\n{layers} layers").format(n=n, layers=layers) for n, layers in shapes],
+            )
             ax.set_ylabel(label)
             ax.set_title(title)
             ax.margins(y=0.15)
         axes[0].legend(loc="upper right")
+        words = say("h={hidden}, {heads} heads, {kv_heads} key/value heads; {cores} CPU cores, float32")
         fig.suptitle(
-            f"h={result['hidden']}, {result['heads']} heads, {result['kv_heads']} key/value heads; "
-            f"{machine['cores']} CPU cores, float32",
+            words.format(
+                hidden=result["hidden"], heads=result["heads"], kv_heads=result["kv_heads"], cores=machine["cores"]
+            ),
             fontsize=CHART_FONT - 1,
         )
         return fig

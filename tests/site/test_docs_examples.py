@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,9 +98,20 @@ def test_figures_script_redraws_every_figure(tmp_path, monkeypatch):
         assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
     for name in ("attention-trained", "attention-weights", "attention-padding", "performance", "context-parallel"):
         assert (tmp_path / "images" / f"{name}-dark.png").read_bytes().startswith(b"\x89PNG")
-    for name in ("attention-trained", "attention-weights", "attention-padding"):  # labelled in Chinese
-        for variant in ("-zh", "-zh-dark"):
+    for name in ("attention-trained", "attention-weights", "attention-padding", "performance", "context-parallel"):
+        for variant in ("-zh", "-zh-dark"):  # labelled in Chinese
             assert (tmp_path / "images" / f"{name}{variant}.png").read_bytes().startswith(b"\x89PNG")
     for written in (tmp_path / "snippets").glob("*.md"):  # the committed tables are the JSON's
         committed = ROOT / "docs" / "_snippets" / written.name
         assert written.read_text() == committed.read_text(), written.name
+
+
+def test_chinese_pages_show_the_chinese_pictures():
+    """Where a picture has a Chinese-labelled twin (NAME-zh.png), the Chinese page shows it, light and dark."""
+    images = ROOT / "docs" / "assets" / "images"
+    pages = sorted((ROOT / "docs").rglob("*.zh.md"))
+    shown = [(page, m) for page in pages for m in re.findall(r"images/([\w-]+)\.png", page.read_text(encoding="utf-8"))]
+    assert shown
+    for page, name in shown:
+        base = name.removesuffix("-dark")
+        assert not (images / f"{base}-zh.png").exists(), f"{page.name} shows {name}.png, not its Chinese twin"
