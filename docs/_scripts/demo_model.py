@@ -44,10 +44,10 @@ def batch(size: int, generator: torch.Generator, *, training: bool) -> Tensor:
 
 
 class Block(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, heads: int = HEADS) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
-        self.attention = MultiHeadAttention(WIDTH, HEADS)
+        self.attention = MultiHeadAttention(WIDTH, heads)
         self.mlp = nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH), nn.ReLU(), nn.Linear(4 * WIDTH, WIDTH))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

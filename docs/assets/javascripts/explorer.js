@@ -7,7 +7,8 @@
 // data-token="<index>"; while a token is selected, every token element also
 // carries data-weight="<value>": the weight with which the selected token
 // attends to it, for the chosen layer and head. The root's data-ready holds
-// the eight digits shown.
+// the eight digits shown; data-explorer="expected-<question>" and
+// "output-<question>" hold the eight expected and the eight model answers.
 (function () {
   // Resolve the weights next to this script, whatever the site's base URL.
   const script = document.currentScript;
@@ -16,22 +17,21 @@
 
   // --- the task: lookup_model.answers and lookup_model.valid ---------------
 
-  const LIST = 4;
-
-  // "3 1 4 5, 4 3 5 1" or "31454351" -> [3, 1, 4, 5, 4, 3, 5, 1]; null if not 8 digits.
+  // "3 1 4 1, 5 3 4 5" or "31415345" -> [3, 1, 4, 1, 5, 3, 4, 5]; null if not 8 digits.
   function parse(text) {
     const compact = text.replace(/[\s,;]+/g, "");
     return /^[0-9]{8}$/.test(compact) ? [...compact].map(Number) : null;
   }
 
-  // A puzzle: four different digits, then four of those digits.
-  function valid(digits) {
-    const list = digits.slice(0, LIST);
-    return new Set(list).size === LIST && digits.slice(LIST).every((t) => list.includes(t));
-  }
+  // A puzzle: every digit in it appears exactly twice.
+  const valid = (digits) => digits.every((t) => digits.filter((u) => u === t).length === 2);
 
-  // Every position answers with the digit after its own in the list (wrapping round).
-  const answers = (digits) => digits.map((t) => digits[(digits.indexOf(t) + 1) % LIST]);
+  // Each position's two answers: the digit before it (position 0 looks round
+  // to the last), and where its twin, the other copy of its digit, stands.
+  const answers = (digits) => ({
+    before: digits.map((_, i) => digits[(i + digits.length - 1) % digits.length]),
+    twin: digits.map((t, i) => digits.findIndex((u, j) => u === t && j !== i)),
+  });
 
   // --- the model: the same arithmetic as lookup_model.Lookup ---------------
 
@@ -102,8 +102,17 @@
         return r.map((v, c) => v + mlp[c]);
       });
     }
-    const logits = x.map((r) => linear(layerNorm(r, W["norm.weight"], W["norm.bias"]), W["readout.weight"], W["readout.bias"]));
-    const output = logits.map((row) => row.indexOf(Math.max(...row)));
+    // The read-out's scores, question after question (cfg.questions): each answer is its best score.
+    const scores = x.map((r) => linear(layerNorm(r, W["norm.weight"], W["norm.bias"]), W["readout.weight"], W["readout.bias"]));
+    const output = {};
+    let start = 0;
+    for (const [question, n] of Object.entries(cfg.questions)) {
+      output[question] = scores.map((row) => {
+        const part = row.slice(start, start + n);
+        return part.indexOf(Math.max(...part));
+      });
+      start += n;
+    }
     return { output, weights };
   }
 
@@ -120,15 +129,15 @@
   function mount(root) {
     const $ = (name) => root.querySelector(`[data-explorer=${name}]`);
     const examples = $("examples"), typed = $("input"), problem = $("problem");
-    const tokens = $("tokens"), output = $("output"), expected = $("expected");
-    const heatmap = $("heatmap"), layerSelect = $("layer"), headSelect = $("head");
+    const tokens = $("tokens"), heatmap = $("heatmap"), layerSelect = $("layer"), headSelect = $("head");
+    const layer = () => (layerSelect ? +layerSelect.value : 0); // a one-layer model has no layer control
     const typedOption = examples.querySelector("option[value='']");
     const state = { result: null, digits: [], selected: null };
     const label = (i) => `${i}: ${state.digits[i]}`; // position (from 0, as the code indexes it) and digit
 
     function paintSelection() {
       const { result, selected } = state;
-      const w = result && result.weights[+layerSelect.value][+headSelect.value];
+      const w = result && result.weights[layer()][+headSelect.value];
       for (const el of tokens.querySelectorAll("[data-token]")) {
         const j = +el.dataset.token;
         el.setAttribute("aria-pressed", String(j === selected));
@@ -146,7 +155,7 @@
     }
 
     function drawHeatmap() {
-      const w = state.result.weights[+layerSelect.value][+headSelect.value];
+      const w = state.result.weights[layer()][+headSelect.value];
       const head = `<tr><th scope="col"></th>${w.map((_, j) => `<th scope="col" aria-label="${label(j)}"><small>${j}</small><br>${state.digits[j]}</th>`).join("")}</tr>`;
       const rows = w.map((row, i) => `<tr data-row="${i}"><th scope="row">${label(i)}</th>${row
         .map((v) => `<td style="--weight:${v.toFixed(4)}"${v > 0.5 ? ' class="strong"' : ""} title="${v.toFixed(3)}">${Math.round(v * 100)}</td>`)
@@ -179,9 +188,12 @@
         el.addEventListener("click", () => select(i));
       }
       const right = answers(digits);
-      expected.innerHTML = cells(right);
-      output.innerHTML = cells(state.result.output, right);
-      output.dataset.correct = String(state.result.output.every((t, i) => t === right[i]));
+      for (const [question, values] of Object.entries(right)) {
+        const got = state.result.output[question];
+        $(`expected-${question}`).innerHTML = cells(values);
+        $(`output-${question}`).innerHTML = cells(got, values);
+        $(`output-${question}`).dataset.correct = String(got.every((t, i) => t === values[i]));
+      }
       drawHeatmap();
       select(state.selected);
       root.dataset.ready = digits.join("");
@@ -205,7 +217,7 @@
       typedOption.hidden = Boolean(match);
       show(digits);
     });
-    for (const control of [layerSelect, headSelect]) {
+    for (const control of [layerSelect, headSelect].filter(Boolean)) {
       control.addEventListener("change", () => {
         drawHeatmap();
         paintSelection();
