@@ -1,7 +1,8 @@
 """Fixtures for the browser tests: the site built once, served at two bases, and one Chromium.
 
 Loaded for every test module by conftest.py (`pytest_plugins`), so the site is
-built once per run, however many modules use it. Every request to a host other
+built once per run, however many modules use it, in the background from the
+moment the run knows that a test needs it. Every request to a host other
 than 127.0.0.1 is blocked and recorded, so a page that needs the internet (a
 CDN, Google Fonts) fails.
 """
@@ -9,8 +10,10 @@ CDN, Google Fonts) fails.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,20 +34,60 @@ def _require_browser() -> None:
     require(missing_modules("playwright") + ([] if Path(CHROMIUM).exists() else ["chromium"]))
 
 
+class _Build:
+    """`mkdocs build --strict` into a fresh folder, started in the background."""
+
+    def __init__(self) -> None:
+        self.out = Path(tempfile.mkdtemp(prefix="mha-site-"))
+        self.log = tempfile.TemporaryFile("w+")  # not a pipe: a full pipe would stall the build
+        env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "MHA_SITE_URL": SITE_URL}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(self.out / "site")],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+
+    def result(self) -> Path:
+        self.proc.wait(timeout=900)
+        self.log.seek(0)
+        output = self.log.read()
+        assert self.proc.returncode == 0, output
+        assert "WARNING" not in output, output
+        return self.out / "site"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.out, ignore_errors=True)
+
+
+_BUILDS: list[_Build] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the build as soon as the run knows a test needs it: it takes a minute or two of
+    one core, which the package tests (run first, mostly on one core) leave free."""
+    if session.config.option.collectonly:
+        return
+    if any("site" in getattr(item, "fixturenames", ()) for item in session.items):
+        _BUILDS.append(_Build())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for build in _BUILDS:
+        build.close()
+
+
 @pytest.fixture(scope="session")
-def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "MHA_SITE_URL": SITE_URL}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "WARNING" not in proc.stderr, proc.stderr
-    return out
+def site() -> Path:
+    if not _BUILDS:  # the hook did not see the test that needs it
+        _BUILDS.append(_Build())
+    return _BUILDS[0].result()
 
 
 @pytest.fixture(scope="session")

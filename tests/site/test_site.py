@@ -8,6 +8,7 @@ internet (a CDN, Google Fonts) fails here.
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import re
@@ -181,19 +182,23 @@ def _layout_problems(page) -> list[str]:
     )
 
 
-@pytest.mark.parametrize(("where", "width"), [("root", DESKTOP), ("subpath", PHONE)])
-def test_every_page_loads_cleanly(site, bases, browser, where, width):
-    """No console error, failed request or external request; nothing wider than the screen."""
+def test_every_page_loads_cleanly(site, bases, browser):
+    """No console error, failed request or external request; nothing wider than the screen,
+    on a phone or a desktop. One crawl: each page loads once, on a phone, then the window
+    widens to a desktop's; the pages alternate between the two bases (every href and src
+    is checked at both by test_no_broken_links_or_assets)."""
     pages = _pages(site)
     assert "class-diagram/" in pages and "zh/class-diagram/" in pages
-    for path in pages:
-        page, errors = browser.open(bases[where] + path, width=width, wait="load")
+    for i, path in enumerate(pages):
+        page, errors = browser.open(bases[("subpath", "root")[i % 2]] + path, width=PHONE, wait="load")
         if page.locator(".arithmatex").count():
             page.wait_for_function("() => !document.querySelector('.arithmatex:not(:has(.katex))')")
         assert page.title(), path
+        for width in (PHONE, DESKTOP):
+            page.set_viewport_size({"width": width, "height": 900})
+            problems = _layout_problems(page)
+            assert not problems, f"{path} at {width}px: {problems}"
         assert not errors, f"{path}: {errors}"
-        problems = _layout_problems(page)
-        assert not problems, f"{path} at {width}px: {problems}"
         page.context.close()
     assert not browser.blocked, f"requests to other hosts: {browser.blocked}"
 
@@ -305,9 +310,12 @@ class Paste(code.InteractiveConsole):
         self.errors.append(traceback.format_exc(limit=-3))
 
 failures = {}
+# argv[2], if given, names the pages to run as scripts; pytest already runs the others' code (doctests).
+scripts = json.load(open(sys.argv[2])) if len(sys.argv) > 2 else None
 for page, blocks in json.load(open(sys.argv[1])).items():
     try:  # the page's blocks, in order, as one script (what `python -c` runs)
-        exec(compile("\\n".join(blocks), page, "exec"), {"__name__": "__main__"})
+        if scripts is None or page in scripts:
+            exec(compile("\\n".join(blocks), page, "exec"), {"__name__": "__main__"})
     except BaseException:
         failures[page + " (script)"] = traceback.format_exc(limit=-3)
     console = Paste()
@@ -325,10 +333,36 @@ print(json.dumps(failures))
 """
 
 
+DIRECTIVE = re.compile(r"\s*#\s*doctest:.*$")
+
+
+def _code_lines(code: str) -> list[str]:
+    """The lines that make up a program: no blank lines, trailing spaces or doctest directives."""
+    return [DIRECTIVE.sub("", line).rstrip() for line in code.splitlines() if line.strip()]
+
+
+def _doctested_code(path: str) -> list[str] | None:
+    """The code of the `>>>` examples of the Markdown a page is built from, which pytest runs as a
+    doctest (`--doctest-glob='*.md'`, one namespace per file, in order: as a script would), or None
+    when the page's source has no examples (the API reference renders docstrings)."""
+    zh = path.startswith("zh/")
+    stem = path.removeprefix("zh/").rstrip("/") or "index"
+    src = ROOT / "docs" / (stem + (".zh.md" if zh else ".md"))
+    if not src.exists():
+        return None
+    examples = doctest.DocTestParser().get_examples(src.read_text(encoding="utf-8"), str(src))
+    assert not any(e.options.get(doctest.SKIP) for e in examples), f"{src}: a skipped example never runs"
+    return _code_lines("".join(e.source for e in examples)) if examples else None
+
+
 def test_every_copied_block_runs(site, server, browser, tmp_path):
     """Copy each >>> block with its button; each page's blocks, in order, run as one script,
-    and pasted line by line into `code.InteractiveConsole`, the plain `python` REPL."""
-    pasted = {}
+    and pasted line by line into `code.InteractiveConsole`, the plain `python` REPL.
+
+    A page built from Markdown whose examples pytest runs as doctests is not run a second time:
+    its copied code must be exactly the doctest's code, which runs. The other pages (the API
+    reference) run as scripts."""
+    pasted, scripts = {}, []
     for path in _pages(site):
         if "language-pycon" not in (site / path / "index.html").read_text(encoding="utf-8"):
             continue
@@ -341,10 +375,16 @@ def test_every_copied_block_runs(site, server, browser, tmp_path):
             assert ">>>" not in text and not re.search(r"^\.\.\. ", text, re.M), f"{path}: prompt copied"
             assert "Traceback" not in text, f"{path}: a traceback was copied"
         pasted[path] = copied
-    assert len(pasted) >= 20 and "" in pasted
+        doctested = _doctested_code(path)
+        if doctested is None:
+            scripts.append(path)
+        else:
+            assert _code_lines("\n".join(copied)) == doctested, f"{path}: the copied code is not the doctest's"
+    assert len(pasted) >= 20 and "" in pasted and scripts
     assert any("output = mha(input)" in block for block in pasted[""])
     pages = tmp_path / "pages.json"
     pages.write_text(json.dumps(pasted))
+    (tmp_path / "scripts.json").write_text(json.dumps(scripts))
     runner = tmp_path / "run_pages.py"
     runner.write_text(RUN_PAGES)
     # The checkout's mha, whatever else is installed.
@@ -354,7 +394,12 @@ def test_every_copied_block_runs(site, server, browser, tmp_path):
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     run = subprocess.run(
-        [sys.executable, str(runner), str(pages)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
+        [sys.executable, str(runner), str(pages), str(tmp_path / "scripts.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
     )
     assert run.returncode == 0, run.stderr
     failures = json.loads(run.stdout.strip().splitlines()[-1])
