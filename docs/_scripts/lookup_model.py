@@ -17,7 +17,7 @@ two heads take one each. `head_scores` measures where each head looks,
 `ablated` silences one, and `accuracy` counts each question apart: with
 the committed weights, silencing one head loses one question and keeps the
 other, and the same model given a single head (`one_head`, trained the same
-way) learns only one of the two questions (tests/test_explorer.py checks it).
+way) learns only one of the two questions (tests/site/test_explorer.py checks it).
 
 The model: token and learned position embeddings, one pre-norm block of
 `mha.MultiHeadAttention(32, 2)` (no mask) and an MLP, then one linear
