@@ -1,4 +1,4 @@
-"""MkDocs hook: every tutorial and guide page, downloadable as a Jupyter notebook.
+"""MkDocs hook: every tutorial page (the tutorial, the layer in a Transformer) and guide, as a Jupyter notebook.
 
 At build time each such page's Markdown becomes a notebook (nbformat 4,
 written as plain JSON): prose becomes Markdown cells, every `>>>` example a
@@ -25,7 +25,9 @@ from mkdocs.config.defaults import MkDocsConfig
 from site_build import language
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = re.compile(r"^(tutorial|guides/[\w-]+)(\.zh)?\.md$")
+PAGES = re.compile(
+    r"^(tutorial|transformer-block|guides/[\w-]+)(\.zh)?\.md$"
+)  # the tutorial, its second page, the guides
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<lang>[\w-]*)")
 CONTAINER = re.compile(r"^(?P<indent>\s*)(?:(?:!!!|\?\?\?\+?)\s+\w+|===)(?:\s+\"(?P<title>[^\"]*)\")?")
 SNIPPET = re.compile(r"^\s*--8<--\s+\"(?P<path>[^\"]+)\"\s*$")

@@ -18,7 +18,8 @@ DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_hooks"))
 import notebooks  # noqa: E402
 
-PAGES = sorted(p.relative_to(DOCS).as_posix() for p in [*DOCS.glob("tutorial*.md"), *DOCS.glob("guides/*.md")])
+TUTORIAL = [*DOCS.glob("tutorial*.md"), *DOCS.glob("transformer-block*.md")]
+PAGES = sorted(p.relative_to(DOCS).as_posix() for p in [*TUTORIAL, *DOCS.glob("guides/*.md")])
 
 
 def _built(site: Path, src: str) -> tuple[Path, str]:
