@@ -209,7 +209,7 @@ def check_cache_fits(attention: Attention, cache: KVCache, query: Tensor) -> Non
             f"computes in {dtype} on {query.device}; make it with "
             f"new_cache(..., dtype={dtype}, device='{query.device}')"
         )
-    cache.check_room(s)
+    cache._check_room(s)
 
 
 def check_cross(module: MultiHeadAttention, document_ids: object) -> None:

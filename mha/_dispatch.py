@@ -57,31 +57,24 @@ def run(
         q, k = attention.q_norm(q), attention.k_norm(k)  # per head, before rotary positions
     if attention.context_parallel is not None:
         return _across_ranks(attention, attention.context_parallel, q, k, v, is_causal)
-    guard = True
     pattern = _pattern(attention, document_ids)
-    if isinstance(cache, RollingKVCache):
-        q, k, v, mask = _roll(attention, cache, q, k, v, token_mask)
-        is_causal, pattern = False, None  # the mask holds the window, causality and ALiBi
-    elif cache is None:
+    if cache is None:
         q, k = _rotate(attention, q, k, s_q, s_kv, document_ids)
-    else:
-        q, k = _rotate_cached(attention, cache, q, k, token_mask)
-        k, v = cache.write(k, v, token_mask)  # (b, n_kv, slots, d) twice
-        # The slots the cache itself blocks (empty, padding) hold zeros, so only
-        # a caller's mask can block a non-finite number: guard only then.
-        guard = mask is not None
-        if mask is not None and mask.shape[-1] > k.shape[2]:
-            mask = mask[..., : k.shape[2]]  # a mask over all s_max slots, cut to the filled ones
-        if pattern is None and cache.token_mask is None and not torch.compiler.is_compiling():
-            # Eager, every slot a filled real token: the chunk is the last s_q of
-            # them, so "causal within the chunk" is the bottom-right causal mask.
-            is_causal = s_q > 1
-        else:
-            mask = masks._combine(mask, cache.visible(s_q))
-            if pattern is not None:
-                mask = masks._combine(_slot_mask(cache, pattern, s_q, q), mask)
-            is_causal, pattern = False, None  # the visible slots are already causal within the chunk
-    return _kernel(attention, q, k, v, mask, is_causal, need_weights, guard, pattern)
+        return _kernel(attention, q, k, v, mask, is_causal, need_weights, guard=True, pattern=pattern)
+    q, k = _rotate_cached(attention, cache, q, k, token_mask)
+    chunk = cache._append(k, v, token_mask, mask=mask, pattern=pattern, num_heads=q.shape[1])
+    # The chunk's mask holds the window, ALiBi and causality within the chunk.
+    return _kernel(
+        attention,
+        q,
+        chunk.keys,
+        chunk.values,
+        chunk.mask,
+        chunk.is_causal,
+        need_weights,
+        guard=chunk.guard,
+        pattern=None,
+    )
 
 
 def _kernel(
@@ -92,6 +85,7 @@ def _kernel(
     mask: Tensor | None,
     is_causal: bool,
     need_weights: bool,
+    *,
     guard: bool,
     pattern: Pattern | None,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -174,56 +168,21 @@ def _rotate(
 def _rotate_cached(
     attention: Attention, cache: KVCache, q: Tensor, k: Tensor, token_mask: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Rotary positions of a chunk about to be written to a plain cache."""
+    """Rotary positions of a chunk about to be written to a cache."""
     if attention.positional is None:
         return q, k
     s_q = q.shape[2]
-    if token_mask is None and cache.token_mask is None and not torch.compiler.is_compiling():
+    if isinstance(cache, RollingKVCache):
+        positions = cache._positions(s_q, token_mask).clamp(min=0)  # (b, s_q), real tokens counted
+        angles: Angles = attention.positional.angles(positions, q.dtype, q.device)
+    elif token_mask is None and cache.token_mask is None and not torch.compiler.is_compiling():
         # Eager, every slot a real token: positions are the slots themselves.
-        angles: Angles = attention.positional.angles_at(cache.length, s_q, q.dtype, q.device)
+        angles = attention.positional.angles_at(cache.length, s_q, q.dtype, q.device)
     else:
-        positions = cache.positions(s_q, token_mask)  # (s_q,), or (b, s_q) in a ragged batch
+        positions = cache._positions(s_q, token_mask)  # (s_q,), or (b, s_q) in a ragged batch
         # Positions never exceed the slots written (padding counts only in slots).
         angles = attention.positional.angles(positions, q.dtype, q.device, end=cache.length + s_q)
     return attention.positional.rotate(q, angles), attention.positional.rotate(k, angles)
-
-
-def _slot_mask(cache: KVCache, pattern: Pattern, s_q: int, q: Tensor) -> Tensor | None:
-    """Window and ALiBi between the chunk and the slots of a plain cache (after the write), by position."""
-    slots = cache.max_len if torch.compiler.is_compiling() else cache.length
-    if cache.token_mask is None:
-        k_pos = torch.arange(slots, device=q.device)[None]  # (1, slots): every slot its own position
-    else:
-        k_pos = cache.token_mask[:, :slots].long().cumsum(dim=1) - 1  # (b, slots): real tokens counted
-    chunk = cache.position - s_q + torch.arange(s_q, device=q.device)  # the chunk's slots (s_q,)
-    return _blockwise.position_mask(
-        pattern,
-        k_pos[:, chunk],
-        k_pos,
-        is_causal=True,
-        num_heads=q.shape[1],
-        dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-    )
-
-
-def _roll(
-    attention: Attention, cache: RollingKVCache, q: Tensor, k: Tensor, v: Tensor, token_mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Rotate, attend over the ring and the chunk, and roll the chunk in: `(q, keys, values, mask)`."""
-    positions = cache.positions(q.shape[2], token_mask)  # (b, s_q), real tokens counted
-    if attention.positional is not None:
-        angles = attention.positional.angles(positions.clamp(min=0), q.dtype, q.device)
-        q, k = attention.positional.rotate(q, angles), attention.positional.rotate(k, angles)
-    keys, values, key_positions = cache.extend(k, v, positions, token_mask)  # (b, n_kv, w + s_q, d)
-    mask = _blockwise.position_mask(
-        Pattern(cache.window, attention.alibi),
-        positions,
-        key_positions,
-        is_causal=True,
-        num_heads=q.shape[1],
-        dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-    )
-    return q, keys, values, masks._combine(mask, (key_positions >= 0)[:, None, None, :])
 
 
 def _across_ranks(

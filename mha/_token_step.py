@@ -5,7 +5,7 @@ the Python around the kernels is much of its cost (see "Speed" in the
 decoding guide). `applies` tells, in a few cheap
 tests that together imply every check of the full path, whether a call is
 such a step; `run` then computes what the full path
-(`Attention._attend` through a `KVCache`) would, with nothing left to decide.
+(`mha._dispatch.run` through a `KVCache`) would, with nothing left to decide.
 
 It leans on torch internals (`torch._C._is_any_autocast_enabled`,
 `nn.Module._compiled_call_impl`, the hook dictionaries of
@@ -99,9 +99,9 @@ def run(module: MultiHeadAttention, query: Tensor, cache: KVCache) -> Tensor:
 
 
 def _attend(attention: Attention, query: Tensor, key: Tensor, value: Tensor, cache: KVCache) -> Tensor:
-    """`Attention._attend` for one token per sample through a cache, in eager mode.
+    """`mha._dispatch.run` for one token per sample through a cache, in eager mode.
 
-    What `_attend` does for this call, with nothing left to decide: one
+    What `run` does for this call, with nothing left to decide: one
     position needs no mask, and a table row holds its rotary angles.
 
     Shape:
@@ -115,7 +115,7 @@ def _attend(attention: Attention, query: Tensor, key: Tensor, value: Tensor, cac
         # One rotation of both: in 16 bits each rotation also converts to float32 and back.
         qk = attention.positional.rotate(torch.cat((q, k), dim=1), angles)
         q, k = qk[:, :n_h], qk[:, n_h:]
-    keys, values = cache.write_token(k, value.reshape(b, -1, attention.v_head_dim))
+    keys, values = cache._write_token(k, value.reshape(b, -1, attention.v_head_dim))
     return attend_token(q, keys, values, attention.scale).view(b, 1, -1)
 
 

@@ -16,12 +16,25 @@ Shape letters are those of [`mha`][mha]; `s_max` is the cache's capacity.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from mha import _checks
+from mha import _blockwise, _checks, masks
+from mha._blockwise import Pattern
 
 __all__ = ["KVCache"]
+
+
+class _Chunk(NamedTuple):
+    """What a chunk attends over once it is in a cache (see `KVCache._append`)."""
+
+    keys: Tensor  # (b, n_kv, slots, d)
+    values: Tensor  # (b, n_kv, slots, d_v)
+    mask: Tensor | None  # broadcastable to (b, n_h, s, slots): the caller's mask and what the cache blocks
+    is_causal: bool  # whether the kernel adds the bottom-right causal mask itself
+    guard: bool  # whether positions the mask blocks for every query may hold a non-finite number
 
 
 class KVCache:
@@ -100,7 +113,7 @@ class KVCache:
         self._length = 0
         self.token_mask = self._next = None
 
-    def positions(self, s: int, token_mask: Tensor | None = None) -> Tensor:
+    def _positions(self, s: int, token_mask: Tensor | None = None) -> Tensor:
         """Positions of the next `s` tokens: `(s,)`, or `(b, s)` per sample in a ragged batch.
 
         In a ragged batch a sample's position counts its real tokens only, so
@@ -139,9 +152,9 @@ class KVCache:
         _checks.shape("value", value, (b, n_kv, s, d_v), lambda: f"(b={b}, n_kv={n_kv}, s={int(s)}, d_v={d_v})")
         if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
             raise TypeError(f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}")
-        self.check_room(key.shape[-2])
-        keys, values = self.write(key, value)
-        return keys, values, self.visible(key.shape[-2])
+        self._check_room(s)
+        keys, values, _, _, _ = self._append(key, value)
+        return keys, values, self._visible(s)
 
     def _real(self, s: int, token_mask: Tensor | None) -> Tensor:
         """`token_mask` as long `(b, s)`, all ones when it is `None`."""
@@ -149,7 +162,7 @@ class KVCache:
             return torch.ones(self.batch_size, s, dtype=torch.long, device=self.position.device)
         return token_mask.long()
 
-    def check_room(self, s: int) -> None:
+    def _check_room(self, s: int) -> None:
         """Raise `ValueError` if `s` more positions do not fit."""
         if self._length + s > self.max_len:
             # Every number through _checks: under torch.compile they may be symbolic.
@@ -158,13 +171,64 @@ class KVCache:
                 f"positions and cannot take {_checks.number(s)} more; make a larger cache or reset() it"
             )
 
-    def write(self, key: Tensor, value: Tensor, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """`update` without its checks, for callers that made them.
+    def _append(
+        self,
+        key: Tensor,
+        value: Tensor,
+        token_mask: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        pattern: Pattern | None = None,
+        num_heads: int = 1,
+    ) -> _Chunk:
+        """How a chunk sees the cache: write it, and return what its queries attend over.
 
-        Returns the slots to attend over: the filled ones in eager mode, all
-        `s_max` under `torch.compile` (fixed shapes). [`visible`][mha.KVCache.visible]
-        says which of them each chunk token may see.
+        `update` without its checks, for the attention layer, which made them
+        where the call entered. The keys and values are the filled slots in
+        eager mode, all `s_max` under `torch.compile` (fixed shapes); the mask
+        lets each chunk token see the slots up to its own (never an empty slot
+        or padding), blocks what the caller's `mask` blocks, and adds a
+        `pattern`'s window and ALiBi by position.
+
+        Shape:
+            key: `(b, n_kv, s, d)`; value: `(b, n_kv, s, d_v)`; token_mask: `(b, s)`;
+            mask: broadcastable to `(b, n_h, s, s_max)` (or to the filled slots).
         """
+        keys, values = self._write(key, value, token_mask)
+        s, slots = key.shape[-2], keys.shape[2]
+        # The slots the cache itself blocks (empty, padding) hold zeros, so only
+        # a caller's mask can block a non-finite number: guard only then.
+        guard = mask is not None
+        if mask is not None and mask.shape[-1] > slots:
+            mask = mask[..., :slots]  # a mask over all s_max slots, cut to the filled ones
+        if pattern is None and self.token_mask is None and not torch.compiler.is_compiling():
+            # Eager, every slot a filled real token: the chunk is the last s of
+            # them, so "causal within the chunk" is the bottom-right causal mask.
+            return _Chunk(keys, values, mask, s > 1, guard)
+        by_position = None if pattern is None else self._pattern_mask(pattern, s, num_heads, keys.dtype)
+        seen = masks._combine(by_position, self._visible(s))  # ALiBi's float first: it sets the dtype
+        return _Chunk(keys, values, masks._combine(seen, mask), False, guard)
+
+    def _pattern_mask(self, pattern: Pattern, s: int, num_heads: int, dtype: torch.dtype) -> Tensor | None:
+        """Window and ALiBi between the chunk and the slots (after the write), by position."""
+        slots = self.max_len if torch.compiler.is_compiling() else self._length
+        device = self.position.device
+        if self.token_mask is None:
+            k_pos = torch.arange(slots, device=device)[None]  # (1, slots): every slot its own position
+        else:
+            k_pos = self.token_mask[:, :slots].long().cumsum(dim=1) - 1  # (b, slots): real tokens counted
+        chunk = self.position - s + torch.arange(s, device=device)  # the chunk's slots (s,)
+        return _blockwise.position_mask(
+            pattern,
+            k_pos[:, chunk],
+            k_pos,
+            is_causal=True,
+            num_heads=num_heads,
+            dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+        )
+
+    def _write(self, key: Tensor, value: Tensor, token_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Put the chunk in the next slots; return the slots to attend over (see `_append`)."""
         s = key.shape[-2]
         if token_mask is not None or self._next is not None:
             self._track_tokens(s, token_mask)
@@ -195,8 +259,8 @@ class KVCache:
         end = self.max_len if compiling else self._length
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def write_token(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        """[`write`][mha.KVCache.write] for one token per sample, in eager mode and without autograd.
+    def _write_token(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """`_write` for one token per sample, in eager mode and without autograd.
 
         The decoding step, with nothing left to decide: the caller made sure
         there is room, no ragged batch and no graph to record.
@@ -213,8 +277,8 @@ class KVCache:
         self._length = end = start + 1
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
-    def visible(self, s: int) -> Tensor:
-        """Which slots (as [`write`][mha.KVCache.write] returned them) each of the last `s` tokens may see.
+    def _visible(self, s: int) -> Tensor:
+        """Which slots (as `_write` returned them) each of the last `s` tokens may see.
 
         Causal within the chunk, never an empty slot, never padding.
 

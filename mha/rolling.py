@@ -16,8 +16,9 @@ from typing import NoReturn
 import torch
 from torch import Tensor
 
-from mha import _checks
-from mha.cache import KVCache
+from mha import _blockwise, _checks, masks
+from mha._blockwise import Pattern
+from mha.cache import KVCache, _Chunk
 
 __all__ = ["RollingKVCache"]
 
@@ -102,22 +103,38 @@ class RollingKVCache(KVCache):
         """Refused: a ring's slots move, so the layer fills it (see [`extend`][mha.rolling.RollingKVCache.extend])."""
         _refuse()
 
-    def write(self, key: Tensor, value: Tensor, token_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Refused, as [`update`][mha.rolling.RollingKVCache.update]."""
-        _refuse()
-
-    def write_token(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        """Refused, as [`update`][mha.rolling.RollingKVCache.update]."""
-        _refuse()
-
-    def visible(self, s: int) -> Tensor:
-        """Refused, as [`update`][mha.rolling.RollingKVCache.update]: the layer masks the ring by position."""
-        _refuse()
-
-    def check_room(self, s: int) -> None:
+    def _check_room(self, s: int) -> None:
         """A ring is never full: nothing to check."""
 
-    def positions(self, s: int, token_mask: Tensor | None = None) -> Tensor:
+    def _append(
+        self,
+        key: Tensor,
+        value: Tensor,
+        token_mask: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        pattern: Pattern | None = None,
+        num_heads: int = 1,
+    ) -> _Chunk:
+        """How a chunk sees the ring: the ring's slots and the chunk, masked by position; then roll it in.
+
+        `mask` is refused where the call enters (a ring's slots move), so
+        none comes here; the window is the ring's, ALiBi the `pattern`'s.
+        """
+        positions = self._positions(key.shape[2], token_mask)  # (b, s), real tokens counted
+        keys, values, key_positions = self.extend(key, value, positions, token_mask)  # (b, n_kv, w + s, d)
+        by_position = _blockwise.position_mask(
+            Pattern(self.window, pattern is not None and pattern.alibi),
+            positions,
+            key_positions,
+            is_causal=True,
+            num_heads=num_heads,
+            dtype=torch.float64 if key.dtype == torch.float64 else torch.float32,
+        )
+        # The chunk's padding is attended over in place, not zeroed as in the slots: guard it.
+        return _Chunk(keys, values, masks._combine(by_position, (key_positions >= 0)[:, None, None, :]), False, True)
+
+    def _positions(self, s: int, token_mask: Tensor | None = None) -> Tensor:
         """Each sample's positions of the next `s` tokens, counting real tokens only: `(b, s)`."""
         real = self._real(s, token_mask)  # (b, s)
         return self.next_positions[:, None] + real.cumsum(dim=1) - 1  # padding gets its neighbour's; never seen
@@ -130,7 +147,7 @@ class RollingKVCache(KVCache):
         Args:
             key: the chunk's keys `(b, n_kv, s, d)`, rotated already.
             value: the chunk's values.
-            positions: the chunk's positions, from [`positions`][mha.rolling.RollingKVCache.positions].
+            positions: the chunk's positions: each sample's next ones, counting real tokens only.
             token_mask: `(b, s)`, True at real tokens, or `None`.
 
         Returns:
@@ -144,10 +161,10 @@ class RollingKVCache(KVCache):
         keys = torch.cat((self.keys[:, :, :w], key), dim=2)  # (b, n_kv, w + s, d)
         values = torch.cat((self.values[:, :, :w], value), dim=2)
         key_positions = torch.cat((self.slot_positions[:, :w], chunk_positions), dim=1)  # (b, w + s)
-        self._write(key, value, chunk_positions, real)
+        self._roll_in(key, value, chunk_positions, real)
         return keys, values, key_positions
 
-    def _write(self, key: Tensor, value: Tensor, positions: Tensor, real: Tensor) -> None:
+    def _roll_in(self, key: Tensor, value: Tensor, positions: Tensor, real: Tensor) -> None:
         """Put the chunk's last `w` real tokens in their slots; the rest go to the scratch slot."""
         w = self.window
         self.next_positions = self.next_positions + real.sum(dim=1)
