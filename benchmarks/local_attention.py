@@ -1,8 +1,11 @@
 """Sliding windows, packed documents, ALiBi and the rolling cache: time and peak memory.
 
 Run: ``python benchmarks/local_attention.py`` (``--quick`` for the 4k sizes
-only; ``--flex`` adds a compiled ``flex_attention``). Prints tables and
-writes ``benchmarks/results/local_attention.json``.
+only; ``--flex`` adds a compiled ``flex_attention`` at 4k; ``--sections``,
+``--lengths`` and ``--dtypes`` pick parts, so a long run can be split).
+Prints tables and merges its rows into
+``benchmarks/results/local_attention.json`` (a row measured again replaces
+the old one; the others stay).
 
 Causal attention, h = 1024: 16 query heads, 4 key/value heads, d = 64, in
 float32 and bfloat16, on split heads (``mha.functional.attention``).
@@ -14,22 +17,29 @@ Contenders, timed round-robin in one process (medians):
 * 16 documents of 1,024 tokens packed in one sequence: ``mha`` with
   ``document_ids``, the dense block-diagonal mask, and the 16 documents as a
   batch;
-* ALiBi: ``mha`` against plain causal attention;
+* ``flex_attention`` with a sliding ``BlockMask``: eager (it materialises
+  the ``n_h · s²`` scores, so only where they fit in 1 GiB) and compiled
+  for inference (``--flex``; the compile time is reported, not timed);
+* ALiBi: ``mha`` against plain causal attention (at the window's lengths
+  in the same interleaved run as the window, sharing the causal call);
 * decoding ``4 w`` tokens through a ``RollingKVCache``: per-token time of
   the first and the last quarter, and the cache's bytes.
 
-Peak memory is the growth of the process's resident set during one call
-(``VmHWM`` after resetting it through ``/proc/self/clear_refs``), with
+Peak memory is the growth of the process's resident set during the first
+timed call (``VmHWM`` after resetting it through ``/proc/self/clear_refs``), with
 glibc told to return every freed tensor to the system, so each call starts
 from the same floor. A dense call that would run for minutes on this
 machine, or need more memory than a shared machine allows, is skipped with
-its estimate, extrapolated as ``s²`` from the largest size that ran.
+its estimate, extrapolated as ``s²`` from the largest size that ran; a call
+longer than ``--cap`` seconds runs once (its ``samples`` say so).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,7 +51,7 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from common import interleaved_medians, machine, print_table, write_results  # noqa: E402
+from common import RESULTS, machine, print_table, write_results  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mha import MultiHeadAttention  # noqa: E402
@@ -97,47 +107,86 @@ PER_UNIT: dict[tuple[str, str], float] = {}
 
 def run(
     cases: dict, repeats: int, work: dict[str, int], dtype: torch.dtype
-) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
-    """Peak memory (one call each), then interleaved medians; a call estimated above CAP_SECONDS is skipped."""
+) -> tuple[dict[str, float], dict[str, int], dict[str, str], dict[str, int]]:
+    """Interleaved medians, peak memory from each first call; a call estimated above CAP_SECONDS is skipped.
+
+    A call that took longer than CAP_SECONDS is not repeated: its one time is its time.
+    """
     skipped = {}
     for name in list(cases):
         estimate = PER_UNIT.get((name, str(dtype)), 0.0) * work[name]
         if estimate > CAP_SECONDS and not name.startswith("mha"):  # mha's own calls always run
             skipped[name] = f"skipped: ~{estimate:.0f} s a call (extrapolated from the smaller size)"
             del cases[name]
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    memory: dict[str, int] = {}
     with torch.inference_mode():
-        memory, single = {}, {}
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            memory[name] = peak_bytes(fn)
-            single[name] = time.perf_counter() - start
-        # Repeat what is cheap enough; a long call's single time is its time.
-        cheap = {n: fn for n, fn in cases.items() if single[n] * repeats < CAP_SECONDS}
-        times = dict(single)
-        if cheap:
-            times.update(interleaved_medians(cheap, repeats=repeats, warmup=0))
+        for rep in range(repeats):
+            for name, fn in cases.items():
+                if rep and samples[name][0] > CAP_SECONDS:
+                    continue
+                start = time.perf_counter()
+                if rep == 0:
+                    memory[name] = peak_bytes(fn)
+                else:
+                    fn()
+                samples[name].append(time.perf_counter() - start)
+    times = {name: statistics.median(t) for name, t in samples.items()}
     for name, t in times.items():
         PER_UNIT[(name, str(dtype))] = t / work[name]
     print(f"  {dtype}: " + ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in times.items()), flush=True)
-    return times, memory, skipped
+    return times, memory, skipped, {name: len(t) for name, t in samples.items()}
 
 
-def window_rows(dtype: torch.dtype, lengths: list[int], repeats: int) -> list[dict]:
-    return [window_row(dtype, s, repeats) for s in lengths]
+def sliding_block_mask(s: int):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding(b, h, i, j):
+        return (i >= j) & (i - j < WINDOW)
+
+    return create_block_mask(sliding, None, None, s, s, device="cpu")
 
 
-def window_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
+def window_row(dtype: torch.dtype, s: int, repeats: int, *, flex: bool, alibi: bool) -> tuple[dict, dict | None]:
+    """The window at `s` against the dense band, flex_attention and the unmasked causal call.
+
+    With `alibi`, ALiBi at `s` joins the same interleaved run (it shares the causal call).
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
     q, k, v = heads(1, s, dtype)
     cases = {
         "mha window": lambda: attention(q, k, v, is_causal=True, sliding_window=WINDOW),
         "causal, no window": lambda: sdpa(q, k, v, is_causal=True),
     }
-    work = {"mha window": s, "causal, no window": s * s, "dense masked": s * s}
+    work = {name: s * s for name in ("causal, no window", "dense masked", "flex eager", "mha alibi")}
+    work.update({"mha window": s, "flex compiled": s})
+    if alibi:
+        cases["mha alibi"] = lambda: attention(q, k, v, is_causal=True, alibi=True)
     too_big = s * s > DENSE_BYTES
     if not too_big and PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s <= CAP_SECONDS:
         mask = band(s)
         cases["dense masked"] = lambda: sdpa(q, k, v, attn_mask=mask)
-    times, memory, skipped = run(cases, repeats, work, dtype)
+    notes = {}
+    scores = N_H * s * s * 4
+    block_mask = sliding_block_mask(s)
+    if scores <= 1 << 30:
+        cases["flex eager"] = lambda: flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
+    else:
+        notes["flex eager"] = f"skipped: eager flex_attention materialises n_h·s² scores ({scores / 2**30:.0f} GiB)"
+    if flex:
+        compiled = torch.compile(flex_attention)
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
+            notes["flex compiled"] = f"compiled in {time.perf_counter() - start:.0f} s (not timed)"
+            cases["flex compiled"] = lambda: compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
+        except Exception as e:  # noqa: BLE001 - reported, not hidden
+            notes["flex compiled"] = f"failed: {type(e).__name__}: {e}"[:300]
+    else:
+        notes["flex compiled"] = "not run at this length (compiling takes minutes on this machine)"
+    times, memory, skipped, samples = run(cases, repeats, work, dtype)
     if "dense masked" not in times and "dense masked" not in skipped:
         estimate = PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s
         skipped["dense masked"] = (
@@ -145,55 +194,37 @@ def window_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
             if too_big
             else f"skipped: ~{estimate:.0f} s a call (extrapolated from the smaller size)"
         )
+    skipped.update(notes)
     dense = times.get("dense masked", PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s)
     causal = times.get("causal, no window")
-    return {
+    mine = times["mha window"]
+    row = {
         "dtype": str(dtype).removeprefix("torch."),
         "s": s,
         "times_s": times,
+        "samples": samples,
         "peak_bytes": memory,
         "skipped": skipped,
         "dense_estimated": "dense masked" not in times,
-        "window_vs_dense": times["mha window"] / dense if dense else None,
+        "window_vs_dense": mine / dense if dense else None,
+        "window_vs_causal": mine / causal if causal else None,
+        "window_vs_flex_eager": mine / times["flex eager"] if "flex eager" in times else None,
+        "window_vs_flex_compiled": mine / times["flex compiled"] if "flex compiled" in times else None,
         "window_memory_vs_causal": memory["mha window"] / memory["causal, no window"] if causal else None,
-        "flex_eager": f"skipped: eager flex_attention materialises n_h·s² scores ({N_H * s * s * 4 / 2**30:.1f} GiB)",
     }
-
-
-def flex_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
-    """flex_attention with a sliding BlockMask, compiled for inference (eager flex materialises the scores)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    q, k, v = heads(1, s, dtype)
-
-    def sliding(b, h, i, j):
-        return (i >= j) & (i - j < WINDOW)
-
-    try:
-        block_mask = create_block_mask(sliding, None, None, s, s, device="cpu")
-        flex = torch.compile(flex_attention)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            flex(q, k, v, block_mask=block_mask, enable_gqa=True)
-        compile_s = time.perf_counter() - start
-        times, memory, _ = run(
-            {
-                "flex compiled": lambda: flex(q, k, v, block_mask=block_mask, enable_gqa=True),
-                "mha window": lambda: attention(q, k, v, is_causal=True, sliding_window=WINDOW),
-            },
-            repeats,
-            {"flex compiled": s, "mha window": s},
-            dtype,
-        )
-        return {
-            "dtype": str(dtype).removeprefix("torch."),
+    alibi_row = None
+    if alibi:
+        alibi_row = {
+            "dtype": row["dtype"],
             "s": s,
-            "times_s": times,
-            "peak_bytes": memory,
-            "compile_s": compile_s,
+            "times_s": {n: times[n] for n in ("mha alibi", "causal, no window") if n in times},
+            "samples": {n: samples[n] for n in ("mha alibi", "causal, no window") if n in samples},
+            "peak_bytes": {n: memory[n] for n in ("mha alibi", "causal, no window") if n in memory},
+            "skipped": {},
+            "alibi_vs_causal": times["mha alibi"] / causal if causal else None,
+            "dense_bias_bytes": N_H * s * s * 4,
         }
-    except Exception as e:  # noqa: BLE001 - reported, not hidden
-        return {"dtype": str(dtype).removeprefix("torch."), "s": s, "error": f"{type(e).__name__}: {e}"[:300]}
+    return row, alibi_row
 
 
 def documents_row(dtype: torch.dtype, repeats: int) -> dict:
@@ -213,7 +244,7 @@ def documents_row(dtype: torch.dtype, repeats: int) -> dict:
     if per_unit * s * s <= CAP_SECONDS:
         mask = (ids[0, :, None] == ids[0, None]) & torch.ones(s, s, dtype=torch.bool).tril()
         cases["dense block-diagonal"] = lambda: sdpa(q, k, v, attn_mask=mask)
-    times, memory, skipped = run(
+    times, memory, skipped, samples = run(
         cases, repeats, {"mha documents": s, "batch of documents": s, "dense block-diagonal": s * s}, dtype
     )
     dense = times.get("dense block-diagonal", per_unit * s * s)
@@ -225,34 +256,12 @@ def documents_row(dtype: torch.dtype, repeats: int) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
         "s": s,
         "times_s": times,
+        "samples": samples,
         "peak_bytes": memory,
         "skipped": skipped,
         "dense_estimated": "dense block-diagonal" not in times,
         "documents_vs_dense": times["mha documents"] / dense if dense else None,
         "documents_vs_batch": times["mha documents"] / times["batch of documents"],
-    }
-
-
-def alibi_row(dtype: torch.dtype, s: int, repeats: int) -> dict:
-    q, k, v = heads(1, s, dtype)
-    times, memory, skipped = run(
-        {
-            "mha alibi": lambda: attention(q, k, v, is_causal=True, alibi=True),
-            "plain causal": lambda: sdpa(q, k, v, is_causal=True),
-        },
-        repeats,
-        {"mha alibi": s * s, "plain causal": s * s},
-        dtype,
-    )
-    both = "mha alibi" in times and "plain causal" in times
-    return {
-        "dtype": str(dtype).removeprefix("torch."),
-        "s": s,
-        "times_s": times,
-        "peak_bytes": memory,
-        "skipped": skipped,
-        "alibi_vs_causal": times["mha alibi"] / times["plain causal"] if both else None,
-        "dense_bias_bytes": N_H * s * s * 4,
     }
 
 
@@ -284,30 +293,66 @@ def decode_row(dtype: torch.dtype, window: int) -> dict:
     }
 
 
+SECTIONS = ("window", "documents", "alibi", "decode")
+
+
+def merged(old: dict, new: dict[str, list]) -> dict[str, list]:
+    """`old`'s rows with `new`'s in place of those of the same case (dtype and s, or dtype and window)."""
+
+    def key(row: dict) -> tuple:
+        return (row["dtype"], row.get("s"), row.get("window"))
+
+    out = {}
+    for section in SECTIONS:
+        rows = {key(r): r for r in old.get(section, [])}
+        rows.update({key(r): r for r in new.get(section, [])})
+        out[section] = sorted(rows.values(), key=lambda r: (r["dtype"] != "float32", r.get("s") or 0))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4k only: the window at 4k, ALiBi at 4k")
+    parser.add_argument("--quick", action="store_true", help="4k only: the window and ALiBi at 4k")
     parser.add_argument("--flex", action="store_true", help="also time a compiled flex_attention at 4k")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", default="4096,16384,32768", help="window lengths, comma-separated")
+    parser.add_argument("--alibi-lengths", default="16384", help="ALiBi lengths (among --lengths)")
     parser.add_argument("--cap", type=float, help="skip a contender estimated above this (s)", default=25.0)
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, e.g. float32")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
     args = parser.parse_args()
     info = machine()
     print(f"CPU: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['torch_threads']} threads")
     start = time.perf_counter()
     globals()["CAP_SECONDS"] = args.cap  # run() reads it
+    sections = args.sections.split(",")
     lengths = [4096] if args.quick else [int(n) for n in args.lengths.split(",")]
-    alibi_length = 4096 if args.quick else 16384
-    results: dict[str, list] = {"window": [], "flex": [], "documents": [], "alibi": [], "decode": []}
+    alibi_lengths = {4096} if args.quick else {int(n) for n in args.alibi_lengths.split(",")}
+    if "window" not in sections:
+        lengths = sorted(alibi_lengths)
+    results: dict[str, list] = {section: [] for section in SECTIONS}
+    old = RESULTS / "local_attention.json"
+    previous = json.loads(old.read_text()) if old.exists() else {}
+
+    def save() -> None:  # after every row, so a run cut short keeps what it measured
+        write_results("local_attention", {"targets": TARGETS, **merged(previous, results)})
+
     for dtype in [getattr(torch, name) for name in args.dtypes.split(",")]:
-        results["window"] += window_rows(dtype, lengths, args.repeats)
-        if args.flex:
-            results["flex"].append(flex_row(dtype, 4096, args.repeats))
-        results["documents"].append(documents_row(dtype, args.repeats))
-        for length in sorted({alibi_length}):
-            results["alibi"].append(alibi_row(dtype, length, args.repeats))
-        results["decode"].append(decode_row(dtype, WINDOW))
+        if "window" in sections or "alibi" in sections:
+            for s in lengths:
+                alibi = "alibi" in sections and s in alibi_lengths
+                row, alibi_row = window_row(dtype, s, args.repeats, flex=args.flex and s <= 4096, alibi=alibi)
+                if "window" in sections:
+                    results["window"].append(row)
+                if alibi_row is not None:
+                    results["alibi"].append(alibi_row)
+                save()
+        if "documents" in sections:
+            results["documents"].append(documents_row(dtype, args.repeats))
+            save()
+        if "decode" in sections:
+            results["decode"].append(decode_row(dtype, WINDOW))
+            save()
     mib = 2**20
 
     def ms(r: dict, name: str) -> str:
@@ -324,7 +369,20 @@ def main() -> None:
         f"<= {TARGETS['window_memory']}x the unmasked call's peak)"
     )
     print_table(
-        ["dtype", "s", "mha ms", "dense masked ms", "causal ms", "vs dense", "mha MiB", "causal MiB", "mem ratio"],
+        [
+            "dtype",
+            "s",
+            "mha ms",
+            "dense masked ms",
+            "causal ms",
+            "flex eager ms",
+            "flex compiled ms",
+            "vs dense",
+            "vs causal",
+            "mha MiB",
+            "causal MiB",
+            "mem ratio",
+        ],
         [
             [
                 r["dtype"],
@@ -332,7 +390,10 @@ def main() -> None:
                 ms(r, "mha window"),
                 ms(r, "dense masked"),
                 ms(r, "causal, no window"),
+                ms(r, "flex eager"),
+                ms(r, "flex compiled"),
                 ratio(r["window_vs_dense"], r["dense_estimated"]),
+                ratio(r["window_vs_causal"]),
                 mem(r, "mha window"),
                 mem(r, "causal, no window"),
                 ratio(r["window_memory_vs_causal"]),
@@ -340,8 +401,6 @@ def main() -> None:
             for r in results["window"]
         ],
     )
-    for r in results["flex"]:
-        print("flex:", r)
     print(
         f"\n16 documents x 1,024 packed (target: <= {TARGETS['documents_dense']}x dense, "
         f"<= {TARGETS['documents_batch']}x the batch)"
@@ -370,10 +429,10 @@ def main() -> None:
                 r["dtype"],
                 r["s"],
                 ms(r, "mha alibi"),
-                ms(r, "plain causal"),
+                ms(r, "causal, no window"),
                 ratio(r["alibi_vs_causal"]),
                 mem(r, "mha alibi"),
-                mem(r, "plain causal"),
+                mem(r, "causal, no window"),
                 f"{r['dense_bias_bytes'] / mib:.0f}",
             ]
             for r in results["alibi"]
@@ -398,8 +457,8 @@ def main() -> None:
     )
     elapsed = time.perf_counter() - start
     print(f"\n{elapsed:.0f} s")
-    path = write_results("local_attention", {"targets": TARGETS, "elapsed_s": elapsed, "quick": args.quick, **results})
-    print(f"wrote {path}")
+    save()
+    print(f"wrote {RESULTS / 'local_attention.json'}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,13 @@ BIAS_ELEMENTS = 1 << 22  # the most numbers one block's ALiBi bias may hold (16 
 # documents one call each (1.6x at 16 x 1,024, benchmarks/local_attention.py), which repays
 # that much padding; beyond it the padded work costs more than the calls it saves.
 PAD_RATIO = 1.25
+# Causal ALiBi alone, without autograd: blocks of ALIBI_BLOCK queries, each against the keys
+# before it (no mask) and its own square (the kernel's causal flag), merged by log-sum-exp
+# (see _alibi_merged). Wide blocks keep the kernel on its largest tiles; each run of
+# ALIBI_CENTRE queries gets its own centre, so the added scores stay as small as in
+# blocks of that size (the rounding bound of _alibi_features).
+ALIBI_BLOCK = 4096
+ALIBI_CENTRE = 256
 
 Kernel = Callable[..., tuple[Tensor, "Tensor | None"]]
 
@@ -104,6 +111,11 @@ def plan(pattern: Pattern, s_q: int, s_kv: int, *, is_causal: bool, path: str) -
     how = "each block of queries goes to the fused kernel with the keys it can reach"
     if pattern.alibi and is_causal:
         how += ", ALiBi as one more query/key feature (no bias tensor)"
+        if pattern.window is None and pattern.documents is None:
+            how += (
+                f"; without autograd, blocks of {ALIBI_BLOCK} queries see the keys before them unmasked"
+                " and their own square causal, merged by log-sum-exp (no mask)"
+            )
     elif pattern.alibi:
         how += ", with its block of the ALiBi bias"
     if pattern.documents is not None and pattern.window is None and not pattern.alibi:
@@ -266,12 +278,17 @@ def attend(
             groups = _padded_documents(query, key, value, out, groups, offset, is_causal, scale, dropout_p)
     if scale is None:
         scale = query.shape[-1] ** -0.5  # the features below widen d: the scale must not follow
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    if features and pattern.window is None and pattern.documents is None and mask is None and not options:
+        if not grad and dropout_p == 0.0:
+            _alibi_merged(query, key, value, out, offset=offset, scale=scale)
+            return out
     # Consecutive blocks of the same shape and offset (a window's) share one mask: keep the
     # last one only, so memory stays one block's (ALiBi's blocks all differ).
     local_masks: dict[tuple[int, int, int], Tensor | None] = {}
     group = n_h // key.shape[1]
     reuse = None
-    if features and not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))):
+    if features and not grad:
         # Without autograd, the features are written once into whole-length copies, the keys' column in
         # place for each block: no per-block copies of the keys (seen: half the time of a 4k call).
         reuse = _AlibiBuffers(query, key, value, scale=scale, row_constant="sinks" in options)
@@ -375,6 +392,80 @@ def _alibi_features(
     q2 = F.pad(torch.cat([q, q_feat], -1), (0, width - q.shape[-1] - len(q_extra)))
     k2 = F.pad(torch.cat([k, k_feat], -1), (0, width - k.shape[-1] - len(k_extra)))
     return q2, k2, F.pad(v, (0, width - v.shape[-1]))
+
+
+def _alibi_merged(query: Tensor, key: Tensor, value: Tensor, out: Tensor, *, offset: int, scale: float) -> None:
+    """Causal ALiBi with no mask: per block, the keys before it and its own causal square, merged.
+
+    For queries at positions `[a, e)` the keys `[0, a)` are all visible (one
+    unmasked call) and the keys `[a, e)` form the square that the kernel's
+    own causal flag masks. Each call returns its rows' log-sum-exp, which
+    weighs the two results into the softmax over all `e` keys. The bias
+    comes as features ([`_centred_features`][mha._blockwise._centred_features]),
+    written in place into one widened copy of the keys. Writes `out`;
+    forward only (the kernels' log-sum-exp has no autograd).
+    """
+    d, d_v, s_kv = query.shape[-1], value.shape[-1], key.shape[2]
+    slopes = masks.slopes(query.shape[1], query.device).to(torch.float64) / scale  # (n_h,)
+    runs = -(-min(ALIBI_BLOCK, query.shape[2]) // ALIBI_CENTRE)  # features of the widest block
+    width = max(d + runs, d_v)
+    keys = F.pad(key, (0, width - d))  # (b, n_kv, s_kv, width): feature columns rewritten per block
+    values = F.pad(value, (0, width - d_v))
+    for a in range(offset, s_kv, ALIBI_BLOCK):
+        e = min(a + ALIBI_BLOCK, s_kv)
+        q_feat, k_feat = _centred_features(e - a, e, a, slopes)  # (n_h, e - a, f), (e, f)
+        f = q_feat.shape[-1]
+        keys[:, :, :e, d : d + f] = k_feat.to(keys.dtype)
+        q = F.pad(query[:, :, a - offset : e - offset], (0, width - d))  # (b, n_h, e - a, width)
+        q[..., d : d + f] = q_feat.to(q.dtype)
+        context, lse = _flash(q, keys[:, :, a:e], values[:, :, a:e], causal=True, scale=scale)
+        if a > 0:
+            past, past_lse = _flash(q, keys[:, :, :a], values[:, :, :a], causal=False, scale=scale)
+            top = torch.maximum(lse, past_lse)  # (b, n_h, e - a), float32
+            mine, theirs = (lse - top).exp_()[..., None], (past_lse - top).exp_()[..., None]
+            wide = torch.promote_types(context.dtype, lse.dtype)  # merge 16-bit results in float32
+            context = (context.to(wide) * mine + past.to(wide) * theirs) / (mine + theirs)
+        out[:, :, a - offset : e - offset] = context[..., :d_v]
+
+
+def _flash(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
+    """Attention and log-sum-exp for `n_h` query heads over `n_kv` key/value heads, one head width.
+
+    The CPU flash kernel reads grouped heads and strided keys as they are
+    (no copies); other devices go through [`mha._lse`][mha._lse].
+    """
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out, lse
+    from mha._lse import _attend_block  # mha._lse imports mha.functional, which imports this module
+
+    return _attend_block(q, k, v, causal, scale)
+
+
+def _centred_features(s_q: int, s_k: int, a: int, slopes: Tensor) -> tuple[Tensor, Tensor]:
+    """[`_alibi_features`][mha._blockwise._alibi_features] with one centre per run of `ALIBI_CENTRE` queries.
+
+    Run `r` of the queries (positions from `a + r · ALIBI_CENTRE`) has
+    `m_h / scale` in feature `r` and zeros in the others; key `j` has
+    `j - c_r` in feature `r`, `c_r` the middle of run `r`. A query's score
+    thus gains `m_h · (j - c_r)` from its own run's centre only (the zeros
+    add exactly nothing), so one call covers many runs at the rounding of
+    one run: the bound of `_alibi_features` with blocks of `ALIBI_CENTRE`.
+
+    Args:
+        s_q: queries, at positions `a, a+1, ...`.
+        s_k: keys, at positions `0, 1, ...`.
+        slopes: `(n_h,)` float64, already divided by the scale.
+
+    Returns:
+        The queries' features `(n_h, s_q, f)` and the keys' `(s_k, f)`, float64, `f` runs.
+    """
+    f = -(-s_q // ALIBI_CENTRE)
+    run = torch.arange(s_q, device=slopes.device) // ALIBI_CENTRE  # (s_q,)
+    one_hot = run[:, None] == torch.arange(f, device=slopes.device)[None]  # (s_q, f)
+    centres = a + ALIBI_CENTRE * torch.arange(f, device=slopes.device, dtype=torch.float64) + ALIBI_CENTRE // 2
+    k_feat = torch.arange(s_k, device=slopes.device, dtype=torch.float64)[:, None] - centres[None]  # (s_k, f)
+    return slopes[:, None, None] * one_hot, k_feat
 
 
 class _AlibiBuffers:

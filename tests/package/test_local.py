@@ -440,6 +440,34 @@ def test_causal_alibi_as_features_equals_the_float64_reference(dtype, window, pa
     assert_close(got.detach().double(), expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s_q,d_v", [(29, 3), (19, 11)])
+def test_causal_alibi_in_merged_blocks_equals_the_float64_reference(dtype, s_q, d_v, monkeypatch):
+    """Without autograd: blocks of 11 queries, a centre every 4, the past keys and the causal square merged."""
+    monkeypatch.setattr(_blockwise, "MIN_LENGTH", 1)
+    monkeypatch.setattr(_blockwise, "ALIBI_BLOCK", 11)
+    monkeypatch.setattr(_blockwise, "ALIBI_CENTRE", 4)
+    calls = []
+    merged = _blockwise._alibi_merged
+    monkeypatch.setattr(_blockwise, "_alibi_merged", lambda *a, **kw: calls.append(1) or merged(*a, **kw))
+    q, k, _ = _inputs(b=2, n_h=6, n_kv=2, s_q=s_q, s_kv=29, d=5, dtype=dtype)
+    v = torch.randn(2, 2, 29, d_v).to(dtype)  # d_v = 3 < d; 11 > d + 3 features
+    expected = reference(q, k, v, alibi=True, causal=True)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+    with torch.no_grad():
+        got, _ = attention(q, k, v, is_causal=True, alibi=True)
+    torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+    assert calls == [1]
+    # Under autograd the blocks keep their masks (the merge has no backward): gradients still exact.
+    q.requires_grad_()
+    got, _ = attention(q, k, v, is_causal=True, alibi=True)
+    assert calls == [1]
+    (grad,) = torch.autograd.grad(got.double().square().sum(), q)
+    q64 = q.detach().double().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(reference(q64, k, v, alibi=True, causal=True).square().sum(), q64)
+    torch.testing.assert_close(grad.double(), expected_grad, atol=tol * 10, rtol=tol * 10)
+
+
 @torch.no_grad()
 def test_causal_alibi_features_keep_the_row_constant_for_sinks(monkeypatch):
     """A sink joins the softmax, so ALiBi's constant per row matters: blockwise equals the dense bias."""
