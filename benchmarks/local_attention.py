@@ -320,6 +320,9 @@ def main() -> None:
     parser.add_argument("--cap", type=float, help="skip a contender estimated above this (s)", default=25.0)
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, e.g. float32")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
+    parser.add_argument(
+        "--estimate-from-json", action="store_true", help="extrapolate skipped calls from the JSON's rows too"
+    )
     args = parser.parse_args()
     info = machine()
     print(f"CPU: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['torch_threads']} threads")
@@ -333,6 +336,12 @@ def main() -> None:
     results: dict[str, list] = {section: [] for section in SECTIONS}
     old = RESULTS / "local_attention.json"
     previous = json.loads(old.read_text()) if old.exists() else {}
+
+    if args.estimate_from_json:  # a split run: the smaller sizes ran in an earlier invocation
+        for r in previous.get("window", []):
+            for name, t in r["times_s"].items():
+                unit = r["s"] if name in ("mha window", "flex compiled") else r["s"] ** 2
+                PER_UNIT[(name, f"torch.{r['dtype']}")] = t / unit
 
     def save() -> None:  # after every row, so a run cut short keeps what it measured
         write_results("local_attention", {"targets": TARGETS, **merged(previous, results)})
