@@ -54,6 +54,13 @@ FONT = 15  # points; at dpi 110 a 550-px image shown on a 390-px phone keeps the
 # table NAME.md gets a NAME.zh.md that the Chinese pages include. Longer
 # phrases first, so a phrase is translated before the words inside it.
 ZH = [
+    (
+        ": medians of interleaved repetitions in one process per length; a call longer than 25 s ran once; (est.): "
+        "extrapolated as s² from the smaller length, not run. Ratios divide by a call of the same dtype measured in "
+        "the same run.",
+        "：每个长度在一个进程内交错重复测量，取中位数；超过 25 s 的调用只运行一次；（估计）：由较短长度按 s² "
+        "外推，未实际运行。比值的分母是同一次运行中测得的同一 dtype 的调用。",
+    ),
     ("Measured on ", "测于 "),
     (", Python ", "，Python "),
     (
@@ -133,6 +140,8 @@ ZH = [
     ("a batch of 16 ", "16 个一批 "),
     ("(est.)", "（估计）"),
     ("plain causal ", "普通因果 "),
+    ("flex_attention, eager ", "flex_attention（eager） "),
+    ("flex_attention, compiled ", "flex_attention（编译） "),
     ("ALiBi, s = ", "ALiBi，s = "),
     ("(peak ", "(峰值 "),
     ("; a dense bias: ", "；稠密偏置："),
@@ -534,63 +543,125 @@ def prefill_table() -> None:
     _write_table("hf-static-prefill-table", "\n".join(rows) + "\n")
 
 
+# The local-attention chart's words, per language.
+LOCAL_WORDS = {
+    "en": {
+        "window": "Window 512, causal: time per call\n(log scale, lower is better)",
+        "ms": "ms (median)",
+        "mha window": "mha",
+        "causal, no window": "causal, no window",
+        "dense masked": "dense band mask",
+        "flex eager": "flex_attention, eager",
+        "flex compiled": "flex_attention, compiled",
+        "not run": "not run",
+        "right": "16 documents x 1,024 packed; ALiBi\n(lower is better)",
+        "mha documents": "mha, documents",
+        "batch of documents": "a batch of 16",
+        "dense block-diagonal": "dense block-diagonal",
+        "mha alibi": "mha, ALiBi",
+        "plain causal": "plain causal",
+    },
+    "zh": {
+        "window": "窗口 512，因果：每次调用的时间\n（对数坐标，越低越好）",
+        "ms": "毫秒（中位数）",
+        "mha window": "mha",
+        "causal, no window": "无窗口的因果",
+        "dense masked": "稠密带状掩码",
+        "flex eager": "flex_attention（eager）",
+        "flex compiled": "flex_attention（编译）",
+        "not run": "未运行",
+        "right": "16 个文档 × 1,024 打包；ALiBi\n（越低越好）",
+        "mha documents": "mha，文档",
+        "batch of documents": "16 个一批",
+        "dense block-diagonal": "稠密块对角掩码",
+        "mha alibi": "mha，ALiBi",
+        "plain causal": "普通因果",
+    },
+}
+
+
+def _causal(r: dict) -> float | None:
+    """The unmasked causal call's time of an ALiBi row (named "plain causal" in older results)."""
+    t = r["times_s"]
+    return t.get("causal, no window", t.get("plain causal"))
+
+
 def local_attention_figures() -> None:
-    """Window, documents and ALiBi against their dense masks (benchmarks/local_attention.py)."""
+    """Window, documents and ALiBi against their dense masks and flex_attention (benchmarks/local_attention.py).
+
+    Light and dark, English (local-attention*.png) and Chinese (local-attention-zh*.png).
+    """
     result = json.loads((RESULTS / "local_attention.json").read_text())
     machine = result["machine"]
-    colors = {"mha": "#3f51b5", "dense": "#ee6c4d", "other": "#8d99ae"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
-    rows = [r for r in result["window"] if r["dtype"] == "float32"]
-    for i, r in enumerate(rows):
-        t = r["times_s"]
-        dense = t.get("dense masked")
-        bars = [("mha", t["mha window"] * 1e3)]
-        for kind, name in (("other", "causal, no window"), ("dense", "dense masked")):
-            if t.get(name) is not None:  # the long runs skip the calls that would take minutes
-                bars.append((kind, t[name] * 1e3))
-        for j, (kind, value) in enumerate(bars):
-            left.bar(i + (j - 1) * 0.27, value, 0.25, color=colors[kind])
-            left.text(i + (j - 1) * 0.27, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
-        if dense is None:
-            left.text(i + 0.27, 0, "not run", ha="center", va="bottom", fontsize=8, rotation=90)
-    left.set_xticks(range(len(rows)), [f"s = {r['s']:,}" for r in rows])
-    left.set_yscale("log")
-    left.set_ylabel("milliseconds (median, log scale)")
-    left.set_title("Window 512, causal: mha blockwise (blue),\nfull causal (grey), dense band mask (orange)")
-    labels, values, kinds = [], [], []
-    for r in result["documents"]:
-        for name, kind in (
-            ("mha documents", "mha"),
-            ("batch of documents", "other"),
-            ("dense block-diagonal", "dense"),
-        ):
-            if name in r["times_s"]:
-                labels.append(f"{name}\n{r['dtype']}")
-                values.append(r["times_s"][name] * 1e3)
+    colors = {
+        "mha window": "#5c6bc0",
+        "causal, no window": "#8d99ae",
+        "dense masked": "#ee6c4d",
+        "flex eager": "#2a9d8f",
+        "flex compiled": "#e9c46a",
+    }
+    contenders = list(colors)
+
+    def draw(words: dict):
+        fig, (left, right) = plt.subplots(2, 1, figsize=(5.5, 10), constrained_layout=True)
+        rows = result["window"]
+        width = 0.8 / len(contenders)
+        for i, r in enumerate(rows):
+            for j, name in enumerate(contenders):
+                x = i + (j - (len(contenders) - 1) / 2) * width
+                if name in r["times_s"]:
+                    left.bar(x, r["times_s"][name] * 1e3, width, color=colors[name])
+                else:
+                    left.text(x, 1, words["not run"], ha="center", va="bottom", fontsize=CHART_FONT - 6, rotation=90)
+        for name in contenders:
+            left.bar(0, 0, 0, color=colors[name], label=words[name])
+        left.set_xticks(range(len(rows)), [f"{r['dtype']}\ns={r['s'] // 1024}k" for r in rows], fontsize=CHART_FONT - 3)
+        left.set_yscale("log")
+        left.set_ylabel(words["ms"])
+        left.set_title(words["window"], fontsize=CHART_FONT)
+        left.legend(fontsize=CHART_FONT - 4, loc="upper left")
+        labels, values, kinds = [], [], []
+        for r in result["documents"]:
+            for name, kind in (
+                ("mha documents", "mha window"),
+                ("batch of documents", "causal, no window"),
+                ("dense block-diagonal", "dense masked"),
+            ):
+                if name in r["times_s"]:
+                    labels.append(f"{words[name]}, {r['dtype']}")
+                    values.append(r["times_s"][name] * 1e3)
+                    kinds.append(kind)
+        for r in result["alibi"]:
+            for label, value, kind in (
+                ("mha alibi", r["times_s"]["mha alibi"], "mha window"),
+                ("plain causal", _causal(r), "causal, no window"),
+            ):
+                labels.append(f"{words[label]}, s={r['s'] // 1024}k, {r['dtype']}")
+                values.append(value * 1e3)
                 kinds.append(kind)
-    for r in result["alibi"]:
-        for name, kind in (("mha alibi", "mha"), ("plain causal", "other")):
-            labels.append(f"{name} s={r['s']:,}\n{r['dtype']}")
-            values.append(r["times_s"][name] * 1e3)
-            kinds.append(kind)
-    right.barh(range(len(values)), values, color=[colors[k] for k in kinds])
-    for i, value in enumerate(values):
-        right.text(value, i, f" {value:.0f}", va="center", fontsize=8)
-    right.set_yticks(range(len(labels)), labels, fontsize=7)
-    right.invert_yaxis()
-    right.set_xlabel("milliseconds (median)")
-    right.set_title("16 documents x 1,024 packed; ALiBi")
-    fig.suptitle(
-        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; 16 heads, 4 key/value heads, d=64",
-        fontsize=9,
-    )
-    fig.savefig(IMAGES / "local-attention.png", dpi=110)
-    plt.close(fig)
+        right.barh(range(len(values)), values, color=[colors[k] for k in kinds])
+        for i, value in enumerate(values):
+            right.text(value, i, f" {value:,.0f}", va="center", fontsize=CHART_FONT - 5)
+        right.set_yticks(range(len(labels)), labels, fontsize=CHART_FONT - 5)
+        right.invert_yaxis()
+        right.set_xscale("log")
+        right.set_xlabel(words["ms"])
+        right.set_title(words["right"], fontsize=CHART_FONT)
+        right.margins(x=0.25)
+        fig.suptitle(
+            f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}\n16 heads, 4 key/value heads, d=64",
+            fontsize=CHART_FONT - 4,
+        )
+        return fig
+
+    for lang, words in LOCAL_WORDS.items():
+        with plt.rc_context({"font.family": CJK_FONTS}):
+            _chart_variants(lambda words=words: draw(words), IMAGES / f"local-attention{FILE_SUFFIX[lang]}.png")
     _write_table("local-attention-table", _local_table(result))
 
 
 def _local_table(result: dict) -> str:
-    """The benchmark's ratios, one row per case (lower is better); estimates say so."""
+    """The benchmark's ratios, one row per case (lower is better); estimates and calls not run say so."""
 
     def ms(r: dict, name: str) -> str:
         return f"{r['times_s'][name] * 1e3:,.0f} ms" if name in r["times_s"] else "not run"
@@ -600,13 +671,26 @@ def _local_table(result: dict) -> str:
 
     rows = ["| case | dtype | mha | compared with | mha / compared (lower is better) |", "|---|---|---|---|---|"]
     for r in result["window"]:
+        case = f"window 512, s = {r['s']:,}"
         rows.append(
-            f"| window 512, s = {r['s']:,} | {r['dtype']} | {ms(r, 'mha window')} | dense band mask "
-            f"{ms(r, 'dense masked')} | {ratio(r['window_vs_dense'], r['dense_estimated'])} |"
+            f"| {case} | {r['dtype']} | {ms(r, 'mha window')} | dense band mask {ms(r, 'dense masked')} | "
+            f"{ratio(r['window_vs_dense'], r['dense_estimated'])} |"
         )
+        rows.append(
+            f"| {case} | {r['dtype']} | {ms(r, 'mha window')} | unmasked causal call {ms(r, 'causal, no window')} | "
+            f"{ratio(r.get('window_vs_causal'))} |"
+        )
+        for name, key, label in (
+            ("flex eager", "window_vs_flex_eager", "flex_attention, eager"),
+            ("flex compiled", "window_vs_flex_compiled", "flex_attention, compiled"),
+        ):
+            if r.get(key) is not None:
+                rows.append(
+                    f"| {case} | {r['dtype']} | {ms(r, 'mha window')} | {label} {ms(r, name)} | {ratio(r[key])} |"
+                )
         if r["window_memory_vs_causal"] is not None:
             rows.append(
-                f"| window 512, s = {r['s']:,}, peak memory | {r['dtype']} | "
+                f"| {case}, peak memory | {r['dtype']} | "
                 f"{r['peak_bytes']['mha window'] / 2**20:,.0f} MiB | unmasked causal call "
                 f"{r['peak_bytes']['causal, no window'] / 2**20:,.0f} MiB | "
                 f"{ratio(r['window_memory_vs_causal'])} |"
@@ -623,10 +707,11 @@ def _local_table(result: dict) -> str:
         )
     for r in result["alibi"]:
         peak = r["peak_bytes"].get("mha alibi")
+        causal = _causal(r)
         rows.append(
             f"| ALiBi, s = {r['s']:,} (peak {peak / 2**20:,.0f} MiB; a dense bias: "
             f"{r['dense_bias_bytes'] / 2**20:,.0f} MiB) | {r['dtype']} | {ms(r, 'mha alibi')} | plain causal "
-            f"{ms(r, 'plain causal')} | {ratio(r['alibi_vs_causal'])} |"
+            f"{causal * 1e3:,.0f} ms | {ratio(r['alibi_vs_causal'])} |"
         )
     for r in result["decode"]:
         rows.append(
@@ -634,6 +719,13 @@ def _local_table(result: dict) -> str:
             f"| {r['dtype']} | last quarter {r['last_quarter_s'] * 1e3:.2f} ms/token | first quarter "
             f"{r['first_quarter_s'] * 1e3:.2f} ms/token | {ratio(r['last_vs_first'])} |"
         )
+    machine = result["machine"]
+    rows.append("")
+    rows.append(
+        f"Measured on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}: medians of interleaved "
+        "repetitions in one process per length; a call longer than 25 s ran once; (est.): extrapolated as s² from "
+        "the smaller length, not run. Ratios divide by a call of the same dtype measured in the same run."
+    )
     return "\n".join(rows) + "\n"
 
 
