@@ -46,8 +46,10 @@ PAD_RATIO = 1.25
 # before it (no mask) and its own square (the kernel's causal flag), merged by log-sum-exp
 # (see _alibi_merged). Wide blocks keep the kernel on its largest tiles; each run of
 # ALIBI_CENTRE queries gets its own centre, so the added scores stay as small as in
-# blocks of that size (the rounding bound of _alibi_features).
-ALIBI_BLOCK = 4096
+# blocks of that size (the rounding bound of _alibi_features). Each centre is one more
+# feature, and the kernel's time grows with the width (d = 64: 72 with 8 centres, 80 with 16;
+# at 4k the single call of width 80 took 1.32x plain causal, benchmarks/local_attention.py).
+ALIBI_BLOCK = 2048
 ALIBI_CENTRE = 256
 
 Kernel = Callable[..., tuple[Tensor, "Tensor | None"]]
@@ -286,6 +288,7 @@ def attend(
     # Consecutive blocks of the same shape and offset (a window's) share one mask: keep the
     # last one only, so memory stays one block's (ALiBi's blocks all differ).
     local_masks: dict[tuple[int, int, int], Tensor | None] = {}
+    additive: dict[tuple[int, int, int], Tensor] = {}
     group = n_h // key.shape[1]
     reuse = None
     if features and not grad:
@@ -331,8 +334,19 @@ def attend(
             if user is None and not options:
                 # Each query's own position is among its keys, so no row is empty:
                 # straight to the kernel, without the guard for empty rows.
-                if local is not None and local.dtype != torch.bool:
-                    local = local.to(query.dtype)  # the kernel takes a float mask in the query's dtype
+                if local is not None and geometry not in additive:
+                    # The kernel takes an additive mask in the query's dtype: convert once per
+                    # geometry (a window's blocks share one), not in every call.
+                    additive.clear()
+                    additive[geometry] = (
+                        torch.zeros(local.shape, dtype=query.dtype, device=query.device).masked_fill(
+                            ~local, float("-inf")
+                        )
+                        if local.dtype == torch.bool
+                        else local.to(query.dtype)
+                    )
+                if local is not None:
+                    local = additive[geometry]
                 context = F.scaled_dot_product_attention(
                     q_blk,
                     k_blk,

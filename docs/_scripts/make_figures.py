@@ -560,6 +560,7 @@ LOCAL_WORDS = {
         "dense block-diagonal": "dense block-diagonal",
         "mha alibi": "mha, ALiBi",
         "plain causal": "plain causal",
+        "setup": "{cpu}, {cores} cores, torch {torch}\n16 heads, 4 key/value heads, d=64",
     },
     "zh": {
         "window": "窗口 512，因果：每次调用的时间\n（对数坐标，越低越好）",
@@ -576,6 +577,7 @@ LOCAL_WORDS = {
         "dense block-diagonal": "稠密块对角掩码",
         "mha alibi": "mha，ALiBi",
         "plain causal": "普通因果",
+        "setup": "{cpu}，{cores} 核，torch {torch}\n16 个头，4 个键/值头，d=64",
     },
 }
 
@@ -603,7 +605,7 @@ def local_attention_figures() -> None:
     contenders = list(colors)
 
     def draw(words: dict):
-        fig, (left, right) = plt.subplots(2, 1, figsize=(5.5, 10), constrained_layout=True)
+        fig, (left, right) = plt.subplots(2, 1, figsize=(6, 11), constrained_layout=True)
         rows = result["window"]
         width = 0.8 / len(contenders)
         for i, r in enumerate(rows):
@@ -612,14 +614,24 @@ def local_attention_figures() -> None:
                 if name in r["times_s"]:
                     left.bar(x, r["times_s"][name] * 1e3, width, color=colors[name])
                 else:
-                    left.text(x, 1, words["not run"], ha="center", va="bottom", fontsize=CHART_FONT - 6, rotation=90)
+                    left.text(
+                        x,
+                        0.02,
+                        words["not run"],
+                        ha="center",
+                        va="bottom",
+                        fontsize=CHART_FONT - 7,
+                        rotation=90,
+                        transform=left.get_xaxis_transform(),
+                    )
         for name in contenders:
             left.bar(0, 0, 0, color=colors[name], label=words[name])
         left.set_xticks(range(len(rows)), [f"{r['dtype']}\ns={r['s'] // 1024}k" for r in rows], fontsize=CHART_FONT - 3)
         left.set_yscale("log")
         left.set_ylabel(words["ms"])
         left.set_title(words["window"], fontsize=CHART_FONT)
-        left.legend(fontsize=CHART_FONT - 4, loc="upper left")
+        left.legend(fontsize=CHART_FONT - 5, loc="upper left")
+        left.margins(y=0.3)
         labels, values, kinds = [], [], []
         for r in result["documents"]:
             for name, kind in (
@@ -628,7 +640,7 @@ def local_attention_figures() -> None:
                 ("dense block-diagonal", "dense masked"),
             ):
                 if name in r["times_s"]:
-                    labels.append(f"{words[name]}, {r['dtype']}")
+                    labels.append(f"{words[name]}\n{r['dtype']}")
                     values.append(r["times_s"][name] * 1e3)
                     kinds.append(kind)
         for r in result["alibi"]:
@@ -636,7 +648,7 @@ def local_attention_figures() -> None:
                 ("mha alibi", r["times_s"]["mha alibi"], "mha window"),
                 ("plain causal", _causal(r), "causal, no window"),
             ):
-                labels.append(f"{words[label]}, s={r['s'] // 1024}k, {r['dtype']}")
+                labels.append(f"{words[label]}\ns={r['s'] // 1024}k, {r['dtype']}")
                 values.append(value * 1e3)
                 kinds.append(kind)
         right.barh(range(len(values)), values, color=[colors[k] for k in kinds])
@@ -648,10 +660,7 @@ def local_attention_figures() -> None:
         right.set_xlabel(words["ms"])
         right.set_title(words["right"], fontsize=CHART_FONT)
         right.margins(x=0.25)
-        fig.suptitle(
-            f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}\n16 heads, 4 key/value heads, d=64",
-            fontsize=CHART_FONT - 4,
-        )
+        fig.suptitle(words["setup"].format(**machine), fontsize=CHART_FONT - 4)
         return fig
 
     for lang, words in LOCAL_WORDS.items():
