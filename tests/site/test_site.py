@@ -182,24 +182,39 @@ def _layout_problems(page) -> list[str]:
     )
 
 
-def test_every_page_loads_cleanly(site, bases, browser):
-    """No console error, failed request or external request; nothing wider than the screen,
-    on a phone or a desktop. One crawl: each page loads once, on a phone, then the window
-    widens to a desktop's; the pages alternate between the two bases (every href and src
-    is checked at both by test_no_broken_links_or_assets)."""
-    pages = _pages(site)
-    assert "class-diagram/" in pages and "zh/class-diagram/" in pages
-    for i, path in enumerate(pages):
+@pytest.fixture(scope="module")
+def crawl(site, bases, browser) -> dict[str, dict]:
+    """Every page loaded once, for the two tests that read every page: on a phone, then the
+    window widens to a desktop's; the pages alternate between the two bases (every href and
+    src is checked at both by test_no_broken_links_or_assets). Per page: its title, what went
+    wrong loading it, its layout problems at each width, and what each >>> block's copy
+    button copies (None on a page without such blocks)."""
+    seen = {}
+    for i, path in enumerate(_pages(site)):
         page, errors = browser.open(bases[("subpath", "root")[i % 2]] + path, width=PHONE, wait="load")
         if page.locator(".arithmatex").count():
             page.wait_for_function("() => !document.querySelector('.arithmatex:not(:has(.katex))')")
-        assert page.title(), path
+        problems = []
         for width in (PHONE, DESKTOP):
             page.set_viewport_size({"width": width, "height": 900})
-            problems = _layout_problems(page)
-            assert not problems, f"{path} at {width}px: {problems}"
-        assert not errors, f"{path}: {errors}"
+            problems += [f"at {width}px: {problem}" for problem in _layout_problems(page)]
+        copied = None
+        if "language-pycon" in (site / path / "index.html").read_text(encoding="utf-8"):
+            page.wait_for_selector("button[data-md-type=copy]", state="attached")
+            copied = page.evaluate(COPY_ALL)
+        seen[path] = {"title": page.title(), "errors": list(errors), "problems": problems, "copied": copied}
         page.context.close()
+    return seen
+
+
+def test_every_page_loads_cleanly(crawl, browser):
+    """No console error, failed request or external request; nothing wider than the screen,
+    on a phone or a desktop."""
+    assert "class-diagram/" in crawl and "zh/class-diagram/" in crawl
+    for path, seen in crawl.items():
+        assert seen["title"], path
+        assert not seen["errors"], f"{path}: {seen['errors']}"
+        assert not seen["problems"], f"{path}: {seen['problems']}"
     assert not browser.blocked, f"requests to other hosts: {browser.blocked}"
 
 
@@ -355,21 +370,18 @@ def _doctested_code(path: str) -> list[str] | None:
     return _code_lines("".join(e.source for e in examples)) if examples else None
 
 
-def test_every_copied_block_runs(site, server, browser, tmp_path):
-    """Copy each >>> block with its button; each page's blocks, in order, run as one script,
+def test_every_copied_block_runs(crawl, tmp_path):
+    """Each >>> block as its button copies it (in the crawl); each page's blocks, in order, run as one script,
     and pasted line by line into `code.InteractiveConsole`, the plain `python` REPL.
 
     A page built from Markdown whose examples pytest runs as doctests is not run a second time:
     its copied code must be exactly the doctest's code, which runs. The other pages (the API
     reference) run as scripts."""
     pasted, scripts = {}, []
-    for path in _pages(site):
-        if "language-pycon" not in (site / path / "index.html").read_text(encoding="utf-8"):
+    for path, seen in crawl.items():
+        copied = seen["copied"]
+        if copied is None:
             continue
-        page, _ = browser.open(server + path, wait="load")
-        page.wait_for_selector("button[data-md-type=copy]", state="attached")
-        copied = page.evaluate(COPY_ALL)
-        page.context.close()
         assert all(isinstance(c, str) for c in copied), f"{path}: a copy button copied nothing"
         for text in copied:
             assert ">>>" not in text and not re.search(r"^\.\.\. ", text, re.M), f"{path}: prompt copied"
