@@ -248,8 +248,8 @@ def attend(
 ) -> Tensor:
     """The context of `pattern`, one block of queries at a time.
 
-    `kernel(q, k, v, mask, is_causal, scale, dropout_p, path)` is
-    [`mha.functional.attend`][mha.functional.attend]: each block runs on the fused
+    `kernel(q, k, v, mask=..., is_causal=..., scale=..., dropout_p=..., path=...)` is
+    `mha._kernels.attend_unchecked`: each block runs on the fused
     path with its own small mask, and a row with no allowed key gets zeros
     there. `mask` is the caller's, 4-D or `None`. `options` go to every
     block's kernel call: per-row options (a sink logit, soft-capping) stay
@@ -359,7 +359,17 @@ def attend(
                 )
             else:
                 block_mask = masks._combine(local, user)  # ALiBi's float32 first
-                context, _ = kernel(q_blk, k_blk, v_blk, block_mask, causal, scale, dropout_p, "fused", **options)
+                context, _ = kernel(
+                    q_blk,
+                    k_blk,
+                    v_blk,
+                    mask=block_mask,
+                    is_causal=causal,
+                    scale=scale,
+                    dropout_p=dropout_p,
+                    path="fused",
+                    **options,
+                )
             out[rows, :, a - offset : e - offset] = context[..., : out.shape[-1]]
     return out
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mha import functional, masks
+from mha import _kernels, functional, masks
 from mha._sinks import sink_softmax
 
 __all__: list[str] = []  # internal: used by mha.functional
@@ -41,7 +41,7 @@ def chunk_rows(b: int, n_h: int, s_q: int, s_kv: int, dtype: torch.dtype) -> int
     """How many query rows one chunk takes, so its scores fit in `SCORE_BUDGET` bytes."""
     if _tracing():
         return s_q
-    itemsize = torch.empty((), dtype=functional._accumulation_dtype(dtype)).element_size()
+    itemsize = torch.empty((), dtype=_kernels.accumulation_dtype(dtype)).element_size()
     return max(1, min(s_q, SCORE_BUDGET // max(1, b * n_h * s_kv * itemsize)))
 
 
@@ -49,20 +49,20 @@ def attend(
     query: Tensor,
     key: Tensor,
     value: Tensor,
+    *,
     mask: Tensor | None,
     is_causal: bool,
     scale: float | None,
     dropout_p: float,
-    *,
     softcap: float | None,
     sinks: Tensor | None,
     need_weights: bool,
     guard: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """`mha.functional.attend` on the math path, one chunk of queries at a time.
+    """`mha._kernels.attend_unchecked` on the math path, one chunk of queries at a time.
 
     `guard=False` skips zeroing the key/value positions the mask blocks for
-    every query of the call (as `mha.functional.attend`'s `guard`).
+    every query of the call (as `mha._kernels.attend_unchecked`'s `guard`).
     Returns `(context, weights)`; `weights` (all rows) only when `need_weights`.
     """
     b, n_h, s_q = query.shape[:3]
@@ -74,7 +74,7 @@ def attend(
         # Once for the whole call, not per chunk: a position blocked for every query
         # holds anything (inf, NaN) and must not reach any row's scores or context.
         blocked = _blocked_columns(mask, is_causal, s_q, s_kv, key.shape[1], rows)
-        key, value = functional._zero_blocked(key, blocked), functional._zero_blocked(value, blocked)
+        key, value = _kernels.zero_blocked(key, blocked), _kernels.zero_blocked(value, blocked)
     if _tracing():
         # One chunk: a loop over symbolic sizes would pin them in the graph.
         context, w = _rows(query, key, value, mask, is_causal, 0, s_q, scale, dropout_p, softcap, sinks)
@@ -159,19 +159,19 @@ def _chunk(
     b, n_h, rows, d = query.shape
     n_kv, s_kv = key.shape[1], key.shape[2]
     group = n_h // n_kv
-    prepared = functional._prepare_mask(
+    prepared = _kernels.prepare_mask(
         mask, False, s_q=rows, s_kv=s_kv, scale=scale, guard=False, n_kv=n_kv, device=query.device
     )
-    mask, keep = functional._fit_mask(prepared.mask, query.dtype), prepared.keep
-    acc = functional._accumulation_dtype(query.dtype)
+    mask, keep = _kernels.fit_mask(prepared.mask, query.dtype), prepared.keep
+    acc = _kernels.accumulation_dtype(query.dtype)
     scale = d**-0.5 if scale is None else scale
     if _tracing():
         # Folding the heads' rows together traces into size guards that pin the length
         # (seen with torch.export): under tracing the keys are repeated per head instead.
-        key, value = functional._repeat_kv(key, group), functional._repeat_kv(value, group)
+        key, value = _kernels.repeat_kv(key, group), _kernels.repeat_kv(value, group)
         group = 1
     # The g query heads of a key/value head as one longer sequence: keys are never copied per head.
-    folded = functional._fold_groups(query.to(acc), group)  # (b, n_kv, g * rows, d)
+    folded = _kernels.fold_groups(query.to(acc), group)  # (b, n_kv, g * rows, d)
     scores = (folded @ key.to(acc).transpose(-2, -1)).reshape(b, n_h, rows, s_kv) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap  # before the mask, as Gemma 2 does
@@ -183,5 +183,5 @@ def _chunk(
     weights = weights.to(query.dtype)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
-    context = functional._fold_groups(weights, group) @ value  # (b, n_kv, g * rows, d_v)
+    context = _kernels.fold_groups(weights, group) @ value  # (b, n_kv, g * rows, d_v)
     return context.reshape(b, n_h, rows, value.shape[-1]), weights

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from mha import _attention_checks, _blockwise, _checks, masks
 from mha._blockwise import Pattern
+from mha._kernels import attend_unchecked, requested_path
 from mha.cache import KVCache
-from mha.functional import Dispatch, attend, choose_path, path_for
+from mha.functional import Dispatch, choose_path
 from mha.rolling import RollingKVCache
 from mha.rotary import Angles
 
@@ -91,17 +92,17 @@ def _kernel(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Split heads in, merged context (and weights) out, on the path the module's options pick."""
     dropout_p = attention.dropout if attention.training else 0.0
-    path = path_for(need_weights, attention.backend)
+    path = requested_path(need_weights, attention.backend)
     sinks, softcap = _local_sinks(attention), attention.softcap
-    context, weights = attend(
+    context, weights = attend_unchecked(
         q,
         k,
         v,
-        mask,
-        is_causal,
-        attention.scale,
-        dropout_p,
-        path,
+        mask=mask,
+        is_causal=is_causal,
+        scale=attention.scale,
+        dropout_p=dropout_p,
+        path=path,
         guard=guard,
         sinks=sinks,
         softcap=softcap,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from mha.functional import _fold_groups, _repeat_kv
+from mha._kernels import fold_groups, repeat_kv
 
 __all__: list[str] = []  # internal
 
@@ -160,8 +160,8 @@ def _attend_block(
     if group == 1:
         return _block_forward(q, k, v, causal, scale, mask)
     if causal or mask is not None:
-        return _block_forward(q, _repeat_kv(k, group), _repeat_kv(v, group), causal, scale, mask)
-    out, lse = _block_forward(_fold_groups(q, group), k, v, False, scale)
+        return _block_forward(q, repeat_kv(k, group), repeat_kv(v, group), causal, scale, mask)
+    out, lse = _block_forward(fold_groups(q, group), k, v, False, scale)
     return out.reshape(*q.shape[:3], v.shape[-1]), lse.reshape(q.shape[:3])
 
 
@@ -181,9 +181,9 @@ def _attend_block_backward(
     if group == 1:
         return _block_backward(grad, q, k, v, out, lse, causal, scale, mask)
     if causal or mask is not None:
-        dq, dk, dv = _block_backward(grad, q, _repeat_kv(k, group), _repeat_kv(v, group), out, lse, causal, scale, mask)
+        dq, dk, dv = _block_backward(grad, q, repeat_kv(k, group), repeat_kv(v, group), out, lse, causal, scale, mask)
         # The query heads of a group share a key/value head: sum their gradients.
         return dq, dk.unflatten(1, (-1, group)).sum(2), dv.unflatten(1, (-1, group)).sum(2)
-    grad, folded_q, out, lse = (_fold_groups(t, group) for t in (grad, q, out, lse))
+    grad, folded_q, out, lse = (fold_groups(t, group) for t in (grad, q, out, lse))
     dq, dk, dv = _block_backward(grad, folded_q, k, v, out, lse, False, scale)
     return dq.reshape(q.shape), dk, dv

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
+from mha._kernels import attend_one_query
 from mha.cache import KVCache
-from mha.functional import attend_token
 
 if TYPE_CHECKING:
     from mha.attention import Attention, MultiHeadAttention
@@ -116,7 +116,7 @@ def _attend(attention: Attention, query: Tensor, key: Tensor, value: Tensor, cac
         qk = attention.positional.rotate(torch.cat((q, k), dim=1), angles)
         q, k = qk[:, :n_h], qk[:, n_h:]
     keys, values = cache._write_token(k, value.reshape(b, -1, attention.v_head_dim))
-    return attend_token(q, keys, values, attention.scale).view(b, 1, -1)
+    return attend_one_query(q, keys, values, attention.scale).view(b, 1, -1)
 
 
 def _is_bare_linear(module: nn.Module) -> bool:

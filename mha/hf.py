@@ -15,7 +15,7 @@ math path when the model asks for the weights (`output_attentions=True`).
 
 Every keyword a model passes to the attention function is in one of three
 tables: folded into the mask (`position_bias`, `indices`, `block_indices`),
-passed to [`attend`][mha.functional.attend] (`s_aux`/`sinks` as one sink
+passed to the attention kernel (`s_aux`/`sinks` as one sink
 logit per head, `softcap`), or known to need nothing (`sliding_window` is
 already in the mask, ...). Any other keyword with a value raises, so a new
 feature in a new model fails loudly.
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from mha import _checks, masks
-from mha.functional import attend
+from mha._kernels import attend_unchecked
 
 __all__ = ["NAME", "attention_forward", "mask_function", "register"]
 
@@ -61,7 +61,7 @@ _NO_EFFECT = {
 # Keywords mha cannot compute: keyword -> the feature's name. Empty today; a
 # keyword whose value mha cannot take in some models is refused by its check below.
 _REFUSED: dict[str, str] = {}
-# Keywords passed through to mha.functional.attend: Transformers' keyword -> attend's.
+# Keywords passed through to mha._kernels.attend_unchecked: Transformers' keyword -> its.
 # gpt-oss, DeepSeek-V4, Granite-SWA, ... pass their sinks as s_aux; Gemma 2 and
 # VaultGemma pass softcap, applied as cap * tanh(scores / cap) before the mask, as mha does.
 _CORE_OPTIONS = {"s_aux": "sinks", "sinks": "sinks", "softcap": "softcap"}
@@ -126,7 +126,9 @@ def attention_forward(
     causal = bool(causal) and attention_mask is None and query.shape[2] > 1
     mask = _fold_keywords(module, query, key, attention_mask, kwargs)
     path = "math" if _weights_requested(kwargs) else "fused"  # only the math path has weights
-    context, weights = attend(query, key, value, mask, causal, scaling, dropout, path, **options)
+    context, weights = attend_unchecked(
+        query, key, value, mask=mask, is_causal=causal, scale=scaling, dropout_p=dropout, path=path, **options
+    )
     return context.transpose(1, 2).contiguous(), weights
 
 
@@ -138,7 +140,7 @@ def _known_keywords() -> frozenset[str]:
 
 
 def _check_keywords(module: nn.Module, attention_mask: Tensor | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Refuse what mha cannot compute; return the options for `attend`."""
+    """Refuse what mha cannot compute; return the options for `attend_unchecked`."""
     for name, value in kwargs.items():
         if value is None or value is False or name in _FOLDED or name in _NO_EFFECT or name == "output_attentions":
             continue

@@ -60,9 +60,13 @@ def causal_mask(s_q: int, s_kv: int | None = None, *, device: torch.device | str
         tensor([[1, 1, 1, 0],
                 [1, 1, 1, 1]], dtype=torch.int32)
     """
+    return causal(*_lengths(s_q, s_kv), device)
+
+
+def _lengths(s_q: object, s_kv: object) -> tuple[int, int]:
+    """A mask helper's `s_q` and `s_kv` (which defaults to `s_q`), checked."""
     s_q = _checks.nonnegative_int("s_q", s_q)
-    s_kv = s_q if s_kv is None else _checks.nonnegative_int("s_kv", s_kv)
-    return causal(s_q, s_kv, device)
+    return s_q, (s_q if s_kv is None else _checks.nonnegative_int("s_kv", s_kv))
 
 
 def causal(s_q: int, s_kv: int, device: torch.device | str | None) -> Tensor:
@@ -105,8 +109,7 @@ def sliding_window_mask(
                 [0, 1, 1, 0],
                 [0, 0, 1, 1]], dtype=torch.int32)
     """
-    s_q = _checks.nonnegative_int("s_q", s_q)
-    s_kv = s_q if s_kv is None else _checks.nonnegative_int("s_kv", s_kv)
+    s_q, s_kv = _lengths(s_q, s_kv)
     window = _checks.positive_int("window", window)
     return band(s_q, s_kv, window, device)
 
@@ -247,8 +250,7 @@ def alibi_bias(
                 [-0.1250, -0.0625,  0.0000]])
     """
     num_heads = _checks.positive_int("num_heads", num_heads)
-    s_q = _checks.nonnegative_int("s_q", s_q)
-    s_kv = s_q if s_kv is None else _checks.nonnegative_int("s_kv", s_kv)
+    s_q, s_kv = _lengths(s_q, s_kv)
     rows = torch.arange(s_q, device=device).unsqueeze(-1) + (s_kv - s_q)
     distance = (rows - torch.arange(s_kv, device=device)).abs()  # (s_q, s_kv)
     return (slopes(num_heads, device)[:, None, None].double() * -distance).to(dtype)  # -distance: no -0.0

@@ -220,7 +220,10 @@ def test_an_eager_step_attends_over_the_filled_slots_only(monkeypatch):
     import mha._token_step
 
     seen = []
-    for module, name in ((mha._dispatch, "attend"), (mha._token_step, "attend_token")):  # full path, one-token step
+    for module, name in (
+        (mha._dispatch, "attend_unchecked"),
+        (mha._token_step, "attend_one_query"),
+    ):  # full path, one-token step
         function = getattr(module, name)
 
         def spy(q, k, *args, function=function, **kwargs):
@@ -304,8 +307,8 @@ def test_one_token_steps_take_the_short_path_and_compute_what_the_full_path_does
     m = m.eval().to(dtype)
     x = torch.randn(3, 9, 32, dtype=dtype)
     steps = []
-    attend_token = mha._token_step.attend_token
-    monkeypatch.setattr(mha._token_step, "attend_token", lambda *args: steps.append(1) or attend_token(*args))
+    attend_one_query = mha._token_step.attend_one_query
+    monkeypatch.setattr(mha._token_step, "attend_one_query", lambda *args: steps.append(1) or attend_one_query(*args))
     with torch.inference_mode():
         short_cache = m.new_cache(3, 11)
         short = prefill_then_decode(m, x, 2, short_cache)
