@@ -28,6 +28,7 @@ def check_projected(
     query: object,
     key: object,
     value: object,
+    *,
     mask: object,
     is_causal: object,
     need_weights: object,
@@ -85,6 +86,7 @@ def check_options(
     attention: Attention,
     query: Tensor,
     s_kv: int,
+    *,
     mask: object,
     is_causal: object,
     need_weights: object,
@@ -115,7 +117,7 @@ def check_options(
                 "document_ids cannot be combined with a cache: packed documents are a training layout; "
                 "decode each document with its own cache (or reset() it between documents)"
             )
-        check_pattern(None, False, document_ids, b, s_q, s_kv, query.device)
+        check_pattern(None, False, document_ids, b=b, s_q=s_q, s_kv=s_kv, device=query.device)
     if attention.context_parallel is not None:
         check_context_parallel(attention, s_q, s_kv, mask, is_causal, need_weights, cache)
         if attention.sliding_window is not None or attention.alibi or document_ids is not None:

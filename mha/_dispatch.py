@@ -46,7 +46,15 @@ def run(
     `projections`, so that every option is checked before any projection runs.
     """
     _attention_checks.check_options(
-        attention, query, key.shape[1], mask, is_causal, need_weights, cache, token_mask, document_ids
+        attention,
+        query,
+        key.shape[1],
+        mask=mask,
+        is_causal=is_causal,
+        need_weights=need_weights,
+        cache=cache,
+        token_mask=token_mask,
+        document_ids=document_ids,
     )
     if projections is not None:
         query, key, value = projections[0](query), projections[1](key), projections[2](value)
@@ -61,7 +69,9 @@ def run(
     pattern = _pattern(attention, document_ids)
     if cache is None:
         q, k = _rotate(attention, q, k, s_q, s_kv, document_ids)
-        return _kernel(attention, q, k, v, mask, is_causal, need_weights, guard=True, pattern=pattern)
+        return _kernel(
+            attention, q, k, v, mask=mask, is_causal=is_causal, need_weights=need_weights, guard=True, pattern=pattern
+        )
     q, k = _rotate_cached(attention, cache, q, k, token_mask)
     chunk = cache._append(k, v, token_mask, mask=mask, pattern=pattern, num_heads=q.shape[1])
     # The chunk's mask holds the window, ALiBi and causality within the chunk.
@@ -70,9 +80,9 @@ def run(
         q,
         chunk.keys,
         chunk.values,
-        chunk.mask,
-        chunk.is_causal,
-        need_weights,
+        mask=chunk.mask,
+        is_causal=chunk.is_causal,
+        need_weights=need_weights,
         guard=chunk.guard,
         pattern=None,
     )
@@ -83,10 +93,10 @@ def _kernel(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    *,
     mask: Tensor | None,
     is_causal: bool,
     need_weights: bool,
-    *,
     guard: bool,
     pattern: Pattern | None,
 ) -> Tensor | tuple[Tensor, Tensor]:

@@ -266,7 +266,15 @@ class Attention(nn.Module):
                 non-bool flag, or a cache of another dtype.
         """
         query, key, value = _attention_checks.check_projected(
-            self, query, key, value, mask, is_causal, need_weights, cache, document_ids
+            self,
+            query,
+            key,
+            value,
+            mask=mask,
+            is_causal=is_causal,
+            need_weights=need_weights,
+            cache=cache,
+            document_ids=document_ids,
         )
         return _dispatch.run(
             self,

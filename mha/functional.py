@@ -317,9 +317,8 @@ def attention(
         _checks.same_device("sinks", sinks, "query", query.device)
     if softcap is not None:
         softcap = _checks.positive_number("softcap", softcap)
-    pattern = check_pattern(
-        sliding_window, alibi, document_ids, query.shape[0], query.shape[-2], key.shape[-2], query.device
-    )
+    b, s_q, s_kv = query.shape[0], query.shape[-2], key.shape[-2]
+    pattern = check_pattern(sliding_window, alibi, document_ids, b=b, s_q=s_q, s_kv=s_kv, device=query.device)
     path = choose_path(
         need_weights=need_weights, backend=backend, softcap=softcap, sinks=sinks is not None, dropout=dropout_p > 0
     ).path
@@ -340,7 +339,7 @@ def attention(
 
 
 def check_pattern(
-    sliding_window: object, alibi: object, document_ids: object, b: int, s_q: int, s_kv: int, device: torch.device
+    sliding_window: object, alibi: object, document_ids: object, *, b: int, s_q: int, s_kv: int, device: torch.device
 ) -> Pattern | None:
     """Check the options of a `mha._blockwise.Pattern`; `None` when none is set."""
     if sliding_window is not None:
