@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mha import _checks
 from mha.cache import KVCache
-from mha.functional import check_pattern, choose_path
+from mha.functional import _check_pattern, choose_path
 from mha.rolling import RollingKVCache
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def check_options(
                 "document_ids cannot be combined with a cache: packed documents are a training layout; "
                 "decode each document with its own cache (or reset() it between documents)"
             )
-        check_pattern(None, False, document_ids, b=b, s_q=s_q, s_kv=s_kv, device=query.device)
+        _check_pattern(None, False, document_ids, b=b, s_q=s_q, s_kv=s_kv, device=query.device)
     if attention.context_parallel is not None:
         check_context_parallel(attention, s_q, s_kv, mask, is_causal, need_weights, cache)
         if attention.sliding_window is not None or attention.alibi or document_ids is not None:

@@ -318,7 +318,7 @@ def attention(
     if softcap is not None:
         softcap = _checks.positive_number("softcap", softcap)
     b, s_q, s_kv = query.shape[0], query.shape[-2], key.shape[-2]
-    pattern = check_pattern(sliding_window, alibi, document_ids, b=b, s_q=s_q, s_kv=s_kv, device=query.device)
+    pattern = _check_pattern(sliding_window, alibi, document_ids, b=b, s_q=s_q, s_kv=s_kv, device=query.device)
     path = choose_path(
         need_weights=need_weights, backend=backend, softcap=softcap, sinks=sinks is not None, dropout=dropout_p > 0
     ).path
@@ -338,7 +338,7 @@ def attention(
     return context, (weights if need_weights else None)
 
 
-def check_pattern(
+def _check_pattern(
     sliding_window: object, alibi: object, document_ids: object, *, b: int, s_q: int, s_kv: int, device: torch.device
 ) -> Pattern | None:
     """Check the options of a `mha._blockwise.Pattern`; `None` when none is set."""
