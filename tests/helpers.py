@@ -23,6 +23,10 @@ class Tolerance(NamedTuple):
     atol: float
     rtol: float
 
+    def times(self, factor: float) -> Tolerance:
+        """This tolerance widened `factor` times (a gradient carries the forward's error further)."""
+        return Tolerance(self.atol * factor, self.rtol * factor)
+
 
 # Named for what separates the two sides; per dtype in the spirit of Hugging
 # Face's eager-vs-SDPA table (float32 ~1e-5, float16 ~5e-3, bfloat16 ~1e-2).

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from helpers import FLOAT32, FLOAT32_FEW_OPS, FLOAT64, assert_close, prefill_then_decode
+from helpers import FLOAT32, FLOAT32_FEW_OPS, FLOAT64, TOLERANCE, assert_close, prefill_then_decode
 from mha import Attention, KVCache, MultiHeadAttention, RotaryEmbedding, _blockwise, masks, to_torch
 from mha.functional import attention
 from mha.rolling import RollingKVCache
@@ -453,10 +453,9 @@ def test_causal_alibi_in_merged_blocks_equals_the_float64_reference(dtype, s_q, 
     q, k, _ = _inputs(b=2, n_h=6, n_kv=2, s_q=s_q, s_kv=29, d=5, dtype=dtype)
     v = torch.randn(2, 2, 29, d_v).to(dtype)  # d_v = 3 < d; 11 > d + 3 features
     expected = reference(q, k, v, alibi=True, causal=True)
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
     with torch.no_grad():
         got, _ = attention(q, k, v, is_causal=True, alibi=True)
-    torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+    assert_close(got, expected, dtype)
     assert calls == [1]
     # Under autograd the blocks keep their masks (the merge has no backward): gradients still exact.
     q.requires_grad_()
@@ -465,7 +464,7 @@ def test_causal_alibi_in_merged_blocks_equals_the_float64_reference(dtype, s_q, 
     (grad,) = torch.autograd.grad(got.double().square().sum(), q)
     q64 = q.detach().double().requires_grad_()
     (expected_grad,) = torch.autograd.grad(reference(q64, k, v, alibi=True, causal=True).square().sum(), q64)
-    torch.testing.assert_close(grad.double(), expected_grad, atol=tol * 10, rtol=tol * 10)
+    assert_close(grad, expected_grad, TOLERANCE[dtype].times(10))
 
 
 @torch.no_grad()
