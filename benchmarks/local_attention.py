@@ -154,10 +154,13 @@ def sliding_block_mask(s: int):
     return create_block_mask(sliding, None, None, s, s, device="cpu")
 
 
-def window_row(dtype: torch.dtype, s: int, repeats: int, *, flex: bool, alibi: bool) -> tuple[dict, dict | None]:
+def window_row(
+    dtype: torch.dtype, s: int, repeats: int, *, flex: bool, alibi: bool, window: bool = True
+) -> tuple[dict, dict | None]:
     """The window at `s` against the dense band, flex_attention and the unmasked causal call.
 
-    With `alibi`, ALiBi at `s` joins the same interleaved run (it shares the causal call).
+    With `alibi`, ALiBi at `s` joins the same interleaved run (it shares the causal call);
+    without `window`, only ALiBi and the causal call run.
     """
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -170,6 +173,9 @@ def window_row(dtype: torch.dtype, s: int, repeats: int, *, flex: bool, alibi: b
     work.update({"mha window": s, "flex compiled": s})
     if alibi:
         cases["mha alibi"] = lambda: attention(q, k, v, is_causal=True, alibi=True)
+    if not window:
+        times, memory, _, samples = run({n: f for n, f in cases.items() if n != "mha window"}, repeats, work, dtype)
+        return {}, _alibi_row(dtype, s, times, memory, samples)
     too_big = s * s > DENSE_BYTES
     if not too_big and PER_UNIT.get(("dense masked", str(dtype)), 0.0) * s * s <= CAP_SECONDS:
         mask = band(s)
@@ -219,19 +225,21 @@ def window_row(dtype: torch.dtype, s: int, repeats: int, *, flex: bool, alibi: b
         "window_vs_flex_compiled": mine / times["flex compiled"] if "flex compiled" in times else None,
         "window_memory_vs_causal": memory["mha window"] / memory["causal, no window"] if causal else None,
     }
-    alibi_row = None
-    if alibi:
-        alibi_row = {
-            "dtype": row["dtype"],
-            "s": s,
-            "times_s": {n: times[n] for n in ("mha alibi", "causal, no window") if n in times},
-            "samples": {n: samples[n] for n in ("mha alibi", "causal, no window") if n in samples},
-            "peak_bytes": {n: memory[n] for n in ("mha alibi", "causal, no window") if n in memory},
-            "skipped": {},
-            "alibi_vs_causal": times["mha alibi"] / causal if causal else None,
-            "dense_bias_bytes": N_H * s * s * 4,
-        }
-    return row, alibi_row
+    return row, _alibi_row(dtype, s, times, memory, samples) if alibi else None
+
+
+def _alibi_row(dtype: torch.dtype, s: int, times: dict, memory: dict, samples: dict) -> dict:
+    causal = times.get("causal, no window")
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "s": s,
+        "times_s": {n: times[n] for n in ("mha alibi", "causal, no window") if n in times},
+        "samples": {n: samples[n] for n in ("mha alibi", "causal, no window") if n in samples},
+        "peak_bytes": {n: memory[n] for n in ("mha alibi", "causal, no window") if n in memory},
+        "skipped": {},
+        "alibi_vs_causal": times["mha alibi"] / causal if causal else None,
+        "dense_bias_bytes": N_H * s * s * 4,
+    }
 
 
 def documents_row(dtype: torch.dtype, repeats: int) -> dict:
@@ -357,7 +365,9 @@ def main() -> None:
         if "window" in sections or "alibi" in sections:
             for s in lengths:
                 alibi = "alibi" in sections and s in alibi_lengths
-                row, alibi_row = window_row(dtype, s, args.repeats, flex=args.flex and s <= 4096, alibi=alibi)
+                row, alibi_row = window_row(
+                    dtype, s, args.repeats, flex=args.flex and s <= 4096, alibi=alibi, window="window" in sections
+                )
                 if "window" in sections:
                     results["window"].append(row)
                 if alibi_row is not None:
