@@ -47,9 +47,10 @@ PAD_RATIO = 1.25
 # (see _alibi_merged). Wide blocks keep the kernel on its largest tiles; each run of
 # ALIBI_CENTRE queries gets its own centre, so the added scores stay as small as in
 # blocks of that size (the rounding bound of _alibi_features). Each centre is one more
-# feature, and the kernel's time grows with the width (d = 64: 72 with 8 centres, 80 with 16;
-# at 4k the single call of width 80 took 1.32x plain causal, benchmarks/local_attention.py).
-ALIBI_BLOCK = 2048
+# feature, and the kernel's time grows with the width (d = 64: 80 with 16 centres). Measured at
+# 4k in float32 (benchmarks/local_attention.py, loaded 2-core machine): blocks of 4096 (one call,
+# width 80) 1.32x plain causal; blocks of 2048 (two blocks merged, width 72) 1.43x.
+ALIBI_BLOCK = 4096
 ALIBI_CENTRE = 256
 
 Kernel = Callable[..., tuple[Tensor, "Tensor | None"]]
