@@ -145,6 +145,10 @@ ZH = [
         "旧代码：每 256 个查询一块、带掩码，未重新测量",
     ),
     (
+        "quarters timed one after the other, while the machine's load drifted",
+        "两个四分之一先后计时，期间机器负载有变化",
+    ),
+    (
         "earlier code: documents copied into the batch, not re-measured",
         "旧代码：文档复制进批次，未重新测量",
     ),
@@ -721,7 +725,7 @@ def _local_table(result: dict) -> str:
             )
     for r in result["documents"]:
         rows.append(
-            f"| 16 documents x 1,024 | {r['dtype']} | {ms(r, 'mha documents')} | dense block-diagonal "
+            f"| 16 documents x 1,024{_note(r)} | {r['dtype']} | {ms(r, 'mha documents')} | dense block-diagonal "
             f"{ms(r, 'dense block-diagonal')} | "
             f"{ratio(r['documents_vs_dense'], r['dense_estimated'])} |"
         )
@@ -739,7 +743,8 @@ def _local_table(result: dict) -> str:
         )
     for r in result["decode"]:
         rows.append(
-            f"| decoding {r['steps']:,} tokens, rolling cache w = {r['window']} ({r['cache_bytes'] / 2**20:.1f} MiB) "
+            f"| decoding {r['steps']:,} tokens, rolling cache w = {r['window']} ({r['cache_bytes'] / 2**20:.1f} MiB)"
+            f"{_note(r)} "
             f"| {r['dtype']} | last quarter {r['last_quarter_s'] * 1e3:.2f} ms/token | first quarter "
             f"{r['first_quarter_s'] * 1e3:.2f} ms/token | {ratio(r['last_vs_first'])} |"
         )
