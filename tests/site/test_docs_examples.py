@@ -115,3 +115,12 @@ def test_chinese_pages_show_the_chinese_pictures():
     for page, name in shown:
         base = name.removesuffix("-dark")
         assert not (images / f"{base}-zh.png").exists(), f"{page.name} shows {name}.png, not its Chinese twin"
+
+
+def test_snippet_includes_are_intact():
+    """Every `--8<--` include is written as pymdownx.snippets reads it (a formatter once spaced it into `--8 < --`)."""
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        for line in page.read_text(encoding="utf-8").splitlines():
+            if re.match(r"\s*-+\s*8\s*<", line):
+                assert re.match(r'\s*--8<-- "[^"]+"$', line), f"{page.relative_to(ROOT)}: {line!r}"
+                assert (ROOT / line.split('"')[1]).exists(), f"{page.relative_to(ROOT)}: {line!r}"
