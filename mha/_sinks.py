@@ -48,28 +48,31 @@ class _FusedWithSinks(torch.autograd.Function):
         q: Tensor, k: Tensor, v: Tensor, sinks: Tensor, mask: Tensor | None, causal: bool, scale: float | None
     ) -> tuple[Tensor, Tensor]:
         out, lse = _lse._attend_block(q, k, v, causal, scale, mask)  # lse: (b, n_h, s_q), float32 or wider
-        final = torch.logaddexp(lse, sinks.to(lse.dtype).view(-1, 1))  # log(Σ e^s + e^z)
+        # e^L / (e^L + e^z) = sigmoid(L - z): two small ops on (b, n_h, s_q); the
+        # final log-sum-exp log(e^L + e^z) is left to the backward, which alone needs it.
         # In place on the kernel's fresh output: no second output-sized tensor; a
         # half-precision output is multiplied in float32 and rounded once.
-        context = out.mul_(torch.exp(lse - final).unsqueeze(-1))
-        return context, final
+        context = out.mul_(torch.sigmoid(lse - sinks.to(lse.dtype).view(-1, 1)).unsqueeze(-1))
+        return context, lse
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
         q, k, v, sinks, mask, causal, scale = inputs
-        context, final = output
-        ctx.save_for_backward(q, k, v, sinks, mask, context, final)
+        context, lse = output
+        ctx.save_for_backward(q, k, v, sinks, mask, context, lse)
         ctx.causal, ctx.scale = causal, scale
-        ctx.mark_non_differentiable(final)
+        ctx.mark_non_differentiable(lse)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _grad_final: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, sinks, mask, context, final = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor, _grad_lse: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, sinks, mask, context, lse = ctx.saved_tensors
+        sink = sinks.to(lse.dtype).view(-1, 1)
+        final = torch.logaddexp(lse, sink)  # log(Σ e^s + e^z)
         grad = grad.contiguous()
         dq, dk, dv = _lse._attend_block_backward(grad, q, k, v, context, final, ctx.causal, ctx.scale, mask)
-        # d context_i / d z = -p_sink,i context_i, with p_sink,i = e^(z - final_i).
-        p_sink = torch.exp(sinks.to(final.dtype).view(-1, 1) - final)  # (b, n_h, s_q)
-        row = (grad.to(final.dtype) * context.to(final.dtype)).sum(-1)  # (b, n_h, s_q)
+        # d context_i / d z = -p_sink,i context_i, with p_sink,i = e^(z - final_i) = sigmoid(z - L_i).
+        p_sink = torch.sigmoid(sink - lse)  # (b, n_h, s_q)
+        row = (grad.to(lse.dtype) * context.to(lse.dtype)).sum(-1)  # (b, n_h, s_q)
         dsinks = -(p_sink * row).sum(dim=(0, 2)).to(sinks.dtype)
         return dq, dk, dv, dsinks, None, None, None
 

@@ -131,6 +131,42 @@ def test_sinks_match_the_reference_on_both_paths(backend, masking):
         assert bool((got.sum(-1) < 1).all())
 
 
+@pytest.mark.parametrize(
+    ("b", "mask_shape"),
+    [(1, (1, 6, 5, 7)), (2, (2, 1, 5, 7)), (2, (2, 6, 5, 7)), (1, (5, 7)), (2, (1, 1, 5, 7))],
+)
+@pytest.mark.parametrize("d_v", [4, 3])
+def test_fused_sinks_with_grouped_heads_and_masks_of_every_shape(b, mask_shape, d_v):
+    # The fused sink path reads shared key/value heads as stride-0 views where
+    # the mask allows it (one mask for all, or one batch entry) and repeats
+    # them otherwise: both must give the reference's answer.
+    q, k, v = (t[:b] for t in _qkv(d_v=d_v))
+    sinks = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    allowed = torch.rand(mask_shape, generator=torch.Generator().manual_seed(2)) > 0.3
+    full = allowed.expand(b, 6, 5, 7)
+    context, _ = attention(q, k, v, mask=allowed, sinks=sinks, backend="fused")
+    expected = torch.cat(
+        [
+            torch.cat(
+                [
+                    reference(
+                        q[i : i + 1, h : h + 1],
+                        k[i : i + 1, h // 3 : h // 3 + 1],
+                        v[i : i + 1, h // 3 : h // 3 + 1],
+                        scale=0.5,
+                        allowed=full[i, h],
+                        sinks=sinks[h : h + 1],
+                    )[0]
+                    for h in range(6)
+                ],
+                dim=1,
+            )
+            for i in range(b)
+        ]
+    )
+    torch.testing.assert_close(context, expected, atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize("masking", ["none", "causal", "float"])
 def test_softcap_matches_the_reference_in_chunks(masking, monkeypatch):
     monkeypatch.setattr(_chunked, "SCORE_BUDGET", 2 * 6 * 7 * 8 * 2)  # two query rows per chunk
