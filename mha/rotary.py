@@ -173,7 +173,9 @@ class RotaryEmbedding(nn.Module):
         would otherwise round the frequencies to half precision.
         """
         key = (dtype, device)
-        if key in self._frequencies and not torch.compiler.is_compiling():
+        # is_compiling() first: Dynamo then never reads the dict, so eager calls that fill
+        # it between compiled ones cannot fail a guard and recompile.
+        if not torch.compiler.is_compiling() and key in self._frequencies:
             return self._frequencies[key]  # a decode step would otherwise recompute them twice
         if self._scaling is None:
             exponents = torch.arange(0, self.rotary_dim, 2, dtype=dtype, device=device) / self.rotary_dim

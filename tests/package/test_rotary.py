@@ -203,3 +203,26 @@ def test_layout_and_partial_errors():
     with pytest.raises(TypeError, match=r"interleaved must be a bool, got str"):
         RotaryEmbedding(6, interleaved="no")
     assert "interleaved=False, rotary_dim=4" in repr(RotaryEmbedding(5, interleaved=False, rotary_dim=4))
+
+
+def test_eager_calls_between_compiled_ones_cause_no_recompile():
+    # Eager calls fill the frequency cache and grow the angle tables; a compiled
+    # graph must not guard on them (it did: one graph per eager call between).
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    rope = RotaryEmbedding(6, interleaved=False)
+    m = MultiHeadAttention(12, 2, positional=RotaryEmbedding(6)).eval()
+    counters = CompileCounter(), CompileCounter()
+    compiled_rope = torch.compile(rope, backend=counters[0], fullgraph=True, dynamic=True)
+    compiled_m = torch.compile(m, backend=counters[1], fullgraph=True, dynamic=True)
+    g = torch.Generator().manual_seed(0)
+    for s in (3, 7, 70, 9):
+        x, h = torch.randn(5, 4, s, 6, generator=g), torch.randn(2, s, 12, generator=g)
+        positions = torch.arange(s)
+        got, got_m = compiled_rope(x, positions), compiled_m(h, is_causal=True)
+        rope.angles_at(0, 3 * s, torch.float32, x.device)  # grows the table
+        torch.testing.assert_close(got, rope(x, positions), rtol=1e-6, atol=1e-6)
+        m(h, cache=m.new_cache(2, max_len=3 * s), is_causal=True)  # eager, cached: grows m's table
+        torch.testing.assert_close(got_m, m(h, is_causal=True), rtol=1e-5, atol=1e-6)
+    assert [c.frame_count for c in counters] == [1, 1]
