@@ -19,11 +19,13 @@ Targets: sinks <= 1.05x the same call without sinks; qk_norm <= 1.10x.
     PYTHONPATH=$PWD python3 benchmarks/modern.py            # s = 4096
     PYTHONPATH=$PWD python3 benchmarks/modern.py --seq 1024 # what a loaded 2-core machine can do in minutes
     PYTHONPATH=$PWD python3 benchmarks/modern.py --repeats 1 --warmup 0  # s = 4096 both dtypes in ~10 min there
+    PYTHONPATH=$PWD python3 benchmarks/modern.py --dtype float32  # one dtype; the other's rows stay in the JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -33,7 +35,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import gemm_gflops, machine, print_table, write_results
+from common import RESULTS, gemm_gflops, machine, print_table, write_results
 from torch import nn
 
 from mha import MultiHeadAttention
@@ -148,12 +150,29 @@ def timed_with_peaks(
     return {name: statistics.median(t) for name, t in samples.items()}, peaks
 
 
+def _earlier_results(shape: dict[str, int]) -> dict[str, object]:
+    """The dtypes of benchmarks/results/modern.json measured at this shape, to keep beside a run of the other."""
+    path = RESULTS / "modern.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("shape") != shape:
+        return {}
+    return {k: v for k, v in saved.items() if k in ("float32", "bfloat16")}
+
+
 def main() -> None:
     global S
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each row first")
     parser.add_argument("--seq", type=int, default=S, help="sequence length s")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "both"],
+        default="both",
+        help="one dtype per run fits a loaded machine's ten minutes; its rows replace that dtype's in the JSON",
+    )
     args = parser.parse_args()
     S = args.seq
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
@@ -163,7 +182,7 @@ def main() -> None:
     info = machine()
     print(f"CPU: {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads), torch {info['torch']}")
     results: dict[str, object] = {}
-    for dtype_name in ("float32", "bfloat16"):
+    for dtype_name in ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,):
         dtype = getattr(torch, dtype_name)
         table = rows(dtype)
         with torch.inference_mode():
@@ -190,10 +209,11 @@ def main() -> None:
         print(f"\n{dtype_name}: {args.repeats} interleaved repetitions, {args.warmup} warm-up")
         print(f"{dtype_name}: b={B} s={S} h={H} n_h={N_H} n_kv={N_KV} d={D}, causal; GEMM {gemm:.0f} GFLOP/s")
         print_table(["row", "ms", "vs without", "of GEMM", "peak MiB"], printed)
-        results[dtype_name] = {"gemm_gflops": gemm, "rows": saved}
+        runs = {"repeats": args.repeats, "warmup": args.warmup}
+        results[dtype_name] = {"gemm_gflops": gemm, "runs": runs, "rows": saved}
     shape = {"b": B, "s": S, "h": H, "n_h": N_H, "n_kv": N_KV, "d": D}
-    runs = {"repeats": args.repeats, "warmup": args.warmup}
-    path = write_results("modern", {"shape": shape, "runs": runs, **results})
+    earlier = _earlier_results(shape)
+    path = write_results("modern", {"shape": shape, **{**earlier, **results}})
     print(f"\nwritten to {path}")
 
 

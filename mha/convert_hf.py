@@ -19,13 +19,16 @@ Gemma 2/3, Phi-3 and gpt-oss (and any layer built the same way):
 | `q_norm`, `k_norm` (Qwen 3: `w·x̂`; Gemma 3: `(1 + w)·x̂`) | `qk_norm=True`, weights `w` or `1 + w` |
 | `sinks` (gpt-oss) | `sinks=True` |
 | `attn_logit_softcapping` (Gemma 2) | `softcap` |
+| `layer.sliding_window` (Qwen 2/3, Gemma 2/3, gpt-oss), `config.sliding_window` (Mistral, Phi-3) | `sliding_window` |
 | `config.attention_dropout` | `dropout` |
 
-A projection without a bias (Qwen 2's `o_proj`) gets `bias = None`. A layer
-with something `mha` cannot compute exactly raises `ValueError` naming it: a
-sliding window (Mistral's, and the sliding layers of Gemma 2/3 and gpt-oss;
-their full-attention layers convert), or a `rope_type` other than `default`,
-`linear`, `dynamic`, `llama3` and `yarn`.
+Both count a window the same way: with a window `w`, the query at position
+`p` sees the keys `p - w < j <= p`, its own included (Transformers'
+`masking_utils.sliding_window_overlay`: `kv_idx > q_idx - sliding_window`,
+with the causal mask). A projection without a bias (Qwen 2's `o_proj`) gets
+`bias = None`. A layer with something `mha` cannot compute exactly raises
+`ValueError` naming it: a `rope_type` other than `default`, `linear`,
+`dynamic`, `llama3` and `yarn`, or a q/k-norm of another form.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class _Layer:
     norms: dict[str, _Norm] = field(default_factory=dict)
     sinks: Tensor | None = None
     softcap: float | None = None
+    window: int | None = None
 
     def options(self) -> dict[str, object]:
         """`MultiHeadAttention` keywords beyond the plain layer's."""
@@ -82,6 +86,8 @@ class _Layer:
             options["sinks"] = True
         if self.softcap is not None:
             options["softcap"] = self.softcap
+        if self.window is not None:
+            options["sliding_window"] = self.window
         return options
 
 
@@ -91,6 +97,7 @@ _WHY = {
     "qk_norm_eps": "q/k-norm",
     "sinks": "attention sinks",
     "softcap": "soft-capped scores",
+    "sliding_window": "a sliding window",
 }
 
 
@@ -100,9 +107,11 @@ def from_hf(layer: nn.Module) -> MultiHeadAttention:
     The weights are copied (the new module shares no storage with `layer`),
     with the layer's dtype and device; the rotary positions are those of the
     layer's model (`config.rope_parameters`), in Transformers' layout of
-    halves. Call the result with `is_causal=True` for a prompt, or with a
-    [`mha.KVCache`][mha.KVCache] from `new_cache` to decode. Positions count
-    from 0 as in the model; a cache gives the next positions itself.
+    halves; a sliding layer's window is the module's `sliding_window`. Call
+    the result with `is_causal=True` for a prompt, or with the cache from
+    its `new_cache` to decode (for a sliding layer a rolling cache of the
+    window's length). Positions count from 0 as in the model; a cache gives
+    the next positions itself.
 
     Args:
         layer: a Transformers attention layer (`LlamaAttention`,
@@ -115,8 +124,8 @@ def from_hf(layer: nn.Module) -> MultiHeadAttention:
 
     Raises:
         ValueError: the layer has something `mha` cannot compute exactly
-            (a sliding window, an unsupported `rope_type`, a norm of another
-            form); the message names it.
+            (an unsupported `rope_type`, a norm of another form); the message
+            names it.
         TypeError: `layer` is not an attention layer of this kind.
 
     Examples:
@@ -242,14 +251,9 @@ def _read(layer: Any) -> _Layer:
             f"layer must be a Transformers attention layer (with .config, .o_proj and q/k/v or qkv projections), "
             f"got {name}"
         )
-    # Mistral's layer reads the window from its config; Qwen 2, Gemma and gpt-oss keep it per layer.
+    # Mistral's and Phi-3's layers read the window from their config; Qwen 2/3, Gemma and
+    # gpt-oss keep it per layer (None on their full-attention layers).
     window = layer.sliding_window if hasattr(layer, "sliding_window") else getattr(config, "sliding_window", None)
-    if window is not None:
-        raise ValueError(
-            f"{name} attends within a sliding window of {window} tokens (config.sliding_window); "
-            "mha.MultiHeadAttention has no sliding window, so it cannot compute this layer exactly "
-            "(the model's full-attention layers convert; a Mistral-style model converts with sliding_window=None)"
-        )
     n_h, n_kv, d = config.num_attention_heads, config.num_key_value_heads, int(getattr(layer, "head_dim"))  # noqa: B009
     weights = _projections(layer, n_h * d, n_kv * d)
     norms = {key: _norm(layer, key) for key in ("q", "k") if getattr(layer, f"{key}_norm", None) is not None}
@@ -268,6 +272,7 @@ def _read(layer: Any) -> _Layer:
         norms=norms,
         sinks=sinks.data if isinstance(sinks, Tensor) else None,
         softcap=None if softcap is None else float(softcap),
+        window=None if window is None else int(window),
     )
 
 
@@ -378,6 +383,7 @@ def _check_same_computation(module: MultiHeadAttention, spec: _Layer) -> None:
         "qk_norm_eps": getattr(attention, "qk_norm_eps", None) if getattr(attention, "q_norm", None) else None,
         "sinks": getattr(attention, "sinks", None) is not None,
         "softcap": getattr(attention, "softcap", None),
+        "sliding_window": attention.sliding_window,
         "biases": tuple(_projection(module, k).bias is not None for k in "qkvo"),
     }
     theirs = {
@@ -391,6 +397,7 @@ def _check_same_computation(module: MultiHeadAttention, spec: _Layer) -> None:
         "qk_norm_eps": spec.norms["q"].eps if spec.norms else None,
         "sinks": spec.sinks is not None,
         "softcap": spec.softcap,
+        "sliding_window": spec.window,
         "biases": tuple(spec.weights[k][1] is not None for k in "qkvo"),
     }
     for key, value in theirs.items():

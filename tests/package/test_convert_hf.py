@@ -150,14 +150,32 @@ FAMILIES = {
 }
 
 
+# name -> (config keywords that make the layer slide, its layer index): a window of 3
+# over 7 tokens, so it bites. Llama has no sliding layers.
+WINDOWED = {
+    "mistral": ({"sliding_window": 3}, 0),
+    "phi3": ({"sliding_window": 3}, 0),
+    "qwen2": ({"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 0, "num_hidden_layers": 2}, 1),
+    "qwen3": ({"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 0, "num_hidden_layers": 2}, 0),
+    "gemma2": ({"sliding_window": 3}, 0),
+    "gemma3": ({"sliding_window": 3}, 0),
+    "gpt-oss": ({"sliding_window": 3}, 0),
+}
+
+
 def modeling(module_name: str):
     __import__(f"transformers.models.{module_name}.modeling_{module_name}")
     return sys.modules[f"transformers.models.{module_name}.modeling_{module_name}"]
 
 
-def build(name: str, seed: int = 0):
-    """The family's attention layer with random weights (biases, norms and sinks included), its config and rotary embedding."""
+def build(name: str, seed: int = 0, *, windowed: bool = False):
+    """The family's attention layer with random weights (biases, norms and sinks included), its config and rotary embedding.
+
+    `windowed`: the family's sliding-window layer (`WINDOWED`) instead.
+    """
     config_name, module_name, layer_name, keywords, index, needs = FAMILIES[name]
+    if windowed:
+        keywords, index = {**keywords, **WINDOWED[name][0]}, WINDOWED[name][1]
     missing = needs - set(inspect.signature(MultiHeadAttention).parameters)
     if missing:
         pytest.skip(f"MultiHeadAttention has no {sorted(missing)} yet")
@@ -174,13 +192,30 @@ def build(name: str, seed: int = 0):
     return config, layer, rope_class(config), layer_type
 
 
-def transformers_forward(layer, rope, layer_type, x, start, cache=None):
-    """The layer's output for tokens at positions start.., attending causally to everything before them."""
+def window_of(config, layer_type):
+    """The window the family's model puts on this layer's mask: its config's, on a sliding layer."""
+    if layer_type is not None and layer_type != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+def transformers_forward(layer, rope, layer_type, x, start, cache=None, window=None):
+    """The layer's output for tokens at positions start.., attending causally to everything before them.
+
+    The mask is Transformers' own (`masking_utils`), with the sliding window `window` if given.
+    """
+    from transformers import masking_utils
+
     s = x.shape[1]
     positions = torch.arange(start, start + s)[None]
     takes_type = "layer_type" in inspect.signature(rope.forward).parameters
     cos, sin = rope(x, positions, layer_type) if takes_type else rope(x, positions)
-    visible = torch.arange(start + s)[None, :] <= torch.arange(start, start + s)[:, None]  # (s, start + s)
+    allowed = (
+        masking_utils.causal_mask_function
+        if window is None
+        else masking_utils.sliding_window_causal_mask_function(window)
+    )
+    visible = allowed(0, 0, torch.arange(start, start + s)[:, None], torch.arange(start + s)[None, :])  # (s, start + s)
     mask = torch.zeros(1, 1, *visible.shape).masked_fill(~visible, torch.finfo(x.dtype).min)
     return layer(x, position_embeddings=(cos, sin), attention_mask=mask, cache=cache)[0]
 
@@ -225,11 +260,44 @@ def test_to_hf_restores_the_layer(name):
         )
 
 
-def test_a_sliding_window_layer_is_refused():
-    source = modeling("mistral")
-    config = transformers.MistralConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, sliding_window=16)
-    with pytest.raises(ValueError, match=r"MistralAttention attends within a sliding window of 16 tokens"):
-        mha.from_hf(source.MistralAttention(config, layer_idx=0))
+@pytest.mark.parametrize("name", list(WINDOWED))
+def test_a_sliding_window_layer_converts_exactly(name):
+    # Transformers' window counts the query itself (kv_idx > q_idx - w), as
+    # mha's does: the converted module keeps the number.
+    config, layer, rope, layer_type = build(name, windowed=True)
+    window = window_of(config, layer_type)
+    assert window == 3
+    ours = mha.from_hf(layer)
+    assert ours.attention.sliding_window == window
+    x = torch.randn(2, 7, config.hidden_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = transformers_forward(layer, rope, layer_type, x, 0, window=window)
+        torch.testing.assert_close(ours(x, is_causal=True), expected, atol=1e-5, rtol=1e-5)
+        # The window bites: without it the layer's output differs.
+        assert (transformers_forward(layer, rope, layer_type, x, 0) - expected).abs().max() > 1e-2
+        # Cached decoding: a prompt of 4, then one token at a time (a rolling cache of 3 positions
+        # here; a plain DynamicCache there, masked by the same window).
+        our_cache, theirs_cache = ours.new_cache(2), DynamicCache()
+        theirs = [transformers_forward(layer, rope, layer_type, x[:, :4], 0, theirs_cache, window)]
+        theirs += [
+            transformers_forward(layer, rope, layer_type, x[:, i : i + 1], i, theirs_cache, window) for i in range(4, 7)
+        ]
+        steps = [ours(x[:, :4], cache=our_cache)] + [ours(x[:, i : i + 1], cache=our_cache) for i in range(4, 7)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), torch.cat(theirs, dim=1), atol=1e-5, rtol=1e-5)
+    # The way back: the same window, every weight restored.
+    _, other, _, _ = build(name, seed=1, windowed=True)
+    mha.to_hf(ours, other)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            transformers_forward(other, rope, layer_type, x, 0, window=window), expected, atol=1e-6, rtol=1e-6
+        )
+
+
+def test_to_hf_refuses_another_window():
+    _, layer, _, _ = build("mistral", windowed=True)
+    other = mha.from_hf(build("mistral")[1])  # the same layer without a window
+    with pytest.raises(ValueError, match=r"module and layer differ in sliding_window: the module has None, "):
+        mha.to_hf(other, layer)
 
 
 def test_an_unsupported_rope_type_is_refused():
