@@ -161,6 +161,22 @@ def _earlier_results(shape: dict[str, int]) -> dict[str, object]:
     return {k: v for k, v in saved.items() if k in ("float32", "bfloat16")}
 
 
+def _group(name: str) -> str:
+    return "layer" if name.startswith("layer") else "attention"
+
+
+def _merged(earlier: dict[str, object], new: dict[str, dict]) -> dict[str, object]:
+    """`new`'s rows over `earlier`'s, per dtype and row, in the rows' order; the newest GEMM rate."""
+    merged = dict(earlier)
+    for dtype_name, result in new.items():
+        old = earlier.get(dtype_name)
+        rows_before = old["rows"] if isinstance(old, dict) else {}
+        combined = {**rows_before, **result["rows"]}
+        order = sorted(combined, key=lambda n: (_group(n) == "layer", n not in BASELINES.values()))
+        merged[dtype_name] = {**result, "rows": {n: combined[n] for n in order}}
+    return merged
+
+
 def main() -> None:
     global S
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -173,6 +189,12 @@ def main() -> None:
         default="both",
         help="one dtype per run fits a loaded machine's ten minutes; its rows replace that dtype's in the JSON",
     )
+    parser.add_argument(
+        "--group",
+        choices=["attention", "layer", "all"],
+        default="all",
+        help="only the attention rows or only the layer rows (each holds its own baseline); the others stay in the JSON",
+    )
     args = parser.parse_args()
     S = args.seq
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
@@ -184,7 +206,7 @@ def main() -> None:
     results: dict[str, object] = {}
     for dtype_name in ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,):
         dtype = getattr(torch, dtype_name)
-        table = rows(dtype)
+        table = {n: r for n, r in rows(dtype).items() if args.group in ("all", _group(n))}
         with torch.inference_mode():
             times, memory = timed_with_peaks(
                 {n: c for n, (c, _) in table.items()}, repeats=args.repeats, warmup=args.warmup
@@ -212,8 +234,7 @@ def main() -> None:
         runs = {"repeats": args.repeats, "warmup": args.warmup}
         results[dtype_name] = {"gemm_gflops": gemm, "runs": runs, "rows": saved}
     shape = {"b": B, "s": S, "h": H, "n_h": N_H, "n_kv": N_KV, "d": D}
-    earlier = _earlier_results(shape)
-    path = write_results("modern", {"shape": shape, **{**earlier, **results}})
+    path = write_results("modern", {"shape": shape, **_merged(_earlier_results(shape), results)})
     print(f"\nwritten to {path}")
 
 

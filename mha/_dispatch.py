@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor, nn
 
-from mha import _attention_checks, _blockwise, _checks, masks
+from mha import _attention_checks, _blockwise, _checks, _qk_norm, masks
 from mha._blockwise import Pattern
 from mha._kernels import attend_unchecked, requested_path
 from mha.cache import KVCache
@@ -63,7 +63,8 @@ def run(
     k = split_heads(key, attention.head_dim)  # (b, n_kv, s_kv, d)
     v = split_heads(value, attention.v_head_dim)  # (b, n_kv, s_kv, d_v)
     if attention.q_norm is not None and attention.k_norm is not None:
-        q, k = attention.q_norm(q), attention.k_norm(k)  # per head, before rotary positions
+        # per head, before rotary positions
+        q, k = _qk_norm.head_norm(attention.q_norm, q), _qk_norm.head_norm(attention.k_norm, k)
     if attention.context_parallel is not None:
         return _across_ranks(attention, attention.context_parallel, q, k, v, is_causal)
     pattern = _pattern(attention, document_ids)

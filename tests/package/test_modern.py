@@ -360,3 +360,34 @@ def test_backend_fused_refuses_in_forward_what_it_cannot_run(options):
         m.explain()
     with pytest.raises(ValueError, match='backend="fused" cannot run this call'):
         m(torch.randn(2, 3, 16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_the_head_norm_is_torchs_rms_norm(dtype):
+    # mha's q/k-norm computes nn.RMSNorm in fewer passes: the values and gradients
+    # of nn.RMSNorm in float64, within one rounding of the dtype.
+    from mha._qk_norm import head_norm
+
+    g = torch.Generator().manual_seed(4)
+    x64 = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64).transpose(1, 2)
+    up = torch.randn(x64.shape, generator=g, dtype=torch.float64)
+    tolerance = {"atol": 1e-12, "rtol": 1e-12} if dtype == torch.float64 else {"atol": 1e-2, "rtol": 1e-2}
+    for eps in (1e-6, None):
+        norm64 = torch.nn.RMSNorm(6, eps=eps, dtype=torch.float64)
+        with torch.no_grad():
+            norm64.weight.copy_(torch.randn(6, generator=g).to(dtype))
+        norm = torch.nn.RMSNorm(6, eps=eps, dtype=dtype)
+        norm.load_state_dict(norm64.state_dict())
+        if eps is None:
+            norm64.eps = torch.finfo(dtype).eps  # what eps=None means in dtype
+        x, x_ref = x64.to(dtype).requires_grad_(), x64.to(dtype).double().requires_grad_()
+        ours, theirs = head_norm(norm, x), norm64(x_ref)
+        torch.testing.assert_close(ours.double(), theirs, **tolerance)
+        got = torch.autograd.grad(ours, (x, norm.weight), up.to(dtype))
+        expected = torch.autograd.grad(theirs, (x_ref, norm64.weight), up.to(dtype).double())
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a.double(), b, **tolerance)
+        with torch.no_grad():  # the in-place form
+            torch.testing.assert_close(head_norm(norm, x).double(), theirs.detach(), **tolerance)
+    other = torch.nn.LayerNorm(6, dtype=dtype)
+    torch.testing.assert_close(head_norm(other, x64.to(dtype)), other(x64.to(dtype)))
