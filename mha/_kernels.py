@@ -220,6 +220,7 @@ def attend_unchecked(
     sinks: Tensor | None = None,
     softcap: float | None = None,
     pattern: Pattern | None = None,
+    need_weights: bool | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """`mha.functional.attention` without argument checks, on a chosen path, weights only on the math path.
 
@@ -232,7 +233,10 @@ def attend_unchecked(
     chunks of queries whatever `path` says (no fused kernel does them);
     `sinks` alone run fused, rescaled by the kernel's log-sum-exp.
     A `pattern` (window, documents, ALiBi) runs blockwise or as one dense
-    mask, as `mha._blockwise.plan` chooses.
+    mask, as `mha._blockwise.plan` chooses. `need_weights` (default: whether
+    `path` is `"math"`) says whether the chunked math path keeps every
+    chunk's weights: soft-capping runs there on any path, and all its
+    weights at once are `(b, n_h, s_q, s_kv)`, what the chunks avoid.
     """
     b, n_h, s_q = query.shape[:3]
     s_kv = key.shape[-2]
@@ -276,7 +280,7 @@ def attend_unchecked(
             dropout_p=dropout_p,
             softcap=softcap,
             sinks=sinks,
-            need_weights=path == "math",
+            need_weights=path == "math" if need_weights is None else need_weights,
             guard=guard,
         )
     prepared = prepare_mask(

@@ -334,6 +334,7 @@ def attention(
         sinks=sinks,
         softcap=softcap,
         pattern=pattern,
+        need_weights=need_weights,
     )
     return context, (weights if need_weights else None)
 

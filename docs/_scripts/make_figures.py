@@ -170,10 +170,10 @@ ZH = [
 ]
 
 
-def _write_table(name: str, text: str) -> None:
-    """docs/_snippets/NAME.md and its Chinese twin NAME.zh.md: the same numbers."""
+def _write_table(name: str, text: str, words: list[tuple[str, str]] | None = None) -> None:
+    """docs/_snippets/NAME.md and its Chinese twin NAME.zh.md: the same numbers (`words` translated first)."""
     (SNIPPETS / f"{name}.md").write_text(text)
-    for en, zh in ZH:
+    for en, zh in (words or []) + ZH:
         text = text.replace(en, zh)
     text = re.sub(r" \((\d+) cores\)", r"（\1 核）", text)
     (SNIPPETS / f"{name}.zh.md").write_text(text)
@@ -758,35 +758,98 @@ def _local_table(result: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+# benchmarks/modern.py's rows, as the table names them (English, Chinese).
+MODERN_ROWS = {
+    "plain (fused)": ("attention, no option (fused kernel)", "注意力，不带选项（融合核函数）"),
+    "sinks, fused + lse rescale": (
+        "sinks: fused kernel, output rescaled by its log-sum-exp",
+        "sinks：融合核函数，输出按其 log-sum-exp 缩放",
+    ),
+    "sinks, math path (mha, query chunks)": (
+        "sinks: math path in query chunks",
+        "sinks：数学路径，按查询分块",
+    ),
+    "sinks, Transformers gpt-oss eager (concatenated logit)": (
+        "sinks: Transformers' gpt-oss eager (the sink as one more score column)",
+        "sinks：Transformers 的 gpt-oss eager（汇点作为多出的一列分数）",
+    ),
+    "softcap=50, math path in query chunks": (
+        "softcap=50: math path in query chunks",
+        "softcap=50：数学路径，按查询分块",
+    ),
+    "layer, plain": ("layer, no option", "整层，不带选项"),
+    "layer, sinks": ("layer, sinks=True", "整层，sinks=True"),
+    "layer, qk_norm": ("layer, qk_norm=True", "整层，qk_norm=True"),
+    "layer, head_dim=128 given": (
+        "layer, head_dim=128 given (the default's value)",
+        "整层，显式给出 head_dim=128（即默认值）",
+    ),
+}
+MODERN_ZH = [(en, zh) for en, zh in MODERN_ROWS.values()] + [
+    (
+        "| call | dtype | ms | / the same call without the option (lower is better) | of the GEMM | peak MiB |",
+        "| 调用 | dtype | ms | / 不带该选项的同一调用（越低越好） | 占 GEMM 的比例 | 峰值 MiB |",
+    ),
+    (" query heads of ", " 个查询头，每头宽 "),
+    (" key/value heads, causal, forward only. ", " 个键/值头，因果，只有前向。"),
+    ("Measured with benchmarks/modern.py on ", "用 benchmarks/modern.py 测于 "),
+    (
+        ": medians of interleaved repetitions in one process. Times, ratios and memory: lower is better. ",
+        "：同一进程中交错重复测量的中位数。时间、比值和内存都是越低越好。",
+    ),
+    (
+        "Attention rows time `mha.functional.attention` on split heads, layer rows a whole `MultiHeadAttention`; "
+        "a ratio divides by the first row of its kind, without the option. ",
+        "注意力行测的是拆好头的 `mha.functional.attention`，整层行测的是整个 `MultiHeadAttention`；"
+        "比值除以同类中不带选项的第一行。",
+    ),
+    (
+        "Of the GEMM: the row's FLOPs, the causal scores counted in full, per second, over a same-dtype 2048³ "
+        "GEMM's in the same run (",
+        "占 GEMM 的比例：该行每秒的浮点运算数（因果的分数按全部计算）除以同一次运行中同 dtype 的 2048³ GEMM 的速度（",
+    ),
+    ("); a kernel that skips the masked half can pass 100%. ", "）；跳过被遮挡一半的核函数可以超过 100%。"),
+    (
+        "Peak MiB: the most resident memory above what the process held before the call, sampled every millisecond.",
+        "峰值 MiB：调用期间常驻内存比调用前多出的最大值，每毫秒采样一次。",
+    ),
+]
+
+
 def modern_table() -> None:
     """Sinks, soft-capping, q/k-norm and head_dim against the same call without them (benchmarks/modern.py)."""
     if not (RESULTS / "modern.json").exists():  # not measured yet: the guide shows no table
         return
-    result = json.loads((RESULTS / "modern.json").read_text())
+    _write_table("modern-layers-table", _modern_table(json.loads((RESULTS / "modern.json").read_text())), MODERN_ZH)
+
+
+def _modern_table(result: dict) -> str:
     shape, machine = result["shape"], result["machine"]
+    dtypes = [dtype for dtype in ("float32", "bfloat16") if dtype in result]
     rows = [
-        "| call | dtype | ms | / the same call without the option | of the GEMM | peak MiB |",
+        "| call | dtype | ms | / the same call without the option (lower is better) | of the GEMM | peak MiB |",
         "|---|---|---|---|---|---|",
     ]
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         for name, row in result[dtype]["rows"].items():
-            peak = "–" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
-            ratio = "–" if row["vs_baseline"] == 1.0 else f"{row['vs_baseline']:.2f}x"
-            rows.append(f"| {name} | {dtype} | {row['ms']:.0f} | {ratio} | {row['of_gemm']:.0%} | {peak} |")
-    rows.append("")
-    rows.append(
-        f"b={shape['b']}, s={shape['s']}, h={shape['h']}, {shape['n_h']} query heads of {shape['d']}, "
-        f"{shape['n_kv']} key/value heads, causal, forward only; measured on {machine['cpu']} "
-        f"({machine['cores']} cores), torch {machine['torch']}: medians of interleaved repetitions in one process. "
-        "Attention rows time `mha.functional.attention` on split heads, layer rows a whole "
-        '`MultiHeadAttention`; ratios divide by `plain (fused)` or `layer, plain`. "Of the GEMM" counts the '
-        "causal scores in full, so a kernel that skips the masked half can pass 100%. Peak memory is the largest "
-        "resident growth during one of the row's calls (sampled every millisecond; glibc's mmap threshold fixed, so "
-        "freed blocks leave the resident set). A same-dtype 2048³ GEMM ran at "
-        f"{result['float32']['gemm_gflops']:.0f} (float32) and {result['bfloat16']['gemm_gflops']:.0f} (bfloat16) "
-        "GFLOP/s in the same run."
-    )
-    (SNIPPETS / "modern-layers-table.md").write_text("\n".join(rows) + "\n")
+            peak = "–" if row["peak_mib"] is None else f"{row['peak_mib']:,.0f}"
+            ratio = "–" if name in ("plain (fused)", "layer, plain") else f"{row['vs_baseline']:.2f}x"
+            label = MODERN_ROWS.get(name, (name,))[0]
+            rows.append(f"| {label} | {dtype} | {row['ms']:,.0f} | {ratio} | {row['of_gemm']:.0%} | {peak} |")
+    gemm = ", ".join(f"{result[dtype]['gemm_gflops']:.0f} GFLOP/s {dtype}" for dtype in dtypes)
+    rows += [
+        "",
+        f"b={shape['b']}, s={shape['s']:,}, h={shape['h']:,}, {shape['n_h']} query heads of {shape['d']}, "
+        f"{shape['n_kv']} key/value heads, causal, forward only. "
+        f"Measured with benchmarks/modern.py on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}"
+        ": medians of interleaved repetitions in one process. Times, ratios and memory: lower is better. "
+        "Attention rows time `mha.functional.attention` on split heads, layer rows a whole `MultiHeadAttention`; "
+        "a ratio divides by the first row of its kind, without the option. "
+        "Of the GEMM: the row's FLOPs, the causal scores counted in full, per second, over a same-dtype 2048³ "
+        f"GEMM's in the same run ({gemm}); a kernel that skips the masked half can pass 100%. "
+        "Peak MiB: the most resident memory above what the process held before the call, sampled every millisecond.",
+    ]
+    return "\n".join(rows) + "\n"
 
 
 def main(tables_only: bool = False) -> None:

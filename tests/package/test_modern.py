@@ -185,6 +185,31 @@ def test_softcap_matches_the_reference_in_chunks(masking, monkeypatch):
     assert_close(fused, expected, FLOAT64)
 
 
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_softcap_keeps_the_weights_only_when_asked(need_weights, monkeypatch):
+    # Soft-capping always runs on the chunked math path; without need_weights it
+    # must not keep every chunk's weights, (b, n_h, s_q, s_kv) in all (it did).
+    kept = []
+    attend = _chunked.attend
+
+    def spy(*args, **kwargs):
+        kept.append(kwargs["need_weights"])
+        return attend(*args, **kwargs)
+
+    monkeypatch.setattr(_chunked, "attend", spy)
+    q, k, v = _qkv()
+    context, weights = attention(q, k, v, softcap=1.5, is_causal=True, need_weights=need_weights)
+    expected, expected_weights = reference(
+        q, k, v, scale=0.5, allowed=torch.ones(5, 7, dtype=torch.bool).tril(2), softcap=1.5
+    )
+    torch.testing.assert_close(context, expected, atol=1e-12, rtol=1e-12)
+    assert kept == [need_weights]
+    if need_weights:
+        torch.testing.assert_close(weights, expected_weights, atol=1e-12, rtol=1e-12)
+    else:
+        assert weights is None
+
+
 def test_softcap_chunks_bound_the_scores():
     assert _chunked.chunk_rows(1, 16, 4096, 4096, torch.float32) == 256
     assert _chunked.chunk_rows(1, 16, 4096, 4096, torch.bfloat16) == 256  # scores in float32
