@@ -253,7 +253,7 @@ def _read(layer: Any) -> _Layer:
         )
     # Mistral's and Phi-3's layers read the window from their config; Qwen 2/3, Gemma and
     # gpt-oss keep it per layer (None on their full-attention layers).
-    window = layer.sliding_window if hasattr(layer, "sliding_window") else getattr(config, "sliding_window", None)
+    window: Any = layer.sliding_window if hasattr(layer, "sliding_window") else getattr(config, "sliding_window", None)
     n_h, n_kv, d = config.num_attention_heads, config.num_key_value_heads, int(getattr(layer, "head_dim"))  # noqa: B009
     weights = _projections(layer, n_h * d, n_kv * d)
     norms = {key: _norm(layer, key) for key in ("q", "k") if getattr(layer, f"{key}_norm", None) is not None}

@@ -272,7 +272,7 @@ def test_a_sliding_window_layer_converts_exactly(name):
     x = torch.randn(2, 7, config.hidden_size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = transformers_forward(layer, rope, layer_type, x, 0, window=window)
-        torch.testing.assert_close(ours(x, is_causal=True), expected, atol=1e-5, rtol=1e-5)
+        assert_close(ours(x, is_causal=True), expected, FLOAT32)
         # The window bites: without it the layer's output differs.
         assert (transformers_forward(layer, rope, layer_type, x, 0) - expected).abs().max() > 1e-2
         # Cached decoding: a prompt of 4, then one token at a time (a rolling cache of 3 positions
@@ -283,14 +283,12 @@ def test_a_sliding_window_layer_converts_exactly(name):
             transformers_forward(layer, rope, layer_type, x[:, i : i + 1], i, theirs_cache, window) for i in range(4, 7)
         ]
         steps = [ours(x[:, :4], cache=our_cache)] + [ours(x[:, i : i + 1], cache=our_cache) for i in range(4, 7)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), torch.cat(theirs, dim=1), atol=1e-5, rtol=1e-5)
+    assert_close(torch.cat(steps, dim=1), torch.cat(theirs, dim=1), FLOAT32)
     # The way back: the same window, every weight restored.
     _, other, _, _ = build(name, seed=1, windowed=True)
     mha.to_hf(ours, other)
     with torch.no_grad():
-        torch.testing.assert_close(
-            transformers_forward(other, rope, layer_type, x, 0, window=window), expected, atol=1e-6, rtol=1e-6
-        )
+        assert_close(transformers_forward(other, rope, layer_type, x, 0, window=window), expected, FLOAT32_FEW_OPS)
 
 
 def test_to_hf_refuses_another_window():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from helpers import FLOAT32, FLOAT64, assert_close, prefill_then_decode
+from helpers import EXACT, FLOAT32, FLOAT64, assert_close, prefill_then_decode
 from mha import Attention, KVCache, MultiHeadAttention, RotaryEmbedding, _chunked
 from mha.functional import attention
 
@@ -164,7 +164,7 @@ def test_fused_sinks_with_grouped_heads_and_masks_of_every_shape(b, mask_shape, 
             for i in range(b)
         ]
     )
-    torch.testing.assert_close(context, expected, atol=1e-12, rtol=1e-12)
+    assert_close(context, expected, FLOAT64)
 
 
 @pytest.mark.parametrize("masking", ["none", "causal", "float"])
@@ -202,10 +202,10 @@ def test_softcap_keeps_the_weights_only_when_asked(need_weights, monkeypatch):
     expected, expected_weights = reference(
         q, k, v, scale=0.5, allowed=torch.ones(5, 7, dtype=torch.bool).tril(2), softcap=1.5
     )
-    torch.testing.assert_close(context, expected, atol=1e-12, rtol=1e-12)
+    assert_close(context, expected, FLOAT64)
     assert kept == [need_weights]
     if need_weights:
-        torch.testing.assert_close(weights, expected_weights, atol=1e-12, rtol=1e-12)
+        assert_close(weights, expected_weights, FLOAT64)
     else:
         assert weights is None
 
@@ -396,7 +396,6 @@ def test_the_head_norm_is_torchs_rms_norm(dtype):
     g = torch.Generator().manual_seed(4)
     x64 = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64).transpose(1, 2)
     up = torch.randn(x64.shape, generator=g, dtype=torch.float64)
-    tolerance = {"atol": 1e-12, "rtol": 1e-12} if dtype == torch.float64 else {"atol": 1e-2, "rtol": 1e-2}
     for eps in (1e-6, None):
         norm64 = torch.nn.RMSNorm(6, eps=eps, dtype=torch.float64)
         with torch.no_grad():
@@ -407,12 +406,12 @@ def test_the_head_norm_is_torchs_rms_norm(dtype):
             norm64.eps = torch.finfo(dtype).eps  # what eps=None means in dtype
         x, x_ref = x64.to(dtype).requires_grad_(), x64.to(dtype).double().requires_grad_()
         ours, theirs = head_norm(norm, x), norm64(x_ref)
-        torch.testing.assert_close(ours.double(), theirs, **tolerance)
+        assert_close(ours, theirs, dtype)
         got = torch.autograd.grad(ours, (x, norm.weight), up.to(dtype))
         expected = torch.autograd.grad(theirs, (x_ref, norm64.weight), up.to(dtype).double())
         for a, b in zip(got, expected, strict=True):
-            torch.testing.assert_close(a.double(), b, **tolerance)
+            assert_close(a, b, dtype)
         with torch.no_grad():  # the in-place form
-            torch.testing.assert_close(head_norm(norm, x).double(), theirs.detach(), **tolerance)
+            assert_close(head_norm(norm, x), theirs.detach(), dtype)
     other = torch.nn.LayerNorm(6, dtype=dtype)
-    torch.testing.assert_close(head_norm(other, x64.to(dtype)), other(x64.to(dtype)))
+    assert_close(head_norm(other, x64.to(dtype)), other(x64.to(dtype)), EXACT)
