@@ -227,7 +227,15 @@ def main() -> None:
                     "-" if mib is None else f"{mib:.0f}",
                 ]
             )
-            saved[name] = {"ms": times[name] * 1e3, "vs_baseline": ratio, "of_gemm": fraction, "peak_mib": mib}
+            saved[name] = {
+                "ms": times[name] * 1e3,
+                "vs_baseline": ratio,
+                "of_gemm": fraction,
+                "peak_mib": mib,
+                # Per row: a run of one --group keeps the other group's rows, measured in another run.
+                "gemm_gflops": gemm,
+                "repeats": args.repeats,
+            }
         print(f"\n{dtype_name}: {args.repeats} interleaved repetitions, {args.warmup} warm-up")
         print(f"{dtype_name}: b={B} s={S} h={H} n_h={N_H} n_kv={N_KV} d={D}, causal; GEMM {gemm:.0f} GFLOP/s")
         print_table(["row", "ms", "vs without", "of GEMM", "peak MiB"], printed)

@@ -791,6 +791,14 @@ MODERN_ZH = [(en, zh) for en, zh in MODERN_ROWS.values()] + [
         "| 调用 | dtype | ms | / 不带该选项的同一调用（越低越好） | 占 GEMM 的比例 | 峰值 MiB |",
     ),
     (" query heads of ", " 个查询头，每头宽 "),
+    (", attention rows: ", "，注意力行："),
+    (", layer rows: ", "，整层行："),
+    (" repetitions; ", " 次重复；"),
+    (
+        " repetitions); a kernel that skips the masked half can pass 100%. ",
+        " 次重复）；跳过被遮挡一半的核函数可以超过 100%。",
+    ),
+    (" GFLOP/s, ", " GFLOP/s，"),
     (" key/value heads, causal, forward only. ", " 个键/值头，因果，只有前向。"),
     ("Measured with benchmarks/modern.py on ", "用 benchmarks/modern.py 测于 "),
     (
@@ -836,7 +844,15 @@ def _modern_table(result: dict) -> str:
             ratio = "–" if name in ("plain (fused)", "layer, plain") else f"{row['vs_baseline']:.2f}x"
             label = MODERN_ROWS.get(name, (name,))[0]
             rows.append(f"| {label} | {dtype} | {row['ms']:,.0f} | {ratio} | {row['of_gemm']:.0%} | {peak} |")
-    gemm = ", ".join(f"{result[dtype]['gemm_gflops']:.0f} GFLOP/s {dtype}" for dtype in dtypes)
+    gemm = "; ".join(
+        f"{dtype}, {kind} rows: {row['gemm_gflops']:.0f} GFLOP/s, {row['repeats']} repetitions"
+        for dtype in dtypes
+        for kind, row in (
+            ("attention", result[dtype]["rows"].get("plain (fused)")),
+            ("layer", result[dtype]["rows"].get("layer, plain")),
+        )
+        if row is not None and "gemm_gflops" in row
+    )
     rows += [
         "",
         f"b={shape['b']}, s={shape['s']:,}, h={shape['h']:,}, {shape['n_h']} query heads of {shape['d']}, "
