@@ -124,8 +124,9 @@ def from_hf(layer: nn.Module) -> MultiHeadAttention:
 
     Raises:
         ValueError: the layer has something `mha` cannot compute exactly
-            (an unsupported `rope_type`, a norm of another form); the message
-            names it.
+            (an unsupported `rope_type`, a norm of another form, a bidirectional
+            layer such as Gemma's with `use_bidirectional_attention`); the
+            message names it.
         TypeError: `layer` is not an attention layer of this kind.
 
     Examples:
@@ -250,6 +251,13 @@ def _read(layer: Any) -> _Layer:
         raise TypeError(
             f"layer must be a Transformers attention layer (with .config, .o_proj and q/k/v or qkv projections), "
             f"got {name}"
+        )
+    if getattr(layer, "is_causal", True) is not True:
+        # A bidirectional layer (Gemma 2/3 with use_bidirectional_attention) would need
+        # is_causal=False at every call, which the converted module cannot carry.
+        raise ValueError(
+            f"{name} is bidirectional (layer.is_causal={layer.is_causal!r}, e.g. use_bidirectional_attention=True); "
+            "from_hf and to_hf convert causal layers only"
         )
     # Mistral's and Phi-3's layers read the window from their config; Qwen 2/3, Gemma and
     # gpt-oss keep it per layer (None on their full-attention layers).

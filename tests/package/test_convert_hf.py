@@ -329,3 +329,15 @@ def test_to_hf_refuses_a_module_that_computes_something_else():
         mha.to_hf(torch.nn.Linear(2, 2), layer)
     with pytest.raises(TypeError, match=r"layer must be a Transformers attention layer .* got Linear"):
         mha.from_hf(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_a_bidirectional_layer_is_refused(name):
+    """Gemma's use_bidirectional_attention layers attend both ways; the converted module can't carry that."""
+    config_name, module_name, layer_name, keywords, index, _ = FAMILIES[name]
+    config = getattr(transformers, config_name)(**keywords, use_bidirectional_attention=True)
+    layer = getattr(modeling(module_name), layer_name)(config, layer_idx=index)
+    with pytest.raises(ValueError, match=rf"{layer_name} is bidirectional \(layer.is_causal=False"):
+        mha.from_hf(layer)
+    with pytest.raises(ValueError, match=r"convert causal layers only"):
+        mha.to_hf(mha.from_hf(build(name)[1]), layer)
