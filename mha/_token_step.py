@@ -3,8 +3,9 @@
 Decoding calls the module once per token, and with so few numbers per call
 the Python around the kernels is much of its cost (see "Speed" in the
 decoding guide). `applies` tells, in a few cheap
-tests that together imply every check of the full path, whether a call is
-such a step; `run` then computes what the full path
+tests on every argument of `forward` that together imply every check of the
+full path, whether a call is such a step (`tests/package/test_token_step.py`
+checks that it is given every argument); `run` then computes what the full path
 (`mha._dispatch.run` through a `KVCache`) would, with nothing left to decide.
 
 It leans on torch internals (`torch._C._is_any_autocast_enabled`,
@@ -39,6 +40,7 @@ def applies(
     need_weights: object,
     cache: object,
     token_mask: object,
+    document_ids: object,
 ) -> bool:
     """Whether this call is one eager decoding step that every check of the full path would pass.
 
@@ -52,6 +54,7 @@ def applies(
         and value is None
         and mask is None
         and token_mask is None
+        and document_ids is None  # the full path refuses document_ids with a cache
         and need_weights is False
         and (is_causal is False or is_causal is True)
         and type(cache) is KVCache
@@ -105,7 +108,7 @@ def _attend(attention: Attention, query: Tensor, key: Tensor, value: Tensor, cac
     position needs no mask, and a table row holds its rotary angles.
 
     Shape:
-        query: `(b, 1, n_h * d)`; key, value: `(b, 1, n_kv * d)`; output: `(b, 1, n_h * d)`.
+        query: `(b, 1, n_h * d)`; key: `(b, 1, n_kv * d)`; value: `(b, 1, n_kv * d_v)`; output: `(b, 1, n_h * d_v)`.
     """
     b, d = query.shape[0], attention.head_dim
     q, k = query.reshape(b, -1, d), key.reshape(b, -1, d)  # (b, n_h, d), (b, n_kv, d)

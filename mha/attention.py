@@ -495,7 +495,9 @@ class MultiHeadAttention(nn.Module):
                 (left- or right-padded); see the decoding guide.
             document_ids: `(b, s)` integers for packed sequences (self-attention):
                 each query attends within its document only, and rotary
-                positions restart with each document.
+                positions restart with each document. Not with a `cache`
+                (packing is a training layout): decode each document with
+                its own cache.
 
         Returns:
             The output `(b, s_q, h)`, or `(output, weights)` with
@@ -507,7 +509,7 @@ class MultiHeadAttention(nn.Module):
             TypeError: on a non-tensor input, an input whose dtype is not the parameters', a mask
                 of the wrong dtype, a non-bool flag, or a cache of another dtype.
         """
-        if _token_step.applies(self, query, key, value, mask, is_causal, need_weights, cache, token_mask):
+        if _token_step.applies(self, query, key, value, mask, is_causal, need_weights, cache, token_mask, document_ids):
             return _token_step.run(self, query, cast(KVCache, cache))
         key, value = _attention_checks.check_module_inputs(self, query, key, value, document_ids)
         result = _dispatch.run(

@@ -1,5 +1,8 @@
 """The one-token decoding shortcut (`mha._token_step`) leans on torch internals: they must still exist."""
 
+import inspect
+
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
@@ -48,8 +51,27 @@ def test_a_decoding_step_takes_the_shortcut_and_a_prefill_does_not():
     with torch.inference_mode():
         cache = m.new_cache(2, 5)
         prompt, token = torch.randn(2, 3, 12), torch.randn(2, 1, 12)
-        assert not _token_step.applies(m, prompt, None, None, None, False, False, cache, None)
+        assert not _token_step.applies(m, prompt, None, None, None, False, False, cache, None, None)
         m(prompt, cache=cache)
-        assert _token_step.applies(m, token, None, None, None, False, False, cache, None)
-        assert not _token_step.applies(m, token, token, None, None, False, False, cache, None)
-    assert not _token_step.applies(m, token, None, None, None, False, False, cache, None)  # autograd on
+        assert _token_step.applies(m, token, None, None, None, False, False, cache, None, None)
+        assert not _token_step.applies(m, token, token, None, None, False, False, cache, None, None)
+    assert not _token_step.applies(m, token, None, None, None, False, False, cache, None, None)  # autograd on
+
+
+def test_the_shortcut_is_given_every_argument_of_forward():
+    # A keyword of forward that applies() never sees could slip past the full path's checks.
+    forward = list(inspect.signature(MultiHeadAttention.forward).parameters)
+    assert list(inspect.signature(_token_step.applies).parameters) == ["module", *forward[1:]]
+
+
+@pytest.mark.parametrize("document_ids", ["garbage", torch.zeros(2, 1, dtype=torch.long)])
+def test_a_decoding_step_with_document_ids_is_refused_and_leaves_the_cache_alone(document_ids):
+    m = MultiHeadAttention(12, 3).eval()
+    cache = m.new_cache(2, 5)
+    with torch.no_grad():
+        m(torch.randn(2, 2, 12), cache=cache)
+        keys = cache.keys.clone()
+        with pytest.raises(ValueError, match="document_ids cannot be combined with a cache"):
+            m(torch.randn(2, 1, 12), cache=cache, document_ids=document_ids)
+    assert cache.length == 2
+    assert_close(cache.keys, keys, EXACT)
