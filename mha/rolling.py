@@ -122,7 +122,7 @@ class RollingKVCache(KVCache):
         none comes here; the window is the ring's, ALiBi the `pattern`'s.
         """
         positions = self._positions(key.shape[2], token_mask)  # (b, s), real tokens counted
-        keys, values, key_positions = self.extend(key, value, positions, token_mask)  # (b, n_kv, w + s, d)
+        keys, values, key_positions = self._extend(key, value, positions, token_mask)  # (b, n_kv, w + s, d)
         by_position = _blockwise.position_mask(
             Pattern(self.window, pattern is not None and pattern.alibi),
             positions,
@@ -146,20 +146,59 @@ class RollingKVCache(KVCache):
 
         Args:
             key: the chunk's keys `(b, n_kv, s, d)`, rotated already.
-            value: the chunk's values.
-            positions: the chunk's positions: each sample's next ones, counting real tokens only.
-            token_mask: `(b, s)`, True at real tokens, or `None`.
+            value: the chunk's values `(b, n_kv, s, d_v)`.
+            positions: the chunk's positions `(b, s)`, integers: each sample's
+                next ones, counting real tokens only (what the ring expects
+                after what it holds; a padding entry may be anything).
+            token_mask: `(b, s)` bool, True at real tokens, or `None`.
 
         Returns:
             `(keys, values, key_positions)`: the ring's `w` slots followed by
-            the chunk, `(b, n_kv, w + s, d)` twice, and their positions
-            `(b, w + s)`, -1 at empty slots and padding.
+            the chunk, `(b, n_kv, w + s, d)` and `(b, n_kv, w + s, d_v)`, and
+            their positions `(b, w + s)`, -1 at empty slots and padding.
+
+        Raises:
+            ValueError: if a shape or device does not fit the ring, or
+                `positions` are not each sample's next ones; nothing is
+                written then.
+            TypeError: if the chunk's dtype is not the ring's, or `positions`
+                (`token_mask`) is not an integer (bool) tensor.
         """
+        b, n_kv, d, d_v = self.batch_size, self.num_kv_heads, self.head_dim, self.v_head_dim
+        key = _checks.shape("key", key, (b, n_kv, None, d), lambda: f"(b={b}, n_kv={n_kv}, s, d={d})")
+        s = key.shape[2]
+        value = _checks.shape("value", value, (b, n_kv, s, d_v), lambda: f"(b={b}, n_kv={n_kv}, s={s}, d_v={d_v})")
+        if key.dtype != self.keys.dtype or value.dtype != self.keys.dtype:
+            raise TypeError(f"cache has dtype {self.keys.dtype}, got key {key.dtype} and value {value.dtype}")
+        for name, t in (("key", key), ("value", value)):
+            _checks.same_device(name, t, "the cache", self.keys.device)
+        positions = _checks.shape("positions", positions, (b, s), lambda: f"(b={b}, s={s})")
+        if positions.dtype == torch.bool or positions.is_floating_point() or positions.is_complex():
+            raise TypeError(f"positions must be an integer tensor, got dtype {positions.dtype}")
+        _checks.same_device("positions", positions, "the cache", self.keys.device)
+        if token_mask is not None:
+            token_mask = _checks.shape("token_mask", token_mask, (b, s), lambda: f"(b={b}, s={s})")
+            if token_mask.dtype != torch.bool:
+                raise TypeError(f"token_mask must be a bool tensor (True = real token), got dtype {token_mask.dtype}")
+            _checks.same_device("token_mask", token_mask, "the cache", self.keys.device)
+        expected = self._positions(s, token_mask)  # (b, s)
+        real = self._real(s, token_mask).bool()
+        if not torch.equal(positions.masked_fill(~real, 0), expected.masked_fill(~real, 0)):
+            raise ValueError(
+                f"positions must be each sample's next ones after what the ring holds, "
+                f"{expected.masked_fill(~real, -1).tolist()} (-1: padding, any value), got {positions.tolist()}"
+            )
+        return self._extend(key, value, positions, token_mask)
+
+    def _extend(
+        self, key: Tensor, value: Tensor, positions: Tensor, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`extend` without its checks, for the layer, which checked at its entry."""
         w, s = self.window, key.shape[2]
         real = self._real(s, token_mask).bool()  # (b, s)
         chunk_positions = positions.masked_fill(~real, -1)
         keys = torch.cat((self.keys[:, :, :w], key), dim=2)  # (b, n_kv, w + s, d)
-        values = torch.cat((self.values[:, :, :w], value), dim=2)
+        values = torch.cat((self.values[:, :, :w], value), dim=2)  # (b, n_kv, w + s, d_v)
         key_positions = torch.cat((self.slot_positions[:, :w], chunk_positions), dim=1)  # (b, w + s)
         self._roll_in(key, value, chunk_positions, real)
         return keys, values, key_positions

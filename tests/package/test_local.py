@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from helpers import FLOAT32, FLOAT32_FEW_OPS, FLOAT64, TOLERANCE, assert_close, prefill_then_decode
+from helpers import EXACT, FLOAT32, FLOAT32_FEW_OPS, FLOAT64, TOLERANCE, assert_close, prefill_then_decode
 from mha import Attention, KVCache, MultiHeadAttention, RotaryEmbedding, _blockwise, masks, to_torch
 from mha.functional import attention
 from mha.rolling import RollingKVCache
@@ -495,3 +495,51 @@ def test_documents_padded_into_one_batch_equal_the_reference(causal, s_q, monkey
     assert torch.autograd.gradcheck(
         lambda q, k, v: attention(q, k, v, is_causal=causal, document_ids=documents)[0], inputs, fast_mode=True
     )
+
+
+def test_extend_writes_a_chunk_at_the_next_positions():
+    b, n_kv, w, d, d_v = 2, 3, 2, 5, 7
+    ring = RollingKVCache(b, w, num_kv_heads=n_kv, head_dim=d, v_head_dim=d_v)
+    key, value = torch.randn(b, n_kv, 3, d), torch.randn(b, n_kv, 3, d_v)
+    keys, values, key_positions = ring.extend(key, value, torch.tensor([[0, 1, 2], [0, 1, 2]]))
+    assert_close(keys, torch.cat((torch.zeros(b, n_kv, w, d), key), dim=2), EXACT)
+    assert_close(values, torch.cat((torch.zeros(b, n_kv, w, d_v), value), dim=2), EXACT)
+    assert key_positions.tolist() == [[-1, -1, 0, 1, 2]] * b
+    assert ring.slot_positions[:, :w].tolist() == [[2, 1]] * b  # position p in slot p % w
+    assert_close(ring.keys[:, :, [1, 0]], key[:, :, 1:], EXACT)
+    token_mask = torch.tensor([[True], [False]])
+    _, _, key_positions = ring.extend(key[:, :, :1], value[:, :, :1], torch.tensor([[3], [99]]), token_mask)
+    assert key_positions[:, w:].tolist() == [[3], [-1]]  # padding: any position, seen as -1
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"key": torch.randn(2, 3, 2, 5, dtype=torch.float64)}, TypeError, "cache has dtype torch.float32"),
+        ({"value": torch.randn(2, 3, 2, 5)}, ValueError, r"value must have shape \(b=2, n_kv=3, s=2, d_v=7\)"),
+        ({"key": torch.randn(2, 1, 2, 5)}, ValueError, r"key must have shape \(b=2, n_kv=3, s, d=5\)"),
+        ({"positions": torch.tensor([[-5, 100]])}, ValueError, r"positions must have shape \(b=2, s=2\)"),
+        ({"positions": torch.tensor([[-5, 100], [1, 2]])}, ValueError, "positions must be each sample's next ones"),
+        ({"positions": torch.tensor([[1, 2], [0, 1]])}, ValueError, r"\[\[0, 1\], \[0, 1\]\].*got \[\[1, 2\]"),
+        ({"positions": torch.tensor([[0.0, 1.0], [0.0, 1.0]])}, TypeError, "positions must be an integer tensor"),
+        ({"positions": [[0, 1], [0, 1]]}, TypeError, "positions must be a torch.Tensor"),
+        ({"token_mask": torch.ones(2, 2, dtype=torch.long)}, TypeError, "token_mask must be a bool tensor"),
+        ({"token_mask": torch.ones(2, 3, dtype=torch.bool)}, ValueError, r"token_mask must have shape \(b=2, s=2\)"),
+    ],
+)
+def test_extend_refuses_what_does_not_fit_before_the_ring_changes(change, error, message):
+    b, n_kv, w, d, d_v = 2, 3, 4, 5, 7
+    ring = RollingKVCache(b, w, num_kv_heads=n_kv, head_dim=d, v_head_dim=d_v)
+    args = {
+        "key": torch.randn(b, n_kv, 2, d),
+        "value": torch.randn(b, n_kv, 2, d_v),
+        "positions": torch.tensor([[0, 1], [0, 1]]),
+        "token_mask": None,
+    }
+    with pytest.raises(error, match=message):
+        ring.extend(**(args | change))
+    assert ring.length == 0 and ring.next_positions.tolist() == [0, 0]
+    assert ring.slot_positions.tolist() == [[-1] * (w + 1)] * b
+    assert_close(ring.keys, torch.zeros(b, n_kv, w + 1, d), EXACT)
+    ring.extend(**args)  # and the same ring then takes a valid chunk
+    assert ring.slot_positions[:, :2].tolist() == [[0, 1]] * b
