@@ -586,7 +586,7 @@ def _check_torch_masks(
     s_q = query.shape[0 if unbatched or not batch_first else 1]
     s_kv = key.shape[0 if unbatched or not batch_first else 1]
     if attn_mask is not None:
-        attn_mask = _checks.tensor("attn_mask", attn_mask)
+        attn_mask = masks._torch_convention("attn_mask", attn_mask)
         allowed = [(s_q, s_kv), (b * num_heads, s_q, s_kv)]
         if tuple(attn_mask.shape) not in allowed:
             raise ValueError(
@@ -594,7 +594,7 @@ def _check_torch_masks(
                 f"as nn.MultiheadAttention requires; got {tuple(attn_mask.shape)}"
             )
     if key_padding_mask is not None:
-        key_padding_mask = _checks.tensor("key_padding_mask", key_padding_mask)
+        key_padding_mask = masks._torch_convention("key_padding_mask", key_padding_mask)
         expected = (s_kv,) if unbatched else (b, s_kv)
         if tuple(key_padding_mask.shape) != expected:
             raise ValueError(

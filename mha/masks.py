@@ -378,6 +378,11 @@ def from_torch_masks(
     Returns:
         One mask broadcastable to `(b, n_h, s_q, s_kv)`, or `None`.
 
+    Raises:
+        TypeError: if a mask is not a bool or float tensor (PyTorch's two
+            kinds: an integer mask has no convention to convert).
+        ValueError: if a mask's shape is not one of those above.
+
     Examples:
         >>> import torch
         >>> from mha.masks import from_torch_masks
@@ -387,7 +392,7 @@ def from_torch_masks(
     """
     converted = []
     if attn_mask is not None:
-        attn_mask = _checks.tensor("attn_mask", attn_mask)
+        attn_mask = _torch_convention("attn_mask", attn_mask)
         if attn_mask.ndim == 3:
             if num_heads is None:
                 raise ValueError(
@@ -406,9 +411,20 @@ def from_torch_masks(
             )
         converted.append(~attn_mask if attn_mask.dtype == torch.bool else attn_mask)
     if key_padding_mask is not None:
-        key_padding_mask = _checks.tensor("key_padding_mask", key_padding_mask)
+        key_padding_mask = _torch_convention("key_padding_mask", key_padding_mask)
         if key_padding_mask.ndim != 2:
             raise ValueError(f"key_padding_mask must have shape (b, s_kv), got {_checks.sizes(key_padding_mask)}")
         kpm = key_padding_mask[:, None, None, :]  # (b, 1, 1, s_kv)
         converted.append(~kpm if kpm.dtype == torch.bool else kpm)
     return _combine(*converted)
+
+
+def _torch_convention(name: str, mask: object) -> Tensor:
+    """`mask` if it is a bool or float tensor, as `nn.MultiheadAttention` takes them; else `TypeError`."""
+    mask = _checks.tensor(name, mask)
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(
+            f"{name} must be a bool tensor (PyTorch's convention: True = not allowed to attend) or a float "
+            f"tensor (added to the scores), got dtype {mask.dtype}"
+        )
+    return mask

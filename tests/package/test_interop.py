@@ -228,6 +228,20 @@ def test_drop_in_rejects_the_masks_pytorch_rejects(kwargs, match):
         ours(x, x, x, **kwargs)
 
 
+@pytest.mark.parametrize("name", ["attn_mask", "key_padding_mask"])
+@pytest.mark.parametrize("dtype", [torch.long, torch.uint8])
+def test_drop_in_refuses_integer_masks_in_pytorchs_words(name, dtype):
+    stock = nn.MultiheadAttention(12, 3, batch_first=True)
+    ours = TorchMultiheadAttention.from_torch(stock)
+    x = torch.randn(2, 5, 12)
+    mask = torch.zeros((5, 5) if name == "attn_mask" else (2, 5), dtype=dtype)
+    with pytest.raises((RuntimeError, AssertionError)):  # PyTorch takes bool and float masks only
+        stock(x, x, x, **{name: mask})
+    match = rf"{name} must be a bool tensor \(PyTorch's convention: True = not allowed to attend\) or a float"
+    with pytest.raises(TypeError, match=rf"{match} tensor \(added to the scores\), got dtype {dtype}"):
+        ours(x, x, x, **{name: mask})
+
+
 def test_replacing_keeps_the_hooks():
     layer = nn.TransformerEncoderLayer(12, 3, dim_feedforward=20, batch_first=True).eval()
     seen = []

@@ -58,6 +58,12 @@ def test_mask_errors_name_the_argument():
         from_torch_masks(torch.zeros(4, 2, 2, dtype=torch.bool), num_heads=3)
     with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(b, s_kv\), got \(4,\)"):
         from_torch_masks(key_padding_mask=torch.zeros(4, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"attn_mask must be a bool tensor \(PyTorch's convention: True = not allowed"):
+        from_torch_masks(torch.ones(2, 2, dtype=torch.long))
+    with pytest.raises(
+        TypeError, match=r"key_padding_mask must be a bool .* or a float tensor .*, got dtype torch.int32"
+    ):
+        from_torch_masks(key_padding_mask=torch.zeros(2, 2, dtype=torch.int32))
     with pytest.raises(TypeError, match=r"masks\[1\] must be a torch.Tensor, got list"):
         combine_masks(torch.ones(1, dtype=torch.bool), [True])
 
