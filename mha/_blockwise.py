@@ -163,7 +163,7 @@ def position_mask(
         allowed = same if allowed is None else allowed & same
     if not pattern.alibi:
         return allowed
-    slopes = masks.slopes(num_heads, q_pos.device).to(dtype)[:, None, None]  # (n_h, 1, 1)
+    slopes = masks._slopes(num_heads, q_pos.device).to(dtype)[:, None, None]  # (n_h, 1, 1)
     bias = slopes * -distance.abs()  # (b|1, n_h, s_q, s_kv); -distance: no -0.0
     return bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
 
@@ -185,7 +185,7 @@ def dense_mask(
     """[`position_mask`][mha._blockwise.position_mask] for queries at the last `s_q` of `s_kv` positions."""
     k_pos = torch.arange(s_kv, device=device)[None]  # (1, s_kv)
     q_pos = torch.arange(s_kv - s_q, s_kv, device=device)[None]  # (1, s_q), negative when s_q > s_kv
-    docs = None if pattern.documents is None else masks.runs(pattern.documents)  # (b, s_kv)
+    docs = None if pattern.documents is None else masks._runs(pattern.documents)  # (b, s_kv)
     return position_mask(
         pattern,
         q_pos,
@@ -403,7 +403,7 @@ def _alibi_features(
     """
     n_h, s_q = q.shape[1], q.shape[2]
     c = a + s_q // 2
-    slopes = masks.slopes(n_h, q.device).to(torch.float64)  # (n_h,)
+    slopes = masks._slopes(n_h, q.device).to(torch.float64)  # (n_h,)
     q_extra = [(slopes / scale)[:, None].expand(n_h, s_q)]  # (n_h, s_q)
     k_pos = torch.arange(ka, ka + k.shape[2], device=q.device, dtype=torch.float64) - c  # (s_k,)
     k_extra = [k_pos]
@@ -431,7 +431,7 @@ def _alibi_merged(query: Tensor, key: Tensor, value: Tensor, out: Tensor, *, off
     forward only (the kernels' log-sum-exp has no autograd).
     """
     d, d_v, s_kv = query.shape[-1], value.shape[-1], key.shape[2]
-    slopes = masks.slopes(query.shape[1], query.device).to(torch.float64) / scale  # (n_h,)
+    slopes = masks._slopes(query.shape[1], query.device).to(torch.float64) / scale  # (n_h,)
     runs = -(-min(ALIBI_BLOCK, query.shape[2]) // ALIBI_CENTRE)  # features of the widest block
     width = max(d + runs, d_v)
     keys = F.pad(key, (0, width - d))  # (b, n_kv, s_kv, width): feature columns rewritten per block
@@ -506,7 +506,7 @@ class _AlibiBuffers:
             query, key, value, s_kv - s_q, 0, scale=scale, row_constant=row_constant
         )
         self.d = query.shape[-1]
-        self.slopes = masks.slopes(query.shape[1], query.device).to(torch.float64)[:, None] / scale  # (n_h, 1)
+        self.slopes = masks._slopes(query.shape[1], query.device).to(torch.float64)[:, None] / scale  # (n_h, 1)
         self.row_constant = row_constant
 
     def block(self, rows: slice, a: int, e: int, ka: int, ke: int, offset: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -170,7 +170,7 @@ def _rotate(
         return q, k
     if document_ids is not None:
         # Packed documents: each one's positions start again at 0.
-        positions = masks.document_positions(document_ids)  # (b, s_kv)
+        positions = masks._document_positions(document_ids)  # (b, s_kv)
         return attention.positional(q, positions[:, s_kv - s_q :]), attention.positional(k, positions)
     # Negative when s_q > s_kv, as in the bottom-right causal alignment.
     q = attention.positional(q, torch.arange(s_kv - s_q, s_kv, device=q.device))

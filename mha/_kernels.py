@@ -129,7 +129,7 @@ def prepare_mask(
     # A causal mask alone lets the last query see every key: nothing to guard.
     guard = guard and mask is not None
     if is_causal:
-        mask = masks._combine(mask, masks.causal(s_q, s_kv, device))
+        mask = masks._combine(mask, masks._causal(s_q, s_kv, device))
     if mask is None:
         return PreparedMask(None, False, None, None)
     if mask.ndim < 4:
@@ -173,7 +173,7 @@ def prepared_weights(query: Tensor, key: Tensor, prepared: PreparedMask, scale: 
     """`attention_weights` without argument checks, for a prepared mask."""
     mask, keep = fit_mask(prepared.mask, query.dtype), prepared.keep
     if prepared.kernel_causal:
-        mask = masks.causal(query.shape[-2], key.shape[-2], query.device)
+        mask = masks._causal(query.shape[-2], key.shape[-2], query.device)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     acc = accumulation_dtype(query.dtype)
     key = repeat_kv(key, query.shape[-3] // key.shape[-3])

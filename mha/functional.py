@@ -30,9 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mha import _checks, masks
-from mha._blockwise import Pattern
-from mha._kernels import attend_unchecked, prepare_mask, prepared_weights, zero_blocked
+from mha import _blockwise, _checks, _kernels, masks
 
 __all__ = ["Backend", "Dispatch", "choose_path", "attention_weights", "attention"]
 
@@ -208,7 +206,7 @@ def attention_weights(
     _checks.flag("is_causal", is_causal)
     if scale is not None:
         _checks.finite_number("scale", scale)
-    prepared = prepare_mask(
+    prepared = _kernels.prepare_mask(
         mask,
         is_causal,
         s_q=query.shape[-2],
@@ -218,7 +216,7 @@ def attention_weights(
         n_kv=key.shape[-3],
         device=query.device,
     )
-    return prepared_weights(query, zero_blocked(key, prepared.blocked), prepared, scale)
+    return _kernels.prepared_weights(query, _kernels.zero_blocked(key, prepared.blocked), prepared, scale)
 
 
 def attention(
@@ -322,7 +320,7 @@ def attention(
     path = choose_path(
         need_weights=need_weights, backend=backend, softcap=softcap, sinks=sinks is not None, dropout=dropout_p > 0
     ).path
-    context, weights = attend_unchecked(
+    context, weights = _kernels.attend_unchecked(
         query,
         key,
         value,
@@ -341,13 +339,13 @@ def attention(
 
 def _check_pattern(
     sliding_window: object, alibi: object, document_ids: object, *, b: int, s_q: int, s_kv: int, device: torch.device
-) -> Pattern | None:
+) -> _blockwise.Pattern | None:
     """Check the options of a `mha._blockwise.Pattern`; `None` when none is set."""
     if sliding_window is not None:
         _checks.positive_int("sliding_window", sliding_window)
     _checks.flag("alibi", alibi)
     if document_ids is not None:
-        document_ids = masks.check_document_ids("document_ids", document_ids)
+        document_ids = masks._check_document_ids("document_ids", document_ids)
         if document_ids.shape != (b, s_kv):
             raise ValueError(f"document_ids must have shape (b={b}, s_kv={s_kv}), got {_checks.sizes(document_ids)}")
         _checks.same_device("document_ids", document_ids, "query", device)
@@ -357,4 +355,4 @@ def _check_pattern(
             )
     if sliding_window is None and not alibi and document_ids is None:
         return None
-    return Pattern(sliding_window, alibi, document_ids)  # type: ignore[arg-type]
+    return _blockwise.Pattern(sliding_window, alibi, document_ids)  # type: ignore[arg-type]

@@ -36,8 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mha import _checks, masks
-from mha._kernels import attend_unchecked
+from mha import _checks, _kernels, masks
 
 __all__ = ["NAME", "attention_forward", "mask_function", "register"]
 
@@ -126,7 +125,7 @@ def attention_forward(
     causal = bool(causal) and attention_mask is None and query.shape[2] > 1
     mask = _fold_keywords(module, query, key, attention_mask, kwargs)
     path = "math" if _weights_requested(kwargs) else "fused"  # only the math path has weights
-    context, weights = attend_unchecked(
+    context, weights = _kernels.attend_unchecked(
         query, key, value, mask=mask, is_causal=causal, scale=scaling, dropout_p=dropout, path=path, **options
     )
     return context.transpose(1, 2).contiguous(), weights

@@ -32,7 +32,8 @@ __all__ = [
     "to_additive",
     "from_torch_masks",
 ]
-# `causal`, `window`, `runs` and `slopes` are internal: the helpers without their checks.
+# `_causal`, `_band`, `_runs`, `_slopes`, ... are internal: the helpers without their checks, for the core,
+# which checked its arguments at its entry.
 
 
 def causal_mask(s_q: int, s_kv: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
@@ -60,7 +61,7 @@ def causal_mask(s_q: int, s_kv: int | None = None, *, device: torch.device | str
         tensor([[1, 1, 1, 0],
                 [1, 1, 1, 1]], dtype=torch.int32)
     """
-    return causal(*_lengths(s_q, s_kv), device)
+    return _causal(*_lengths(s_q, s_kv), device)
 
 
 def _lengths(s_q: object, s_kv: object) -> tuple[int, int]:
@@ -69,7 +70,7 @@ def _lengths(s_q: object, s_kv: object) -> tuple[int, int]:
     return s_q, (s_q if s_kv is None else _checks.nonnegative_int("s_kv", s_kv))
 
 
-def causal(s_q: int, s_kv: int, device: torch.device | str | None) -> Tensor:
+def _causal(s_q: int, s_kv: int, device: torch.device | str | None) -> Tensor:
     """`causal_mask` without argument checks: sizes may be symbolic under tracing."""
     rows = torch.arange(s_q, device=device).unsqueeze(-1)  # (s_q, 1)
     cols = torch.arange(s_kv, device=device)  # (s_kv,)
@@ -111,10 +112,10 @@ def sliding_window_mask(
     """
     s_q, s_kv = _lengths(s_q, s_kv)
     window = _checks.positive_int("window", window)
-    return band(s_q, s_kv, window, device)
+    return _band(s_q, s_kv, window, device)
 
 
-def band(s_q: int, s_kv: int, window: int, device: torch.device | str | None) -> Tensor:
+def _band(s_q: int, s_kv: int, window: int, device: torch.device | str | None) -> Tensor:
     """`sliding_window_mask` without argument checks."""
     rows = torch.arange(s_q, device=device).unsqueeze(-1) + (s_kv - s_q)  # (s_q, 1) positions
     distance = rows - torch.arange(s_kv, device=device)  # (s_q, s_kv)
@@ -147,16 +148,16 @@ def document_mask(document_ids: Tensor, s_q: int | None = None) -> Tensor:
                 [1, 1, 0],
                 [0, 0, 1]], dtype=torch.int32)
     """
-    document_ids = check_document_ids("document_ids", document_ids)
+    document_ids = _check_document_ids("document_ids", document_ids)
     s_kv = document_ids.shape[1]
     s_q = s_kv if s_q is None else _checks.nonnegative_int("s_q", s_q)
     if s_q > s_kv:
         raise ValueError(f"s_q must be <= s_kv={s_kv} (queries are the last positions), got {s_q}")
-    index = runs(document_ids)  # (b, s_kv)
+    index = _runs(document_ids)  # (b, s_kv)
     return (index[:, s_kv - s_q :, None] == index[:, None, :])[:, None]  # (b, 1, s_q, s_kv)
 
 
-def check_document_ids(name: str, value: object) -> Tensor:
+def _check_document_ids(name: str, value: object) -> Tensor:
     """Raise unless `value` is an integer `(b, s)` tensor."""
     value = _checks.tensor(name, value)
     if value.ndim != 2 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
@@ -167,13 +168,13 @@ def check_document_ids(name: str, value: object) -> Tensor:
     return value
 
 
-def runs(document_ids: Tensor) -> Tensor:
+def _runs(document_ids: Tensor) -> Tensor:
     """The index of each position's document, counting runs of equal ids from 0: `(b, s)` long."""
     change = document_ids[:, 1:] != document_ids[:, :-1]  # (b, s - 1)
     return torch.cat((torch.zeros_like(change[:, :1]), change), dim=1).long().cumsum(dim=1)
 
 
-def document_positions(document_ids: Tensor) -> Tensor:
+def _document_positions(document_ids: Tensor) -> Tensor:
     """Each position's offset from the start of its document: `(b, s)` long, for rotary embeddings."""
     s = document_ids.shape[1]
     index = torch.arange(s, device=document_ids.device).expand_as(document_ids)
@@ -201,10 +202,10 @@ def alibi_slopes(num_heads: int, *, device: torch.device | str | None = None) ->
         >>> alibi_slopes(6)[4:]  # 8 heads' slopes 1 and 3
         tensor([0.5000, 0.1250])
     """
-    return slopes(_checks.positive_int("num_heads", num_heads), device)
+    return _slopes(_checks.positive_int("num_heads", num_heads), device)
 
 
-def slopes(num_heads: int, device: torch.device | str | None) -> Tensor:
+def _slopes(num_heads: int, device: torch.device | str | None) -> Tensor:
     """`alibi_slopes` without argument checks."""
     power = 2 ** math.floor(math.log2(num_heads))
     exponents = [-8.0 * k / power for k in range(1, power + 1)]
@@ -253,7 +254,7 @@ def alibi_bias(
     s_q, s_kv = _lengths(s_q, s_kv)
     rows = torch.arange(s_q, device=device).unsqueeze(-1) + (s_kv - s_q)
     distance = (rows - torch.arange(s_kv, device=device)).abs()  # (s_q, s_kv)
-    return (slopes(num_heads, device)[:, None, None].double() * -distance).to(dtype)  # -distance: no -0.0
+    return (_slopes(num_heads, device)[:, None, None].double() * -distance).to(dtype)  # -distance: no -0.0
 
 
 def padding_mask(lengths: Tensor, s_kv: int | None = None) -> Tensor:
