@@ -40,15 +40,29 @@ MARKER_CSS = (
     "path.relation, marker.classDiagram path { stroke: var(--md-mermaid-edge-color) !important; } "
     "marker.composition path, marker.dependency path, marker.extension path "
     "{ fill: var(--md-mermaid-edge-color) !important; } "
-    "marker.aggregation path { fill: var(--md-default-bg-color) !important; }"
+    "marker.aggregation path { fill: var(--md-default-bg-color) !important; } "
+    # The boxes, their text and the edge labels in the page's palette too: mermaid's
+    # default theme keeps lavender boxes and white label cards on the dark page.
+    'g.node path[fill]:not([fill="none"]) { fill: var(--md-mermaid-node-bg-color) !important; } '
+    'g.node path[stroke]:not([stroke="none"]) { stroke: var(--md-mermaid-node-fg-color) !important; } '
+    "g.node .nodeLabel, g.node span, g.node p { color: var(--md-default-fg-color) !important; } "
+    "g.node text { fill: var(--md-default-fg-color) !important; } "
+    ".edgeLabel, .edgeLabel p, .labelBkg { background-color: var(--md-default-bg-color) !important; "
+    "color: var(--md-default-fg-color) !important; } "
+    ".edgeLabel rect { fill: var(--md-default-bg-color) !important; }"
 )
+
+THEME_FRONT_MATTER = f"""---
+config:
+  themeCSS: '{MARKER_CSS}'
+---"""
 
 FRONT_MATTER = f"""---
 # Natural size: docs/assets/javascripts/diagrams.js fits it to the column or
 # lets the reader pan it. Mermaid 11's class diagrams read this flag from the
 # `state` section.
 config:
-  themeCSS: "{MARKER_CSS}"
+  themeCSS: '{MARKER_CSS}'
   class:
     useMaxWidth: false
   state:
@@ -191,6 +205,8 @@ def generate() -> str:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (MkDocs hook signature)
+    # A hand-written class diagram (the tutorial's) gets the same palette.
+    markdown = markdown.replace("```mermaid\nclassDiagram\n", f"```mermaid\n{THEME_FRONT_MATTER}\nclassDiagram\n")
     if MARKER not in markdown:
         return markdown
     return markdown.replace(MARKER, f"```mermaid\n{generate()}```")

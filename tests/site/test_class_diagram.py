@@ -109,10 +109,17 @@ DIAGRAM_STATE = """() => {
     const box = host.getBoundingClientRect();
     return {
         fit: host.dataset.fit, scrollLeft: host.scrollLeft, tabIndex: host.tabIndex,
+        left: box.left, right: box.right,
+        nodesLeft: Math.min(...[...root.querySelectorAll('g.node')].map((n) => n.getBoundingClientRect().left)),
+        nodesRight: Math.max(...[...root.querySelectorAll('g.node')].map((n) => n.getBoundingClientRect().right)),
         overflow: host.scrollWidth - host.clientWidth, inColumn: box.left >= column.left - 1 && box.right <= column.right + 1,
         button: host.previousElementSibling && host.previousElementSibling.textContent,
         background: getComputedStyle(document.body).backgroundColor,
         lines: style('path.relation', 'stroke'),
+        boxes: style('g.node path[fill]:not([fill="none"])', 'fill'),
+        texts: style('g.node .nodeLabel', 'color'),
+        edgeLabels: style('.labelBkg', 'backgroundColor'),
+        edgeTexts: style('.edgeLabel p', 'color'),
         markers: [...style('marker.composition path', 'fill'), ...style('marker.classDiagram path', 'stroke'),
                   ...style('marker.dependency path', 'fill')],
     };
@@ -133,8 +140,12 @@ def test_diagram_fits_the_desktop_column_and_pans_on_a_phone(server, browser, la
     page.context.close()
     page, errors = browser.open(f"{server}{lang}class-diagram/", width=PHONE)
     state = _diagram_state(page)
-    # full size, from its middle (where mermaid puts the boxes), a button to fit it, focusable to pan
-    assert state["fit"] == "false" and state["scrollLeft"] > 0 and state["tabIndex"] == 0 and state["button"], state
+    # full size, from its left edge, a button to fit it, focusable to pan
+    assert state["fit"] == "false" and state["scrollLeft"] == 0 and state["tabIndex"] == 0 and state["button"], state
+    assert state["overflow"] > 0 and state["nodesLeft"] >= state["left"], state  # the leftmost box starts in view
+    page.evaluate("document.querySelector('div.mermaid[data-sized]').scrollLeft = 1e6")
+    state = _diagram_state(page)
+    assert state["nodesRight"] <= state["right"] + 1, state  # scrolling right reaches the rightmost box's edge
     page.click(".mha-diagram-zoom")
     assert _diagram_state(page)["overflow"] <= 1
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE
@@ -144,13 +155,23 @@ def test_diagram_fits_the_desktop_column_and_pans_on_a_phone(server, browser, la
 
 @pytest.mark.browser
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_relation_lines_and_diamonds_stand_out(server, browser, scheme):
-    page, errors = browser.open(f"{server}class-diagram/", color_scheme=scheme)
+@pytest.mark.parametrize("path", ["class-diagram/", "tutorial/"])  # the generated diagram and the tutorial's
+def test_relation_lines_and_diamonds_stand_out(server, browser, scheme, path):
+    page, errors = browser.open(f"{server}{path}", color_scheme=scheme)
     state = _diagram_state(page)
     background = _rgb(state["background"])
     assert state["lines"] and state["markers"]
     for colour in state["lines"] + state["markers"]:
         assert _contrast(_rgb(colour, background), background) >= 3, (colour, state["background"])
+    # the boxes and edge labels follow the palette: their text reads on them (no lavender or white cards on dark)
+    assert state["boxes"] and state["texts"]
+    for box in set(state["boxes"]):
+        for text in set(state["texts"]):
+            assert _contrast(_rgb(text, background), _rgb(box, background)) >= 3, (text, box, scheme)
+    for label in set(state["edgeLabels"]):
+        assert _contrast(_rgb(label, background), background) < 1.5, (label, scheme)  # no card on the page
+        for text in set(state["edgeTexts"]):
+            assert _contrast(_rgb(text, background), _rgb(label, background)) >= 3, (text, label, scheme)
     page.context.close()
 
 

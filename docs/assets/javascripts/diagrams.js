@@ -1,9 +1,9 @@
 // Diagrams keep their natural size (the mermaid blocks say useMaxWidth:
 // false). One wider than its column is shrunk to fit it where that keeps its
 // text at 12 px or more (the class diagram on a desktop screen); otherwise,
-// as on a phone, it stays full size, starts at its middle (mermaid centres
-// the layout) and scrolls sideways, with a visible bar. A button switches between the two, and the diagram itself takes
-// keyboard focus, so the arrow keys pan it.
+// as on a phone, it stays full size, starts at its left edge and scrolls
+// sideways, with a visible bar. A button switches between the two, and the
+// diagram itself takes keyboard focus, so the arrow keys pan it.
 //
 // Material replaces each pre.mermaid with a rendered div.mermaid
 // asynchronously; look for them for a few seconds after each page is shown.
@@ -33,8 +33,9 @@
       diagram.dataset.fit = String(fit);
       button.textContent = fit ? text.full : text.fit;
       button.setAttribute("aria-pressed", String(fit));
-      // Mermaid centres the layout: at full size, start where the boxes are.
-      diagram.scrollLeft = fit ? 0 : (diagram.scrollWidth - diagram.clientWidth) / 2;
+      // Start at the left edge: the reader scrolls right from the first box
+      // instead of landing in the middle with both edges cut.
+      diagram.scrollLeft = 0;
     };
     button.addEventListener("click", () => apply(diagram.dataset.fit !== "true"));
     apply(diagram.clientWidth / natural >= MIN_SCALE);
