@@ -104,6 +104,10 @@ PHONE_PROBLEMS = """() => {
     const a = nav.getBoundingClientRect(), b = nav.parentElement.querySelector('code').getBoundingClientRect();
     if (a.width && a.left < b.right - 1 && a.bottom > b.top + 1) out.push('the copy button covers code');
   }
+  for (const t of document.querySelectorAll('.md-typeset table:not([class])')) {
+    const r = t.getBoundingClientRect();  // a wide table scrolls inside its box, within the margins
+    if (r.left < 8 || r.right > innerWidth - 8) out.push(`table past the margin: ${t.textContent.trim().slice(0, 30)}`);
+  }
   for (const c of document.querySelectorAll('.md-typeset details pre code, .md-typeset details p, .md-typeset .admonition p')) {
     const size = parseFloat(getComputedStyle(c).fontSize);
     if (size < 13.5) out.push(`${c.tagName} in an admonition at ${size}px`);
