@@ -34,6 +34,7 @@ TEXT = {
         "scores": "softmax(q kᵀ / √d)",
         "weights": "weights",
         "context": "weights @ v",
+        "context_name": "context",
         "merge": "merge heads",
         "output": "output",
         "heads_title": "Splitting h into heads and merging them back",
@@ -80,6 +81,7 @@ TEXT = {
         "scores": "softmax(q kᵀ / √d)",
         "weights": "注意力权重",
         "context": "权重 @ v",
+        "context_name": "上下文",
         "merge": "合并注意力头",
         "output": "输出",
         "heads_title": "把 h 拆成多个头，再合并回来",
@@ -187,7 +189,7 @@ def flow(t: dict[str, str]) -> str:
     steps = [
         ("q, k, v: (b, n_h, s, d)", t["scores"], "fig-box fig-math"),
         (f"{t['weights']}: (b, n_h, s, s)", t["context"], "fig-box fig-math"),
-        ("context: (b, n_h, s, d)", t["merge"], "fig-box"),
+        (f"{t['context_name']}: (b, n_h, s, d)", t["merge"], "fig-box"),
         ("(b, s, h)", "out_proj", "fig-box fig-param"),
     ]
     for shape, label, cls in steps:
