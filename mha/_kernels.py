@@ -197,8 +197,8 @@ def attend_one_query(query: Tensor, key: Tensor, value: Tensor, scale: float | N
     `attend_unchecked` does for this case); and there is nothing else to decide.
 
     Shape:
-        query: `(b, n_h, d)`; key, value: `(b, n_kv, s_kv, d)` with `s_kv >= 1`;
-        output: `(b, n_h, d)`.
+        query: `(b, n_h, d)`; key: `(b, n_kv, s_kv, d)`, value: `(b, n_kv, s_kv, d_v)`,
+        with `s_kv >= 1`; output: `(b, n_h, d_v)`.
     """
     b, n_h, d = query.shape
     n_kv = key.shape[1]

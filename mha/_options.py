@@ -1,7 +1,7 @@
 """The constructor options of `Attention`: checked all at once, and written back for its repr.
 
-`Options.check` raises on the first bad option, in the order the signature
-lists them, before the module holds any of them. Shape letters are those of [`mha`][mha].
+`Options.check` raises on the first bad option, in the order `Attention`'s
+signature lists them, before the module holds any of them. Shape letters are those of [`mha`][mha].
 """
 
 from __future__ import annotations
@@ -72,29 +72,30 @@ class Options:
         sliding_window: object,
         alibi: object,
     ) -> Options:
-        """The options of `Attention(...)`, or the `ValueError`/`TypeError` naming the first bad one."""
-        window = None if sliding_window is None else _checks.positive_int("sliding_window", sliding_window)
-        alibi = _checks.flag("alibi", alibi)
+        """The options of `Attention(...)`, or the `ValueError`/`TypeError` naming the first bad one.
+
+        Checked in the order of the signature; a check that relates two
+        options comes with the later one (`head_dim`'s, for `positional`).
+        """
         h = _checks.positive_int("hidden_size", hidden_size)
         n_h = _checks.positive_int("num_heads", num_heads)
-        d = _checks.optional_positive_int("head_dim", head_dim)
-        if d is None:
-            _checks.divisible("hidden_size", h, "num_heads", n_h)
-            d = h // n_h
         n_kv = _checks.positive_int("num_kv_heads", n_h if num_kv_heads is None else num_kv_heads)
         _checks.divisible("num_heads", n_h, "num_kv_heads", n_kv)
-        d_v = _checks.optional_positive_int("v_head_dim", v_head_dim)
         dropout = _checks.probability("dropout", dropout)
         scale = None if scale is None else _checks.finite_number("scale", scale)
         if positional is not None and not isinstance(positional, RotaryEmbedding):
             raise TypeError(f"positional must be a mha.RotaryEmbedding or None, got {type(positional).__name__}")
+        backend = _checks.one_of("backend", backend, BACKENDS)
+        d = _checks.optional_positive_int("head_dim", head_dim)
+        if d is None:
+            _checks.divisible("hidden_size", h, "num_heads", n_h)
+            d = h // n_h
         if positional is not None and positional.head_dim != d:
             raise ValueError(
                 f"positional.head_dim must equal {'hidden_size / num_heads' if head_dim is None else 'head_dim'}"
-                f" = {d}, "
-                f"got {positional.head_dim}"
+                f" = {d}, got {positional.head_dim}"
             )
-        backend = _checks.one_of("backend", backend, BACKENDS)
+        d_v = _checks.optional_positive_int("v_head_dim", v_head_dim)
         return cls(
             h,
             n_h,
@@ -109,8 +110,8 @@ class Options:
             _checks.positive_number("qk_norm_eps", qk_norm_eps),
             _checks.flag("sinks", sinks),
             None if softcap is None else _checks.positive_number("softcap", softcap),
-            window,
-            alibi,
+            None if sliding_window is None else _checks.positive_int("sliding_window", sliding_window),
+            _checks.flag("alibi", alibi),
         )
 
 

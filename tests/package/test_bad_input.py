@@ -7,13 +7,15 @@ Every input is either computed like its explicit equivalent, or refused with a
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import FLOAT32, assert_close, under_fullgraph
-from mha import KVCache, MultiHeadAttention
+from mha import Attention, KVCache, MultiHeadAttention
 
 B, S_Q, S_KV, H, N_H = 2, 5, 7, 12, 3  # distinct sizes
 TARGET = (B, N_H, S_Q, S_KV)
@@ -190,3 +192,35 @@ def test_a_non_floating_dtype_is_refused_by_name(make, dtype):
     """Regression: dtype=torch.int64 gave torch's RuntimeError, and caches accepted integer dtypes."""
     with pytest.raises(TypeError, match=r"dtype must be a floating-point torch.dtype or None, got"):
         make(dtype)
+
+
+# Attention's options in its signature's order, each with a value it refuses.
+BAD_OPTIONS = [
+    ("hidden_size", -1),
+    ("num_heads", 0),
+    ("num_kv_heads", 0),
+    ("dropout", 1.5),
+    ("scale", float("nan")),
+    ("positional", "rotary"),
+    ("backend", "flash"),
+    ("head_dim", 0),
+    ("v_head_dim", -2),
+    ("qk_norm", 1),
+    ("qk_norm_eps", 0.0),
+    ("sinks", "yes"),
+    ("softcap", -3.0),
+    ("sliding_window", 0),
+    ("alibi", None),
+]
+
+
+@pytest.mark.parametrize("first", range(len(BAD_OPTIONS)))
+def test_constructor_names_the_first_bad_option_in_signature_order(first):
+    # Attention(-1, 2, sliding_window=0) named sliding_window: the checks ran in another order.
+    assert [name for name in inspect.signature(Attention).parameters][: len(BAD_OPTIONS)] == [
+        name for name, _ in BAD_OPTIONS
+    ]
+    good = {"hidden_size": 12, "num_heads": 3}
+    options = good | dict(BAD_OPTIONS[first:])
+    with pytest.raises((ValueError, TypeError), match=rf"^{BAD_OPTIONS[first][0]} must"):
+        Attention(**options)
