@@ -184,8 +184,10 @@ def mask(name: str, value: object, target: Sequence[int], legend: str) -> Tensor
             f"(added to the scores), got dtype {value.dtype}"
         )
     got = value.shape
-    pairs = zip(reversed(got), reversed(target), strict=False)  # matched from the right
-    if len(got) > len(target) or not all(g == 1 or g == t for g, t in pairs):
+    # Matched from the right; equal lengths, as Dynamo in torch 2.5 refuses zip() over unequal ones.
+    if len(got) > len(target) or not all(
+        g == 1 or g == t for g, t in zip(got, target[len(target) - len(got) :], strict=True)
+    ):
         raise ValueError(f"{name} must be broadcastable to {legend} = {sizes(target)}, got shape {sizes(value)}")
     return value
 

@@ -34,7 +34,9 @@ SCORE_BUDGET = functional.SCORE_BUDGET_MIB * 2**20
 
 def _tracing() -> bool:
     """Under `torch.compile` or `torch.export` (whose default, non-strict mode Dynamo does not see)."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    # torch.compiler.is_exporting is torch >= 2.6; before it, export traced strictly, through Dynamo.
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.compiler.is_compiling() or (exporting is not None and exporting())
 
 
 def chunk_rows(b: int, n_h: int, s_q: int, s_kv: int, dtype: torch.dtype) -> int:
