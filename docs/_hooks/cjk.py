@@ -21,10 +21,12 @@ import re
 
 # CJK ideographs, CJK symbols and punctuation, full-width forms.
 CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-ENDS_CJK = re.compile(f"[{CJK}]$")
+# A link whose text ends (or starts) with a Chinese character counts as one:
+# "见\n[掩码](masks.md)" is "见[掩码](masks.md)".
+ENDS_CJK = re.compile(f"[{CJK}](\\]\\([^)\\s]*\\))?$")
 # Full-width punctuation carries its own space: nothing follows it, CJK or not.
 ENDS_PUNCTUATION = re.compile("[\u3000-\u303f\uff00-\uffef]$")
-STARTS_CJK = re.compile(f"^[{CJK}]")
+STARTS_CJK = re.compile(f"^\\[?[{CJK}]")
 FENCE = re.compile(r"^\s*(```|~~~)")
 STARTS_BLOCK = re.compile(r"^\s*(#|[-*+] |\d+[.)] |\||>|!!!|\?\?\?|<|\$\$|--8<--|$)")
 

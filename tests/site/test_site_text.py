@@ -68,6 +68,18 @@ def test_chinese_line_breaks_are_no_spaces(site):
     assert not problems, "\n".join(problems[:20])
 
 
+def test_no_space_between_chinese_and_a_chinese_link(site):
+    """ "见[掩码]", not "见 [掩码]": a link whose text is Chinese sits in the sentence like any word
+    (a space in the source, or a line break the hook leaves, would show as a gap)."""
+    cjk = "\u3400-\u4dbf\u4e00-\u9fff\u3000-\u303f\uff00-\uffef"
+    gap = re.compile(f"[{cjk}]\\s+<a [^>]*>[{cjk}]|[{cjk}]</a>\\s+[{cjk}]")
+    problems = []
+    for html in _zh_pages(site):
+        article = html.read_text(encoding="utf-8").split('<article class="md-content__inner', 1)[-1]
+        problems += [f"{html.relative_to(site)}: {m[0][:60]!r}" for m in gap.finditer(article)]
+    assert not problems, "\n".join(problems[:20])
+
+
 def test_cjk_hook_keeps_code_and_math():
     sys.path.insert(0, str(ROOT / "docs" / "_hooks"))
     try:
@@ -80,6 +92,7 @@ def test_cjk_hook_keeps_code_and_math():
     )
     assert join_cjk_lines("中文\nEnglish\n中文") == "中文\nEnglish\n中文"  # a space there is right
     assert join_cjk_lines("数量。\n`Attention` 接收") == "数量。`Attention` 接收"  # 。 has its own space
+    assert join_cjk_lines("见\n[掩码](masks.md)\n的") == "见[掩码](masks.md)的"  # a Chinese link is a word
 
 
 def test_every_chinese_page_says_zh_hans(site):

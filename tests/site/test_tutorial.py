@@ -77,7 +77,7 @@ def test_figures_script_matches_the_committed_figures(tmp_path):
         committed = DOCS / "_snippets" / "figures" / name
         assert (tmp_path / name).read_text(encoding="utf-8") == committed.read_text(encoding="utf-8"), name
     zh = (tmp_path / "flow.zh.html").read_text(encoding="utf-8")
-    assert "拆分注意力头" in zh and "split heads" not in zh
+    assert "拆分注意力头" in zh and "split heads" not in zh and "context:" not in zh
 
 
 @pytest.mark.parametrize("lang", list(PAGES))
