@@ -39,6 +39,12 @@ def check_projected(
     query = _checks.floating("query", _checks.tensor("query", query))
     if query.is_nested:
         check_nested(attention, mask, is_causal, need_weights, cache, document_ids)
+    for name, t in (("key", key), ("value", value)):
+        if isinstance(t, Tensor) and t.is_nested != query.is_nested:  # torch fails deep inside on a mix
+            raise TypeError(
+                f"{name} is {'' if t.is_nested else 'not '}a nested (jagged) tensor but query is "
+                f"{'' if query.is_nested else 'not'}; pass query, key and value all nested or all padded"
+            )
     width = attention.num_heads * attention.head_dim // attention.shards
     if query.ndim != 3 or query.shape[-1] != width:
         name = "h" if attention.num_heads * attention.head_dim == attention.hidden_size else "n_h * d"
@@ -95,6 +101,8 @@ def check_options(
     document_ids: object = None,
 ) -> None:
     """Flags, mask and cache; `query` is `(b, s_q, ...)` in the dtype attention runs in."""
+    for name, t in (("mask", mask), ("token_mask", token_mask), ("document_ids", document_ids)):
+        _checks.not_nested(name, t)
     _checks.flag("is_causal", is_causal)
     _checks.flag("need_weights", need_weights)
     if attention.backend == "fused":  # raises, saying why, for what the fused kernels cannot run

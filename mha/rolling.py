@@ -39,6 +39,11 @@ class RollingKVCache(KVCache):
     window; then the ring keeps the chunk's last `window` real tokens. In a
     ragged batch (`token_mask`), padding takes no slot and no position.
 
+    With `need_weights=True` the weights' `w + 1 + s_q` columns are the
+    ring's slots as they were before the call (in slot order, not position
+    order: `slot_positions` read before the call says which position each
+    holds), then the chunk's tokens; empty and scratch slots get weight 0.
+
     Args:
         batch_size: `b`.
         window: `w`, the positions kept (the layer's `sliding_window`).

@@ -341,3 +341,17 @@ def test_a_bidirectional_layer_is_refused(name):
         mha.from_hf(layer)
     with pytest.raises(ValueError, match=r"convert causal layers only"):
         mha.to_hf(mha.from_hf(build(name)[1]), layer)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gemma3"])
+def test_a_bfloat16_layer_with_trained_norms_converts(name):
+    """A tester's finding: the q/k-norm's form was probed at float32 tolerances in the layer's dtype,
+    so every bfloat16 checkpoint with non-default norm weights was refused as 'neither form'."""
+    config, layer, rope, layer_type = build(name)
+    layer = layer.to(torch.bfloat16)
+    ours = mha.from_hf(layer)
+    assert ours.q_proj.weight.dtype == torch.bfloat16
+    x = torch.randn(2, 7, config.hidden_size, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = transformers_forward(layer, rope, layer_type, x, 0)
+        assert_close(ours(x, is_causal=True), expected, torch.bfloat16)

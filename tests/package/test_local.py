@@ -543,3 +543,30 @@ def test_extend_refuses_what_does_not_fit_before_the_ring_changes(change, error,
     assert_close(ring.keys, torch.zeros(b, n_kv, w + 1, d), EXACT)
     ring.extend(**args)  # and the same ring then takes a valid chunk
     assert ring.slot_positions[:, :2].tolist() == [[0, 1]] * b
+
+
+def test_a_nested_key_mask_or_document_ids_beside_a_padded_query_is_refused_by_name():
+    """A tester's finding: these reached torch and failed with AttributeError: 'NestedIntNode' ..."""
+    x = torch.randn(2, 5, 8)
+    nested = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(5, 8)], layout=torch.jagged)
+    mask = torch.nested.nested_tensor(
+        [torch.ones(3, dtype=torch.bool), torch.ones(5, dtype=torch.bool)], layout=torch.jagged
+    )
+    ids = torch.nested.nested_tensor(
+        [torch.zeros(3, dtype=torch.long), torch.zeros(5, dtype=torch.long)], layout=torch.jagged
+    )
+    m = MultiHeadAttention(8, 2)
+    with pytest.raises(TypeError, match=r"mask is a nested \(jagged\) tensor, which mha does not take"):
+        m(x, mask=mask)
+    with pytest.raises(TypeError, match=r"document_ids is a nested \(jagged\) tensor, which mha does not take"):
+        m(x, document_ids=ids)
+    with pytest.raises(TypeError, match=r"key is a nested \(jagged\) tensor but query is not"):
+        Attention(8, 2)(x, nested, nested)
+    with pytest.raises(TypeError, match=r"key is a nested \(jagged\) tensor, which mha does not take"):
+        m(x, nested, nested)
+    # All three nested, none of the options that fail in torch: the core layer computes them whole.
+    q = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(5, 8)], layout=torch.jagged)
+    out = Attention(8, 2)(q, q, q)
+    for i in range(2):
+        padded = q.unbind()[i][None]
+        assert_close(out.unbind()[i][None], Attention(8, 2)(padded, padded, padded), FLOAT32)
