@@ -267,7 +267,8 @@ def check_new_cache(attention: Attention, max_len: object, sliding_window: objec
 
 
 def check_inputs(module: MultiHeadAttention, query: object, key: object, value: object) -> None:
-    h, kdim, vdim = module.hidden_size, module.kdim, module.vdim
+    # The attention's own attribute: Dynamo in torch 2.5 cannot trace MultiHeadAttention's descriptor for it.
+    h, kdim, vdim = module.attention.hidden_size, module.kdim, module.vdim
     query = _checks.shape("query", query, (None, None, h), lambda: f"(b, s_q, h={h})")
     self_attention = key is query and value is query
     if not self_attention:  # self-attention: key and value are the query just checked
