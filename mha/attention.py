@@ -357,9 +357,8 @@ class MultiHeadAttention(nn.Module):
         out_proj: `Linear(n_h * d_v, h)`.
 
     Shape:
-        query: `(b, s_q, h)`; key: `(b, s_kv, kdim)`; value: `(b, s_kv, vdim)`;
-        mask: broadcastable to `(b, n_h, s_q, s_kv)`;
-        output: `(b, s_q, h)`; weights: `(b, n_h, s_q, s_kv)`.
+        query: `(b, s_q, h)`; key: `(b, s_kv, kdim)`; value: `(b, s_kv, vdim)`; output: `(b, s_q, h)`;
+        mask: broadcastable to `(b, n_h, s_q, s_kv)`; weights: `(b, n_h, s_q, s_kv)`.
 
     Examples:
         >>> import torch

@@ -35,3 +35,12 @@ def test_tests_import_their_helpers_in_importlib_mode():
         timeout=300,
     )
     assert run.returncode == 0 and " tests collected" in run.stdout, run.stdout + run.stderr
+
+
+def test_the_two_classes_stay_readable():
+    """Issue 21's bound: each of the two classes a newcomer reads first stays under 250 lines."""
+    import ast
+
+    tree = ast.parse((ROOT / "mha" / "attention.py").read_text())
+    sizes = {n.name: n.end_lineno - n.lineno + 1 for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert sizes["Attention"] < 250 and sizes["MultiHeadAttention"] < 250, sizes
