@@ -483,11 +483,11 @@ def test_search_finds_in_the_readers_language(server, browser, lang, query, expe
     ],
 )
 def test_language_switcher_lands_on_the_counterpart_page(bases, browser, where, start, target):
-    page, _ = browser.open(bases[where] + start)
+    page, _ = browser.open(bases[where] + start, wait="load")  # the switcher is in the HTML itself
     page.locator(".md-header__option .md-select").first.hover()
     link = page.locator(".md-select__link", has_text="中文" if target.startswith("zh") else "English")
     link.first.click()
-    page.wait_for_load_state("networkidle")
+    page.wait_for_url(bases[where] + target, wait_until="load")  # raises if it lands elsewhere
     assert page.url == bases[where] + target
     page.context.close()
 
