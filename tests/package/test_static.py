@@ -27,7 +27,18 @@ def test_tests_import_their_helpers_in_importlib_mode():
     them shows it: the cheapest proof (collecting every module costs twice the CPU)."""
     files = ["tests/package/test_rotary.py", "tests/site/test_api_reference.py"]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "--collect-only", "--import-mode=importlib", "-p", "no:cacheprovider"]
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--collect-only",
+            "--import-mode=importlib",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",
+        ]
         + files,
         cwd=ROOT,
         capture_output=True,

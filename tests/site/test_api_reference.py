@@ -53,4 +53,4 @@ def test_parameters_fit_a_phone(server, browser, name):
     assert clipped == []
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE
     assert not errors and not browser.blocked
-    page.context.close()
+    page.close()

@@ -134,10 +134,10 @@ def _diagram_state(page) -> dict:
 @pytest.mark.browser
 @pytest.mark.parametrize("lang", ["", "zh/"])
 def test_diagram_fits_the_desktop_column_and_pans_on_a_phone(server, browser, lang):
-    page, errors = browser.open(f"{server}{lang}class-diagram/", width=DESKTOP)
+    page, errors = browser.view(f"{server}{lang}class-diagram/", width=DESKTOP)
     state = _diagram_state(page)
     assert state["fit"] == "true" and state["overflow"] <= 1 and state["inColumn"], state
-    page.context.close()
+    assert not errors
     page, errors = browser.open(f"{server}{lang}class-diagram/", width=PHONE)
     state = _diagram_state(page)
     # full size, from its left edge, a button to fit it, focusable to pan
@@ -150,14 +150,14 @@ def test_diagram_fits_the_desktop_column_and_pans_on_a_phone(server, browser, la
     assert _diagram_state(page)["overflow"] <= 1
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE
     assert not errors and not browser.blocked
-    page.context.close()
+    page.close()
 
 
 @pytest.mark.browser
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("path", ["class-diagram/", "tutorial/"])  # the generated diagram and the tutorial's
 def test_relation_lines_and_diamonds_stand_out(server, browser, scheme, path):
-    page, errors = browser.open(f"{server}{path}", color_scheme=scheme)
+    page, errors = browser.view(f"{server}{path}", color_scheme=scheme)
     state = _diagram_state(page)
     background = _rgb(state["background"])
     assert state["lines"] and state["markers"]
@@ -172,7 +172,6 @@ def test_relation_lines_and_diamonds_stand_out(server, browser, scheme, path):
         assert _contrast(_rgb(label, background), background) < 1.5, (label, scheme)  # no card on the page
         for text in set(state["edgeTexts"]):
             assert _contrast(_rgb(text, background), _rgb(label, background)) >= 3, (text, label, scheme)
-    page.context.close()
 
 
 def test_mermaid_loads_only_where_a_diagram_is(site):
@@ -189,4 +188,4 @@ def test_a_page_without_a_diagram_requests_no_mermaid(server, browser):
     page, _ = browser.open(f"{server}explorer/")
     requested = page.evaluate("performance.getEntriesByType('resource').map((r) => r.name)")
     assert requested and not [url for url in requested if "mermaid" in url]
-    page.context.close()
+    page.close()

@@ -166,7 +166,7 @@ def test_explorer_weights_equal_the_package_weights(server, browser, lang):
         assert page.locator("[data-explorer=problem]").is_visible()
         assert page.evaluate("document.querySelector('.mha-explorer').dataset.ready") == "12341234"
     assert not errors and not browser.blocked
-    page.context.close()
+    page.close()
 
 
 @pytest.mark.browser
@@ -180,7 +180,7 @@ def test_one_colour_scale_and_a_phone(server, browser):
     assert token == cell
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE
     assert not errors and not browser.blocked
-    page.context.close()
+    page.close()
 
 
 @pytest.mark.parametrize("page", ["index", "tutorial"])

@@ -189,9 +189,16 @@ def crawl(site, bases, browser) -> dict[str, dict]:
     src is checked at both by test_no_broken_links_or_assets). Per page: its title, what went
     wrong loading it, its layout problems at each width, and what each >>> block's copy
     button copies (None on a page without such blocks)."""
-    seen = {}
+    seen, tabs = {}, {}
     for i, path in enumerate(_pages(site)):
-        page, errors = browser.open(bases[("subpath", "root")[i % 2]] + path, width=PHONE, wait="load")
+        base = ("subpath", "root")[i % 2]
+        if base not in tabs:  # one tab per base, going from page to page as a reader does
+            tabs[base] = browser.open(bases[base] + path, width=PHONE, wait="load")
+        page, errors = tabs[base]
+        if page.url != bases[base] + path:
+            errors.clear()
+            page.set_viewport_size({"width": PHONE, "height": 900})
+            page.goto(bases[base] + path, wait_until="load")
         if page.locator(".arithmatex").count():
             page.wait_for_function("() => !document.querySelector('.arithmatex:not(:has(.katex))')")
         problems = []
@@ -203,7 +210,8 @@ def crawl(site, bases, browser) -> dict[str, dict]:
             page.wait_for_selector("button[data-md-type=copy]", state="attached")
             copied = page.evaluate(COPY_ALL)
         seen[path] = {"title": page.title(), "errors": list(errors), "problems": problems, "copied": copied}
-        page.context.close()
+    for page, _ in tabs.values():
+        page.close()
     return seen
 
 
@@ -229,7 +237,7 @@ def test_404_page_is_styled_at_any_base(bases, browser, where, missing, lang):
     assert errors in ([], ["Failed to load resource: the server responded with a status of 404 (Not Found)"]), errors
     home = page.locator("a.md-header__button.md-logo").get_attribute("href")
     assert _status(urljoin(page.evaluate("document.baseURI"), home)) == 200
-    page.context.close()
+    page.close()
 
 
 def _diagram(page):
@@ -267,24 +275,22 @@ def _smallest_class_name_px(page) -> float:
 @pytest.mark.parametrize("lang", LANGUAGES)
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_class_diagram_renders_as_svg(server, browser, lang, scheme):
-    page, errors = browser.open(f"{server}{LANGUAGES[lang]}class-diagram/", color_scheme=scheme)
+    page, errors = browser.view(f"{server}{LANGUAGES[lang]}class-diagram/", color_scheme=scheme)
     text = _diagram_text(page)
     for name in ("Attention", "MultiHeadAttention", "hidden_size", "num_heads", "forward", "KVCache"):
         assert name in text, f"{name} not drawn"
     expected_scheme = "slate" if scheme == "dark" else "default"
     assert page.evaluate("document.body.getAttribute('data-md-color-scheme')") == expected_scheme
     assert not errors and not browser.blocked
-    page.context.close()
 
 
 @pytest.mark.parametrize("width", [DESKTOP, PHONE])
 @pytest.mark.parametrize("path", ["class-diagram/", "zh/class-diagram/"])
 def test_class_diagram_text_is_readable(server, browser, width, path):
-    page, _ = browser.open(server + path, width=width)
+    page, _ = browser.view(server + path, width=width)
     assert _smallest_class_name_px(page) >= 12
     # The diagram scrolls inside its box; the page itself stays within the screen.
     assert not _layout_problems(page)
-    page.context.close()
 
 
 COPY_ALL = """async () => {
@@ -468,7 +474,7 @@ def test_search_finds_in_the_readers_language(server, browser, lang, query, expe
     else:
         assert not any("/zh/" in link for link in links), links
     assert not errors
-    page.context.close()
+    page.close()
 
 
 @pytest.mark.parametrize("where", ["root", "subpath"])
@@ -489,7 +495,7 @@ def test_language_switcher_lands_on_the_counterpart_page(bases, browser, where, 
     link.first.click()
     page.wait_for_url(bases[where] + target, wait_until="load")  # raises if it lands elsewhere
     assert page.url == bases[where] + target
-    page.context.close()
+    page.close()
 
 
 def test_screenshots(server, browser):
@@ -508,14 +514,14 @@ def test_screenshots(server, browser):
                 page.wait_for_timeout(300)
                 label = name.strip("/").replace("/", "-") or "home"
                 page.screenshot(path=f"{out}/{label}-{scheme}-{width}.png", full_page=True)
-                page.context.close()
+                page.close()
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_tutorial_teaches_the_seed(server, browser, lang, scheme):
     """Both class definitions, the seed's diagram as SVG, the figures and the exercises."""
-    page, errors = browser.open(f"{server}{LANGUAGES[lang]}tutorial/", color_scheme=scheme)
+    page, errors = browser.view(f"{server}{LANGUAGES[lang]}tutorial/", color_scheme=scheme)
     code = "\n".join(page.locator(".language-pycon code").all_inner_texts())
     for definition in (
         "class Attention(nn.Module):",
@@ -540,4 +546,3 @@ def test_tutorial_teaches_the_seed(server, browser, lang, scheme):
     assert exercises.count() >= 4
     assert "arxiv.org/abs/1706.03762" in page.content()
     assert not errors and not browser.blocked
-    page.context.close()

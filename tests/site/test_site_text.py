@@ -152,7 +152,7 @@ def test_phone_formulas_code_and_solutions(server, browser, path):
     if path.endswith("tutorial/"):
         multihead = page.locator(".katex-display", has_text="MultiHead").first
         assert "W" in multihead.inner_text() and "O" in multihead.inner_text()
-    page.context.close()
+    page.close()
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -163,4 +163,4 @@ def test_attention_pictures_follow_the_palette(server, browser, scheme):
     )
     assert len(shown) == 3, shown
     assert all(src.endswith("-dark.png") == (scheme == "dark") for src in shown), shown
-    page.context.close()
+    page.close()
