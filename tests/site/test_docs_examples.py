@@ -93,6 +93,12 @@ def test_figures_script_redraws_every_figure(tmp_path, monkeypatch):
         sys.path.pop(0)
     monkeypatch.setattr(make_figures, "IMAGES", tmp_path / "images")
     monkeypatch.setattr(make_figures, "SNIPPETS", tmp_path / "snippets")
+    # Every figure in every variant is laid out and drawn; written at a low resolution,
+    # which only the pixels depend on (at the real one they cost half the test's time).
+    from matplotlib.figure import Figure
+
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: savefig(fig, path, **{**kw, "dpi": 20}))
     make_figures.main()
     for name in ("attention-trained.png", "attention-weights.png", "attention-padding.png", "performance.png"):
         assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
