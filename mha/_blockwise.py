@@ -44,13 +44,14 @@ BIAS_ELEMENTS = 1 << 22  # the most numbers one block's ALiBi bias may hold (16 
 PAD_RATIO = 1.25
 # Causal ALiBi alone, without autograd: blocks of ALIBI_BLOCK queries, each against the keys
 # before it (no mask) and its own square (the kernel's causal flag), merged by log-sum-exp
-# (see _alibi_merged). Wide blocks keep the kernel on its largest tiles; each run of
-# ALIBI_CENTRE queries gets its own centre, so the added scores stay as small as in
-# blocks of that size (the rounding bound of _alibi_features). Each centre is one more
-# feature, and the kernel's time grows with the width (d = 64: 80 with 16 centres). Measured at
-# 4k in float32 (benchmarks/local_attention.py, loaded 2-core machine): blocks of 4096 (one call,
-# width 80) 1.32x plain causal; blocks of 2048 (two blocks merged, width 72) 1.43x.
-ALIBI_BLOCK = 4096
+# (see _alibi_merged). Each run of ALIBI_CENTRE queries gets its own centre, so the added
+# scores stay as small as in blocks of that size (the rounding bound of _alibi_features).
+# Each centre is one more feature, and the kernel's time grows with the width (d = 64: 68
+# with the 4 centres of a block of 1024, 80 with the 16 of 4096); smaller blocks cost more
+# calls and merges. Medians of 5 interleaved calls at 16k on a quiet 2-core machine, against
+# plain causal: blocks of 4096 1.22x (float32) and 1.23x (bfloat16), 2048 1.23x and 1.16x,
+# 1024 1.18x and 1.12x; at 4k all three within 1.21-1.28x.
+ALIBI_BLOCK = 1024
 ALIBI_CENTRE = 256
 
 Kernel = Callable[..., tuple[Tensor, "Tensor | None"]]

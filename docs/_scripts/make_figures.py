@@ -755,11 +755,12 @@ def _local_table(result: dict) -> str:
     long_runs = {
         n for r in result["window"] + result["alibi"] if r["s"] > 4096 for n in r.get("samples", {None: None}).values()
     }
+    cap = result.get("cap_s", 25)
     runs = (
-        "medians of interleaved repetitions in one process per length at 4k (a call longer than 25 s ran once), "
-        "single runs at 16k and 32k"
+        f"medians of interleaved repetitions in one process per length at 4k (a call longer than {cap:g} s ran "
+        "once), single runs at 16k and 32k"
         if long_runs == {1}
-        else "medians of interleaved repetitions in one process per length; a call longer than 25 s ran once"
+        else f"medians of interleaved repetitions in one process per length; a call longer than {cap:g} s ran once"
     )
     rows.append(
         f"Measured on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}: {runs}; (est.): "

@@ -30,7 +30,7 @@ VERSION = re.compile(r"(?:torch|Python|PyTorch|CUDA)\s+$")
 # Numbers in these pages' prose that are not measurements, with what they are.
 NOT_MEASURED = {
     "scaling-out": {"1e-5"},  # the tolerance the test suite checks the ranks to
-    "performance": {"25"},  # the benchmark's limit on a call it runs, not a measurement
+    "performance": {"40"},  # the benchmark's limit on a call it repeats (--cap), not a measurement
     # the tests' tolerance, a model's version ("Llama 3.1"), float32's resolution of an
     # angle at 128k and of `1 + w`: arithmetic the text explains, not measurements
     "transformers": {"1e-5", "3.1", "0.004", "6e-8", "1.2e-7"},
