@@ -54,19 +54,25 @@ FONT = 15  # points; at dpi 110 a 550-px image shown on a 390-px phone keeps the
 # table NAME.md gets a NAME.zh.md that the Chinese pages include. Longer
 # phrases first, so a phrase is translated before the words inside it.
 ZH = [
+    # the local-attention footnote, around its --cap (seconds)
     (
-        ": medians of interleaved repetitions in one process per length at 4k (a call longer than 25 s ran once), "
-        "single runs at 16k and 32k; (est.): extrapolated as s² from the smaller length, not run. Ratios divide by a "
-        "call of the same dtype measured in the same run.",
-        "：4k 在一个进程内交错重复测量，取中位数（超过 25 s 的调用只运行一次），16k 和 32k 每个调用只运行一次；"
-        "（估计）：由较短长度按 s² 外推，未实际运行。比值的分母是同一次运行中测得的同一 dtype 的调用。",
+        ": medians of interleaved repetitions in one process per length at 4k (a call longer than ",
+        "：4k 在一个进程内交错重复测量，取中位数（超过 ",
     ),
     (
-        ": medians of interleaved repetitions in one process per length; a call longer than 25 s ran once; (est.): "
-        "extrapolated as s² from the smaller length, not run. Ratios divide by a call of the same dtype measured in "
-        "the same run.",
-        "：每个长度在一个进程内交错重复测量，取中位数；超过 25 s 的调用只运行一次；（估计）：由较短长度按 s² "
-        "外推，未实际运行。比值的分母是同一次运行中测得的同一 dtype 的调用。",
+        " s ran once), single runs at 16k and 32k; (est.): extrapolated as s² from the smaller length, not run. "
+        "Ratios divide by a call of the same dtype measured in the same run.",
+        " s 的调用只运行一次），16k 和 32k 每个调用只运行一次；（估计）：由较短长度按 s² 外推，未实际运行。"
+        "比值的分母是同一次运行中测得的同一 dtype 的调用。",
+    ),
+    (
+        ": medians of interleaved repetitions in one process per length; a call longer than ",
+        "：每个长度在一个进程内交错重复测量，取中位数；超过 ",
+    ),
+    (
+        " s ran once; (est.): extrapolated as s² from the smaller length, not run. Ratios divide by a call of the "
+        "same dtype measured in the same run.",
+        " s 的调用只运行一次；（估计）：由较短长度按 s² 外推，未实际运行。比值的分母是同一次运行中测得的同一 dtype 的调用。",
     ),
     ("Measured on ", "测于 "),
     (", Python ", "，Python "),
@@ -141,10 +147,10 @@ ZH = [
     (", peak memory", "，峰值内存"),
     ("dense band mask ", "稠密带状掩码 "),
     ("unmasked causal call ", "无掩码的因果调用 "),
-    ("16 documents x 1,024", "16 个文档 × 1,024"),
+    ("16 documents × 1,024", "16 个文档 × 1,024"),
     ("dense block-diagonal ", "稠密块对角掩码 "),
     ("not run", "未运行"),
-    ("a batch of 16 ", "16 个一批 "),
+    ("the documents as a batch ", "这些文档作为一批 "),
     ("(est.)", "（估计）"),
     ("plain causal ", "普通因果 "),
     (
@@ -163,7 +169,7 @@ ZH = [
     ("flex_attention, compiled ", "flex_attention（编译） "),
     ("ALiBi, s = ", "ALiBi，s = "),
     ("(peak ", "(峰值 "),
-    ("; a dense bias: ", "；稠密偏置："),
+    ("; a dense float32 bias: ", "；稠密的 float32 偏置："),
     ("| decoding ", "| 解码 "),
     (" tokens, rolling cache w = ", " 个词元，滚动缓存 w = "),
     ("last quarter ", "最后四分之一 "),
@@ -568,14 +574,14 @@ LOCAL_WORDS = {
         "window": "Window 512, causal: time per call\n(log scale, lower is better)",
         "ms": "ms (median)",
         "mha window": "mha",
-        "causal, no window": "causal, no window",
+        "causal, no window": "unmasked causal call",
         "dense masked": "dense band mask",
         "flex eager": "flex_attention, eager",
         "flex compiled": "flex_attention, compiled",
         "not run": "not run",
-        "right": "16 documents x 1,024 packed; ALiBi\n(lower is better)",
+        "right": "16 documents × 1,024 packed; ALiBi\n(lower is better)",
         "mha documents": "mha, documents",
-        "batch of documents": "a batch of 16",
+        "batch of documents": "the documents as a batch",
         "dense block-diagonal": "dense block-diagonal",
         "mha alibi": "mha, ALiBi",
         "plain causal": "plain causal",
@@ -585,14 +591,14 @@ LOCAL_WORDS = {
         "window": "窗口 512，因果：每次调用的时间\n（对数坐标，越低越好）",
         "ms": "毫秒（中位数）",
         "mha window": "mha",
-        "causal, no window": "无窗口的因果",
+        "causal, no window": "无掩码的因果调用",
         "dense masked": "稠密带状掩码",
         "flex eager": "flex_attention（eager）",
         "flex compiled": "flex_attention（编译）",
         "not run": "未运行",
         "right": "16 个文档 × 1,024 打包；ALiBi\n（越低越好）",
         "mha documents": "mha，文档",
-        "batch of documents": "16 个一批",
+        "batch of documents": "这些文档作为一批",
         "dense block-diagonal": "稠密块对角掩码",
         "mha alibi": "mha，ALiBi",
         "plain causal": "普通因果",
@@ -624,7 +630,11 @@ def local_attention_figures() -> None:
     contenders = list(colors)
 
     def draw(words: dict):
-        fig, (left, right) = plt.subplots(2, 1, figsize=(6, 13), constrained_layout=True)
+        # two subfigures: each panel lays out its own labels (the lower one's long labels
+        # would otherwise narrow the upper panel too)
+        fig = plt.figure(figsize=(6, 15), layout="constrained")
+        top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.25])
+        left, right = top.subplots(), bottom.subplots()
         rows = result["window"]
         width = 0.8 / len(contenders)
         for i, r in enumerate(rows):
@@ -643,7 +653,8 @@ def local_attention_figures() -> None:
         left.set_yscale("log")
         left.set_ylabel(words["ms"])
         left.set_title(words["window"], fontsize=CHART_FONT)
-        left.legend(fontsize=CHART_FONT - 5, loc="upper left")
+        # below the axes: inside, it covered the tallest bars
+        left.legend(fontsize=CHART_FONT - 5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         left.margins(y=0.3)
         labels, values, kinds = [], [], []
         for r in result["documents"]:
@@ -653,7 +664,7 @@ def local_attention_figures() -> None:
                 ("dense block-diagonal", "dense masked"),
             ):
                 if name in r["times_s"]:
-                    labels.append(f"{words[name]}\n{r['dtype']}")
+                    labels.append(f"{words[name]}, {r['dtype']}")
                     values.append(r["times_s"][name] * 1e3)
                     kinds.append(kind)
         for r in result["alibi"]:
@@ -661,7 +672,7 @@ def local_attention_figures() -> None:
                 ("mha alibi", r["times_s"]["mha alibi"], "mha window"),
                 ("plain causal", _causal(r), "causal, no window"),
             ):
-                labels.append(f"{words[label]}\ns={r['s'] // 1024}k, {r['dtype']}")
+                labels.append(f"{words[label]}, s={r['s'] // 1024}k, {r['dtype']}")
                 values.append(value * 1e3)
                 kinds.append(kind)
         right.barh(range(len(values)), values, color=[colors[k] for k in kinds])
@@ -726,19 +737,19 @@ def _local_table(result: dict) -> str:
             )
     for r in result["documents"]:
         rows.append(
-            f"| 16 documents x 1,024{_note(r)} | {r['dtype']} | {ms(r, 'mha documents')} | dense block-diagonal "
+            f"| 16 documents × 1,024{_note(r)} | {r['dtype']} | {ms(r, 'mha documents')} | dense block-diagonal "
             f"{ms(r, 'dense block-diagonal')} | "
             f"{ratio(r['documents_vs_dense'], r['dense_estimated'])} |"
         )
         rows.append(
-            f"| 16 documents x 1,024{_note(r)} | {r['dtype']} | {ms(r, 'mha documents')} | a batch of 16 "
+            f"| 16 documents × 1,024{_note(r)} | {r['dtype']} | {ms(r, 'mha documents')} | the documents as a batch "
             f"{ms(r, 'batch of documents')} | {ratio(r['documents_vs_batch'])} |"
         )
     for r in result["alibi"]:
         peak = r["peak_bytes"].get("mha alibi")
         causal = _causal(r)
         rows.append(
-            f"| ALiBi, s = {r['s']:,} (peak {peak / 2**20:,.0f} MiB; a dense bias: "
+            f"| ALiBi, s = {r['s']:,} (peak {peak / 2**20:,.0f} MiB; a dense float32 bias: "
             f"{r['dense_bias_bytes'] / 2**20:,.0f} MiB){_note(r)} | {r['dtype']} | {ms(r, 'mha alibi')} | plain causal "
             f"{causal * 1e3:,.0f} ms | {ratio(r['alibi_vs_causal'])} |"
         )
