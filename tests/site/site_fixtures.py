@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,13 +59,15 @@ class _Build:
             + [str(self.out), *build],
             cwd=ROOT,
             env=env,
+            start_new_session=True,  # close() stops the shell and mkdocs together
         )
 
     def result(self) -> Path:
         status = self.out / "status"
         deadline = time.monotonic() + 900
         while not status.exists():
-            if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() not in (None, 0)):
+            gone = not self.out.exists() or (self.proc is not None and self.proc.poll() not in (None, 0))
+            if gone or time.monotonic() > deadline:  # the folder goes when its owner stops the build
                 raise AssertionError(f"the site build did not finish: {self.out}")
             time.sleep(0.2)
         output = (self.out / "log").read_text(encoding="utf-8")
@@ -76,7 +79,7 @@ class _Build:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         shutil.rmtree(self.out, ignore_errors=True)
 
@@ -85,7 +88,12 @@ _BUILDS: list[_Build] = []
 
 
 def _needs_the_site(config: pytest.Config) -> bool:
-    """Whether the paths this run was given can reach a test that uses the built site."""
+    """Whether the paths this run was given can reach a test that uses the built site.
+
+    A run that selects within them (`-k`, `-m`, `--deselect`) builds only if a worker's
+    site test asks for it (the `site` fixture)."""
+    if config.option.keyword or config.option.markexpr or config.getoption("deselect", None):
+        return False
     package_only = [ROOT / "tests" / "package", ROOT / "mha"]
     for arg in config.args:
         path = (config.invocation_params.dir / arg.split("::", 1)[0]).resolve()
@@ -105,8 +113,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Without xdist, start the build as soon as the run knows a test needs it: it takes
-    a core for a while, which the package tests (run first, mostly on one core) leave free."""
-    if session.config.option.collectonly or _BUILDS or os.environ.get(_Build.ENV):
+    a core for a while, which the package tests (run first, mostly on one core) leave free.
+    An xdist worker collects every test, whichever it will run: it builds in the fixture."""
+    config = session.config
+    if config.option.collectonly or _BUILDS or os.environ.get(_Build.ENV) or hasattr(config, "workerinput"):
         return
     if any("site" in getattr(item, "fixturenames", ()) for item in session.items):
         _BUILDS.append(_Build())
@@ -208,10 +218,8 @@ class Browser:
         page.on("requestfailed", lambda req: errors.append(f"failed: {req.url}"))
         page.on(
             "response",
-            # the document's own status (a 404 page's) is the test's to check
-            lambda res: errors.append(f"{res.status}: {res.url}")
-            if res.status >= 400 and not (res.request.is_navigation_request() and res.frame == page.main_frame)
-            else None,
+            # the opened document's own status (a 404 page's) is the test's to check
+            lambda res: errors.append(f"{res.status}: {res.url}") if res.status >= 400 and res.url != url else None,
         )
         page.goto(url, wait_until=wait)
         return page, errors
