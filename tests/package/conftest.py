@@ -1,6 +1,7 @@
 """The static checks (mypy above all, ~80 s of one core on a fresh clone) start in the
-background as soon as the run knows it includes them, so that they use the second core
-while the other tests run; `test_static.py` waits for their result."""
+background as soon as a one-process run knows it includes them, so that they use the
+second core while the other tests run; `test_static.py` waits for their result. Under
+pytest-xdist the other worker keeps that core busy, and the test starts its tool."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def _start(name: str) -> subprocess.Popen[str]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly:
+    # An xdist worker collects every test, whichever it runs: two workers would each start
+    # mypy on the same cache (a race that crashed it). There the test starts its tool.
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
         return
     for item in session.items:
         callspec = getattr(item, "callspec", None)
