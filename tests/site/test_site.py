@@ -189,11 +189,19 @@ def crawl(site, bases, browser) -> dict[str, dict]:
     src is checked at both by test_no_broken_links_or_assets). Per page: its title, what went
     wrong loading it, its layout problems at each width, and what each >>> block's copy
     button copies (None on a page without such blocks)."""
-    seen = {}
+    seen, tabs = {}, {}
     for i, path in enumerate(_pages(site)):
-        # A tab per page, so what goes wrong is the page's own (a request still loading when
-        # the next page opens would fail there); the tabs share the context's HTTP cache.
-        page, errors = browser.open(bases[("subpath", "root")[i % 2]] + path, width=PHONE, wait="load")
+        base = ("subpath", "root")[i % 2]
+        if base not in tabs:  # one tab per base, going from page to page as a reader does
+            tabs[base] = browser.open(bases[base] + path, width=PHONE, wait="load")
+        page, errors = tabs[base]
+        if page.url != bases[base] + path:
+            # Leave the last page first: a request it still had loading fails now, and
+            # that is not the next page's error (closing its tab would drop it too).
+            page.goto("about:blank")
+            errors.clear()
+            page.set_viewport_size({"width": PHONE, "height": 900})
+            page.goto(bases[base] + path, wait_until="load")
         if page.locator(".arithmatex").count():
             page.wait_for_function("() => !document.querySelector('.arithmatex:not(:has(.katex))')")
         problems = []
@@ -205,6 +213,7 @@ def crawl(site, bases, browser) -> dict[str, dict]:
             page.wait_for_selector("button[data-md-type=copy]", state="attached")
             copied = page.evaluate(COPY_ALL)
         seen[path] = {"title": page.title(), "errors": list(errors), "problems": problems, "copied": copied}
+    for page, _ in tabs.values():
         page.close()
     return seen
 
