@@ -454,6 +454,12 @@ def _alibi_merged(query: Tensor, key: Tensor, value: Tensor, out: Tensor, *, off
         out[:, :, a - offset : e - offset] = context[..., :d_v]
 
 
+# The CPU flash kernel of torch 2.13 reads grouped key/value heads as they are; torch 2.5's
+# silently read past them (NaN, inf: tests/package/test_local.py at the floor). Versions in
+# between are not tested, so they get the keys and values expanded per query head.
+_CPU_FLASH_READS_GROUPS = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 13)
+
+
 def _flash(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
     """Attention and log-sum-exp for `n_h` query heads over `n_kv` key/value heads, one head width.
 
@@ -461,6 +467,9 @@ def _flash(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> tu
     (no copies); other devices go through [`mha._lse`][mha._lse].
     """
     if q.device.type == "cpu":
+        if not _CPU_FLASH_READS_GROUPS and q.shape[1] != k.shape[1]:
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
         return out, lse
     from mha._lse import _attend_block  # mha._lse imports mha.functional, which imports this module
