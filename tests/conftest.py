@@ -8,8 +8,8 @@ import pytest
 import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two workers share the machine's cores (and the browser tests' Chromium); a torch
-    # that spins one thread per core in each worker runs both at half speed.
+    # Two workers share the machine's two cores (and the browser tests' Chromium): one
+    # intra-op thread each, so their thread pools don't contend for the same cores.
     torch.set_num_threads(1)
 
 pytest_plugins = ["site_fixtures"]  # tests/site/: the built site, its servers and Chromium, built once per run
