@@ -8,6 +8,7 @@ as GitHub Pages does.
 from __future__ import annotations
 
 import http.server
+import sys
 import threading
 from pathlib import Path
 
@@ -20,7 +21,7 @@ class SiteServer:
             raise ValueError(f"prefix must start and end with '/', got {prefix!r}")
         self.site, self.prefix = site, prefix
         handler = _handler(site, prefix)
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _Server(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{prefix}"
 
     def __enter__(self) -> SiteServer:
@@ -30,6 +31,13 @@ class SiteServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the browser left mid-file (a tab closed or navigated): not the site's error
+        super().handle_error(request, client_address)
 
 
 def _handler(site: Path, prefix: str) -> type[http.server.SimpleHTTPRequestHandler]:
